@@ -1,0 +1,106 @@
+"""Training checkpoints: everything needed to resume exactly, loadable without unpickling code.
+
+A checkpoint is a plain ``torch.save`` dict of tensors, numbers, strings and lists, so
+``torch.load(weights_only=True)`` reads it: a downloaded checkpoint cannot execute code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from localization.config import RunConfig, config_from_dict, to_dict
+from localization.errors import DataError
+from localization.model import ActionFormer
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (torch CPU/CUDA, Python, NumPy) as weights_only-safe values."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
+        "python_pos": random.getstate()[2] or 0,
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), state["python_pos"] or None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename): a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a readable checkpoint ({first})") from None
+    missing = [k for k in ("model", "ema", "config", "class_names", "input_dim", "epoch") if k not in ckpt]
+    if missing:
+        raise DataError(f"{path}: checkpoint lacks {missing}")
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any], source: str) -> RunConfig:
+    """The run config stored in a checkpoint, validated like a YAML file."""
+    return config_from_dict(ckpt["config"], source)
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], use_ema: bool = True, cfg: RunConfig | None = None
+) -> tuple[ActionFormer, RunConfig, list[str]]:
+    """Rebuild the model (EMA weights by default, as the reference evaluates) on CPU, eval mode.
+
+    ``cfg`` may override the stored config (for example other post-processing or data paths);
+    the model section must then still match the stored weights.
+    """
+    cfg = cfg or checkpoint_config(ckpt, "checkpoint")
+    class_names = list(ckpt["class_names"])
+    model = ActionFormer(cfg.model, ckpt["input_dim"], len(class_names), cfg.data.max_seq_len)
+    model.load_state_dict(ckpt["ema" if use_ema else "model"])
+    return model.eval(), cfg, class_names
+
+
+def checkpoint_state(
+    *, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, loss_norm: float, epoch: int,
+    cfg: RunConfig, class_names: list[str], input_dim: int,
+) -> dict[str, Any]:
+    """The checkpoint dict (see module docstring for what loads it)."""
+    return {
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "loss_norm": float(loss_norm),
+        "rng": rng_state(),
+        "epoch": int(epoch),
+        "config": to_dict(cfg),
+        "class_names": list(class_names),
+        "input_dim": int(input_dim),
+    }

@@ -1,0 +1,279 @@
+"""Train and evaluate one ActionFormer: the API the runner (and the CLIs) call.
+
+``train`` runs the reference recipe (AdamW with the reference's weight-decay groups, linear
+warm-up then cosine decay stepped per iteration, gradient clipping, EMA of weights evaluated
+every ``train.eval_every`` epochs) and reports each epoch to a callback that may stop it.
+Every epoch ends with a checkpoint from which training resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from localization.checkpoint import (
+    checkpoint_state,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from localization.config import RunConfig, inference_div_factor
+from localization.data.annotations import SubsetAnnotations, load_subset
+from localization.data.dataset import InferenceDataset, TrainingDataset, build_loader
+from localization.data.features import FeatureReader
+from localization.inference import autocast, detect, predict, to_submission
+from localization.losses import LossNormalizer, compute_losses
+from localization.metrics import (
+    DetectionMetrics,
+    evaluate_detections,
+    load_ground_truth,
+    predictions_from_arrays,
+)
+from localization.model import ActionFormer, make_points, param_groups
+from localization.optim import ModelEma, build_scheduler
+from localization.postprocess import save_candidates
+from localization.targets import assign_targets
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+@dataclass
+class EpochReport:
+    """What the ``on_epoch`` callback receives after every epoch."""
+
+    epoch: int  # 1-based
+    metrics: dict[str, float]  # losses, lr, epoch time; mAP keys (percent) when evaluated
+    evaluated: bool
+    checkpoint: Path  # written at the end of this epoch
+    predictions: dict[str, Any] | None  # validation detections (submission format) when evaluated
+
+
+@dataclass
+class EvalResult:
+    metrics: DetectionMetrics | None  # None when the subset has no labelled instances
+    predictions: dict[str, Any]  # submission format
+
+
+@dataclass
+class TrainResult:
+    epochs_completed: int
+    stopped_early: bool
+    checkpoint: Path
+    last_eval: EvalResult | None
+    metrics: dict[str, float]  # the last epoch's
+
+
+OnEpoch = Callable[[EpochReport], bool | None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global RNG; with the same seed, CPU training gives the same result."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def metric_key(tiou: float) -> str:
+    """``mAP_0.50``: per-tIoU metric names (MLflow-safe)."""
+    return f"mAP_{tiou:.2f}"
+
+
+def metrics_as_floats(metrics: DetectionMetrics) -> dict[str, float]:
+    out = {"average_mAP": float(metrics.average_mAP)}
+    for tiou, value in zip(metrics.tiou_thresholds, metrics.mAP, strict=True):
+        out[metric_key(tiou)] = float(value)
+    return out
+
+
+class _Evaluator:
+    """Scores a model on one subset: the dataset and ground truth are built once."""
+
+    def __init__(self, cfg: RunConfig, subset: str, reader: FeatureReader, annotations: SubsetAnnotations):
+        self.cfg = cfg
+        self.subset = subset
+        self.class_names = annotations.class_names
+        self.dataset = InferenceDataset(cfg.data, annotations, reader)
+        self.ground_truth = load_ground_truth(cfg.data.annotations, subset, cfg.test.gt_filter)
+        self.has_labels = len(self.ground_truth.segments) > 0
+
+    def __call__(self, model: ActionFormer, device: torch.device, raw_out: Path | None = None) -> EvalResult:
+        raw, meta = predict(model, self.dataset, self.cfg, device)
+        if raw_out is not None:
+            save_candidates(raw_out, raw)
+        detections = detect(raw, meta, self.cfg)
+        metrics = None
+        if self.has_labels:
+            predictions = predictions_from_arrays(detections, self.class_names)
+            metrics = evaluate_detections(self.ground_truth, predictions, self.cfg.test.tiou_thresholds)
+        return EvalResult(metrics, to_submission(detections, self.class_names))
+
+
+def train(
+    cfg: RunConfig, out_dir: Path, on_epoch: OnEpoch | None = None, resume: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train one model; write ``out_dir/checkpoint.pt`` after every epoch.
+
+    ``resume`` continues from a checkpoint (model, EMA, optimizer, scheduler, loss normaliser,
+    RNG states, epoch) exactly where it stopped. Raises :class:`TrainingDiverged` on a NaN or
+    infinite loss, and ``localization.errors.InputError`` on bad data before any training.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out_dir / "checkpoint.pt"
+    device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.train.seed)
+
+    reader = FeatureReader(cfg.data)
+    train_ann = load_subset(cfg.data, cfg.data.train_subset)
+    val_ann = load_subset(cfg.data, cfg.data.val_subset)
+    train_set = TrainingDataset(cfg.data, train_ann, reader, seed=cfg.train.seed)
+    evaluator = _Evaluator(cfg, cfg.data.val_subset, reader, val_ann)
+    class_names = train_ann.class_names
+    pad_multiple = inference_div_factor(cfg.model)
+    loader = build_loader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
+                          num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+                          pad_multiple=pad_multiple, drop_last=len(train_set) > cfg.train.batch_size)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise RuntimeError("the training subset yields no batches")
+
+    model = ActionFormer(cfg.model, reader.dim, len(class_names), cfg.data.max_seq_len).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    scheduler = build_scheduler(optimizer, cfg.train.warmup_epochs * steps_per_epoch,
+                                cfg.train.epochs * steps_per_epoch, cfg.train.eta_min)
+    ema = ModelEma(model, cfg.train.ema_decay)
+    normalizer = LossNormalizer(cfg.model.init_loss_norm)
+    start_epoch = 0
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        model.load_state_dict(ckpt["model"])
+        ema.module.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        normalizer.load_state_dict(ckpt["loss_norm"])
+        set_rng_state(ckpt["rng"])
+        start_epoch = int(ckpt["epoch"])
+        log(f"resumed from {resume} at epoch {start_epoch}")
+    forward = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
+
+    last_eval: EvalResult | None = None
+    metrics: dict[str, float] = {}
+    stopped_early = False
+    epoch = start_epoch
+    for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+        started = time.perf_counter()
+        train_set.set_epoch(epoch)
+        model.train()
+        sums = torch.zeros(3, dtype=torch.float64)
+        for step, batch in enumerate(loader, start=1):
+            losses = _train_step(forward, model, batch, device, cfg, optimizer, normalizer, len(class_names))
+            if not math.isfinite(losses[2]):
+                raise TrainingDiverged(
+                    f"loss became {losses[2]} at epoch {epoch}, step {step} "
+                    f"(cls_loss {losses[0]:.4g}, reg_loss {losses[1]:.4g}, lr {scheduler.get_last_lr()[0]:.3g})")
+            scheduler.step()
+            ema.update()
+            sums += torch.tensor(losses, dtype=torch.float64)
+        sums /= steps_per_epoch
+        metrics = {"loss": float(sums[2]), "cls_loss": float(sums[0]), "reg_loss": float(sums[1]),
+                   "lr": float(scheduler.get_last_lr()[0])}
+        evaluated = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
+        if evaluated:
+            last_eval = evaluator(ema.module, device)
+            if last_eval.metrics is not None:
+                metrics.update(metrics_as_floats(last_eval.metrics))
+        metrics["epoch_time_s"] = time.perf_counter() - started
+        save_checkpoint(checkpoint_path, checkpoint_state(
+            model=model, ema=ema.module, optimizer=optimizer, scheduler=scheduler,
+            loss_norm=normalizer.value, epoch=epoch, cfg=cfg, class_names=class_names,
+            input_dim=reader.dim))
+        log(_progress_line(epoch, cfg.train.epochs, metrics))
+        report = EpochReport(epoch, dict(metrics), evaluated, checkpoint_path,
+                             last_eval.predictions if evaluated and last_eval else None)
+        if on_epoch is not None and on_epoch(report):
+            stopped_early = epoch < cfg.train.epochs
+            break
+    return TrainResult(epoch, stopped_early, checkpoint_path, last_eval, metrics)
+
+
+def _train_step(
+    forward: Callable, model: ActionFormer, batch: dict[str, Any], device: torch.device, cfg: RunConfig,
+    optimizer: torch.optim.Optimizer, normalizer: LossNormalizer, num_classes: int,
+) -> tuple[float, float, float]:
+    """One optimizer step; returns (cls_loss, reg_loss, final_loss) as floats."""
+    feats = batch["feats"].to(device, non_blocking=True)  # (B, C, T)
+    masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
+    segments = [s.to(device) for s in batch["segments"]]
+    labels = [lab.to(device) for lab in batch["labels"]]
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, cfg.train.bf16):
+        out = forward(feats, masks)
+    points = make_points([m.shape[1] for m in out.masks], model.strides, cfg.model.regression_range, device)
+    cls_targets, reg_targets = assign_targets(points, segments, labels, num_classes,
+                                              cfg.model.center_sample, cfg.model.center_sample_radius)
+    losses = compute_losses(out, cls_targets, reg_targets, normalizer, cfg.model)
+    values = torch.stack([losses["cls_loss"], losses["reg_loss"], losses["final_loss"]])
+    cls_loss, reg_loss, final_loss = values.detach().float().tolist()  # the step's one device sync
+    if math.isfinite(final_loss):  # else the caller raises; the weights stay as they were
+        losses["final_loss"].backward()
+        if cfg.train.clip_grad_l2norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_l2norm)
+        optimizer.step()
+    return cls_loss, reg_loss, final_loss
+
+
+def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
+    line = (f"epoch {epoch:>3}/{epochs}  loss {metrics['loss']:.4f} (cls {metrics['cls_loss']:.4f} "
+            f"reg {metrics['reg_loss']:.4f})  lr {metrics['lr']:.2e}")
+    if "average_mAP" in metrics:
+        line += f"  val mAP {metrics['average_mAP']:.2f}"
+        for key in ("mAP_0.50", "mAP_0.75", "mAP_0.95"):
+            if key in metrics:
+                line += f" @{key[4:]} {metrics[key]:.2f}"
+    return line + f"  ({metrics['epoch_time_s']:.1f}s)"
+
+
+def build_model_for_data(cfg: RunConfig) -> tuple[ActionFormer, str]:
+    """The model ``cfg`` would train (input dim and classes from the data) and a data summary."""
+    reader = FeatureReader(cfg.data)
+    train_ann = load_subset(cfg.data, cfg.data.train_subset)
+    model = ActionFormer(cfg.model, reader.dim, len(train_ann.class_names), cfg.data.max_seq_len)
+    summary = (f"data: {len(train_ann.videos)} {cfg.data.train_subset} videos, "
+               f"{len(train_ann.class_names)} classes, input dim {reader.dim} "
+               f"({' + '.join(cfg.data.features)})")
+    return model, summary
+
+
+def evaluate(
+    cfg: RunConfig, checkpoint: Path, subset: str, raw_out: Path | None = None, use_ema: bool = True,
+) -> EvalResult:
+    """Score a checkpoint on ``subset`` with ``cfg``'s data and post-processing settings."""
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg, _ = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
+    device = resolve_device(cfg.train.device)
+    reader = FeatureReader(cfg.data)
+    evaluator = _Evaluator(cfg, subset, reader, load_subset(cfg.data, subset))
+    return evaluator(model.to(device), device, raw_out)

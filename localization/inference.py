@@ -1,0 +1,104 @@
+"""Whole-video inference: model outputs -> candidates -> detections in seconds -> submission JSON.
+
+Videos are batched by similar length and padded only to the coarsest pyramid stride: the model's
+outputs at valid positions do not depend on padding, so this gives the reference's batch-size-1
+results at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from localization.config import RunConfig, inference_div_factor
+from localization.data.dataset import InferenceDataset, collate
+from localization.model import ActionFormer, make_points
+from localization.postprocess import Candidates, postprocess, select_candidates
+
+
+@dataclass
+class VideoMeta:
+    """What converts a video's grid units to seconds."""
+
+    fps: float
+    duration: float
+    feat_stride: int
+    num_frames: int
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU runs in float32)."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _length_batches(dataset: InferenceDataset, max_steps: int) -> Iterator[list[int]]:
+    """Indices grouped by similar length, each group at most ``max_steps`` padded steps."""
+    order = sorted(range(len(dataset)), key=dataset.lengths.__getitem__)
+    batch: list[int] = []
+    for index in order:
+        longest = dataset.lengths[index]  # ascending order: the newest is the longest
+        if batch and longest * (len(batch) + 1) > max_steps:
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def predict(
+    model: ActionFormer, dataset: InferenceDataset, cfg: RunConfig, device: torch.device,
+    max_batch_steps: int = 32768,
+) -> tuple[dict[str, Candidates], dict[str, VideoMeta]]:
+    """Raw (pre-NMS) candidates in grid units for every video of ``dataset``, plus metadata."""
+    model.eval()
+    pad_multiple = inference_div_factor(cfg.model)
+    raw: dict[str, Candidates] = {}
+    meta: dict[str, VideoMeta] = {}
+    for indices in _length_batches(dataset, max_batch_steps):
+        batch = collate([dataset[i] for i in indices], pad_multiple)
+        feats = batch["feats"].to(device, non_blocking=True)  # (B, C, T)
+        masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
+        with autocast(device, cfg.train.bf16):
+            out = model(feats, masks)
+        points = make_points([m.shape[1] for m in out.masks], model.strides,
+                             cfg.model.regression_range, device)
+        for b, video_id in enumerate(batch["video_ids"]):
+            raw[video_id] = select_candidates(
+                [logits[b].float() for logits in out.cls_logits],
+                [offsets[b].float() for offsets in out.offsets],
+                [mask[b] for mask in out.masks], points, cfg.test,
+            )
+            meta[video_id] = VideoMeta(batch["fps"][b], batch["duration"][b],
+                                       batch["feat_stride"][b], batch["num_frames"][b])
+    return raw, meta
+
+
+def detect(raw: dict[str, Candidates], meta: dict[str, VideoMeta], cfg: RunConfig) -> dict[str, Candidates]:
+    """Post-process every video's candidates into detections in seconds (NMS, top-k)."""
+    return {
+        video_id: postprocess(candidates, cfg.test, meta[video_id].fps, meta[video_id].duration,
+                              meta[video_id].feat_stride, meta[video_id].num_frames)
+        for video_id, candidates in raw.items()
+    }
+
+
+def to_submission(detections: dict[str, Candidates], class_names: list[str]) -> dict[str, Any]:
+    """ActivityNet submission format: ``{"results": {video_id: [{segment, label, score}]}}``.
+
+    Values are written at full precision, so scoring the file reproduces in-memory metrics.
+    """
+    results = {}
+    for video_id, det in detections.items():
+        results[video_id] = [
+            {"segment": [float(s), float(e)], "label": class_names[int(label)], "score": float(score)}
+            for (s, e), score, label in zip(det.segments, det.scores, det.labels, strict=True)
+        ]
+    return {"version": "actionformer-search", "results": results,
+            "external_data": {"used": False, "details": "pre-extracted features only"}}

@@ -1,0 +1,307 @@
+"""``python -m runner.search FILE``: a hyperparameter search, Ray Tune + Optuna, tracked in MLflow.
+
+Order of work, so that bad input costs nothing: validate the search file and the data (exit 2,
+nothing started), connect to the tracking store, start or join Ray, create the parent run, run
+the Tuner, then write the leaderboard and plots to the parent run and print the best trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localization.config import dump_yaml
+from localization.errors import InputError
+from runner import cluster, report, tracking
+from runner.space import make_sampler, sample_configs
+from runner.spec import SearchFile, dump, load_search_file
+from runner.trial import SCORE_KEY, TrialSetup, run_trial
+
+DRY_RUN_SAMPLES = 4
+DEFAULT_STORAGE = "ray_results"
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished (or interrupted) search returns; the benchmark reads the timings."""
+
+    status: str  # finished | interrupted | failed
+    parent_run_id: str | None = None
+    best: report.TrialRow | None = None
+    rows: list[report.TrialRow] = field(default_factory=list)
+    ray_path: Path | None = None
+    concurrency: int = 0  # trials run at once
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, fit, finalize, ...
+    tracking_seconds: float = 0.0  # time the recorder spent writing to MLflow
+    tracking_calls: int = 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        outcome = run(args.file, overrides=args.set, num_samples=args.num_samples, dry_run=args.dry_run,
+                      address=args.address, resume=args.resume, storage_path=args.storage_path, argv=argv)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return {"finished": 0, "interrupted": 130}.get(outcome.status, 1)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runner.search", description=__doc__.split("\n")[0])
+    parser.add_argument("file", type=Path, help="search-space YAML (see runner/README_SEARCH.md)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any key, e.g. train.epochs=4 or search.space.train.lr='{value: 1e-4}'")
+    parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate, print the base config and a few sampled trials; start nothing")
+    parser.add_argument("--address", help="join this Ray cluster (host:port) instead of starting one")
+    parser.add_argument("--resume", action="store_true", help="continue the last interrupted search of FILE")
+    parser.add_argument("--storage-path", type=Path, default=Path(DEFAULT_STORAGE),
+                        help=f"Ray Tune results and checkpoints (default ./{DEFAULT_STORAGE}); "
+                             "every node must reach it")
+    return parser
+
+
+def run(path: Path, overrides: list[str] | None = None, num_samples: int | None = None, dry_run: bool = False,
+        address: str | None = None, resume: bool = False, storage_path: Path = Path(DEFAULT_STORAGE),
+        argv: list[str] | None = None, echo: Callable[[str], None] = print) -> SearchOutcome:
+    """The whole search; raises InputError (nothing started) on bad input."""
+    started = time.perf_counter()
+    spec = load_search_file(path, overrides, num_samples)
+    if dry_run:
+        _print_dry_run(spec, echo)
+        return SearchOutcome(status="finished")
+    _ensure_synthetic(spec, echo)
+    echo(check_data(spec))
+
+    storage = storage_path.expanduser().resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    ray_path = _resume_path(spec, storage) if resume else storage / f"{spec.experiment}-{stamp}"
+    store = tracking.resolve_store(spec.tracking.uri, Path.cwd())
+    client = tracking.connect(store)
+    exp_id = tracking.experiment_id(client, store, spec.experiment)
+    parent_id = _resumable_parent(client, exp_id, spec, ray_path, store) if resume else None
+
+    timings = {"validate": time.perf_counter() - started}
+    mark = time.perf_counter()
+    info = cluster.start(address)
+    timings["ray_start"] = time.perf_counter() - mark
+    outcome = SearchOutcome(status="failed", ray_path=ray_path, timings=timings)
+    recorder = None
+    try:
+        resources = cluster.trial_resources(spec.resources, info)
+        concurrency = cluster.max_concurrent(spec.search, info, resources)
+        outcome.concurrency = concurrency
+        searcher = f"optuna-{spec.search.sampler} seed={spec.search.seed} + {spec.search.scheduler.type}"
+        if parent_id is None:
+            parent_id = tracking.start_parent(client, exp_id, spec, ray_path, searcher)
+        else:
+            client.update_run(parent_id, status="RUNNING")
+        outcome.parent_run_id = parent_id
+        recorder = tracking.TrialRecorder(store, exp_id, parent_id, spec)
+        echo(f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "
+             f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU each on a cluster of {info.cpus:g} CPUs, "
+             f"{info.gpus:g} GPUs; MLflow {store.uri} (experiment {spec.experiment}, parent run {parent_id})")
+        tuner = build_tuner(spec, ray_path, resources, concurrency, recorder, resume)
+        mark = time.perf_counter()
+        results = tuner.fit()
+        timings["fit"] = time.perf_counter() - mark
+        interrupted = tracking.close_open_children(client, exp_id, parent_id) > 0 or (
+            len(results) < spec.search.num_samples)
+        outcome.status = "interrupted" if interrupted else "finished"
+    finally:
+        mark = time.perf_counter()
+        if outcome.parent_run_id is not None:
+            if outcome.status == "failed":
+                tracking.close_open_children(client, exp_id, outcome.parent_run_id)
+            _finalize(client, exp_id, spec, outcome, echo)
+        timings["finalize"] = time.perf_counter() - mark
+        if recorder is not None:
+            outcome.tracking_seconds, outcome.tracking_calls = recorder.seconds, recorder.calls
+        cluster.stop(info)
+    timings["total"] = time.perf_counter() - started
+    if outcome.status == "interrupted":
+        again = ["python", "-m", "runner.search", *(argv if argv is not None else sys.argv[1:])]
+        echo("search interrupted; continue it with: "
+             + shlex.join([*again, *([] if "--resume" in again else ["--resume"])]))
+    return outcome
+
+
+def build_tuner(spec: SearchFile, ray_path: Path, resources: dict[str, float], concurrency: int,
+                recorder: tracking.TrialRecorder, resume: bool) -> Any:
+    """The Tuner: OptunaSearch (seeded sampler, define-by-run space), ASHA or FIFO, checkpoints."""
+    from ray import tune  # Ray is imported only when a search runs
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    setup = TrialSetup(spec, cluster.torch_threads(resources))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+    if resume:
+        return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    s = spec.search
+    # metric/mode go to OptunaSearch and TuneConfig, never the scheduler (stack notes R6)
+    searcher = OptunaSearch(space=spec.space, metric=s.metric, mode=s.mode,
+                            sampler=make_sampler(s.sampler, s.seed))
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs(),
+                               grace_period=s.scheduler.grace_period,
+                               reduction_factor=s.scheduler.reduction_factor)
+                 if s.scheduler.type == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=s.num_samples, max_concurrent_trials=concurrency,
+                                    reuse_actors=resources["gpu"] == 0, trial_dirname_creator=trial_dirname,
+                                    trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=ray_path.name, storage_path=str(ray_path.parent), callbacks=[recorder],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY,
+                                                    checkpoint_score_order="max"),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1),
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default embeds every config value, stack notes R9)."""
+    return f"trial_{trial.trial_id}"
+
+
+def check_data(spec: SearchFile) -> str:
+    """Open the annotations and probe a feature file of every stream combination the search uses."""
+    from localization.data.annotations import load_subset
+    from localization.data.features import FeatureReader
+
+    data = spec.base.data
+    subsets = {name: load_subset(data, name) for name in (data.train_subset, data.val_subset)}
+    combos = [data.features]
+    if "data.features" in spec.space.keys:
+        combos += spec.space["data.features"].candidates()
+    for features in combos:
+        cfg = spec.trial_config({"data.features": features}).data
+        reader = FeatureReader(cfg)
+        for subset in subsets.values():
+            reader.probe(subset.videos[0].video_id)
+    train = subsets[data.train_subset]
+    return (f"data: {len(train.videos)} {data.train_subset} / {len(subsets[data.val_subset].videos)} "
+            f"{data.val_subset} videos, {len(train.class_names)} classes ({data.annotations})")
+
+
+def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:
+    """``synthetic:`` in the file: generate the dataset into data.annotations' folder if missing."""
+    annotations = Path(spec.base.data.annotations)
+    if spec.synthetic is None or annotations.exists():
+        return
+    from localization.data.synthetic import generate
+
+    echo(f"generating the synthetic dataset into {annotations.parent} "
+         f"(seed {spec.synthetic.seed}, {spec.synthetic.videos} videos)")
+    generate(annotations.parent, seed=spec.synthetic.seed, videos=spec.synthetic.videos)
+    if not annotations.is_file():
+        raise InputError(f"{spec.source}: data.annotations: the synthetic generator writes "
+                         f"annotations_gt.json, not {annotations.name}")
+
+
+def _resume_path(spec: SearchFile, storage: Path) -> Path:
+    """The newest search of this experiment under the storage path that Ray can restore."""
+    from ray import tune
+
+    candidates = sorted(storage.glob(f"{spec.experiment}-*"), reverse=True)
+    for candidate in candidates:
+        if tune.Tuner.can_restore(str(candidate)):
+            return candidate
+    raise InputError(f"--resume: no search of experiment {spec.experiment!r} to resume under {storage}")
+
+
+def _resumable_parent(client: Any, exp_id: str, spec: SearchFile, ray_path: Path, store: Any) -> str:
+    """The parent run of the search to resume, refusing a finished search or a changed file."""
+    parent_id = tracking.find_parent(client, exp_id, ray_path)
+    if parent_id is None:
+        raise InputError(f"--resume: no MLflow parent run for {ray_path} in {store.uri}")
+    tags = client.get_run(parent_id).data.tags
+    if tags.get(tracking.STATUS) == "finished":
+        raise InputError(f"--resume: the last search ({ray_path.name}) finished; nothing to resume")
+    if tags.get(tracking.SPEC_HASH) != tracking.spec_hash(spec):
+        raise InputError(f"--resume: {spec.source} (with --set/--num-samples) differs from the one "
+                         f"search {ray_path.name} started with; resume with the same file and options")
+    return parent_id
+
+
+def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome,
+              echo: Callable[[str], None]) -> None:
+    """Leaderboard, plots, best trial and status on the parent run; print the summary."""
+    parent_id = outcome.parent_run_id
+    metric, mode = spec.search.metric, spec.search.mode
+    rows = report.collect(client, tracking.child_runs(client, exp_id, parent_id), metric)
+    table = report.leaderboard(rows, spec.space, metric, mode)
+    markdown = report.to_markdown(table)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        table.to_csv(out / "leaderboard.csv", index=False)
+        (out / "leaderboard.md").write_text(markdown + "\n")
+        client.log_artifact(parent_id, str(out / "leaderboard.csv"))
+        client.log_artifact(parent_id, str(out / "leaderboard.md"))
+        if rows:
+            report.plot_all(rows, spec.space, metric, mode, out / "plots")
+            client.log_artifacts(parent_id, str(out / "plots"), "plots")
+    best = report.best_row(rows, mode)
+    outcome.rows, outcome.best = rows, best
+    if best is not None:
+        client.log_metric(parent_id, f"best_{metric}", best.best)
+        client.set_tag(parent_id, "runner.best_trial_id", best.trial_id)
+        client.set_tag(parent_id, "runner.best_run_id", best.run_id)
+    client.set_tag(parent_id, tracking.STATUS, outcome.status)
+    status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(outcome.status, "FAILED")
+    client.set_terminated(parent_id, status)
+
+    counts = {s: sum(r.status == s for r in rows) for s in ("finished", "pruned", "failed", "interrupted")}
+    echo("\n" + markdown + "\n")
+    echo(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if best is not None:
+        label = "validation mAP" if "mAP" in metric else f"validation {metric}"
+        echo(f"best {label}: {best.best} (trial {best.trial_id}, MLflow run {best.run_id})")
+    else:
+        echo("no trial reached an evaluation: no best trial")
+
+
+def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
+    s = spec.search
+    echo(f"# {spec.path}: valid\n# resolved base config\n{dump_yaml(spec.base)}")
+    options = {k: v for k, v in spec.resolved().items() if k in ("experiment", "search", "resources",
+                                                                  "tracking", "synthetic")}
+    options["search"].pop("space")
+    echo(f"# search\n{dump(options)}")
+    echo("# space")
+    for param in spec.space.params:
+        echo(f"  {param.key}: {param.describe()}")
+    direction = "maximize" if s.mode == "max" else "minimize"
+    samples = sample_configs(spec.space, make_sampler(s.sampler, s.seed), min(DRY_RUN_SAMPLES, s.num_samples),
+                             direction)
+    echo(f"# first {len(samples)} trial configs (the seeded {s.sampler} sampler's opening proposals)")
+    for i, values in enumerate(samples, start=1):
+        shown = ", ".join(f"{k}={_compact(v)}" for k, v in values.items())
+        echo(f"  trial {i}: {shown}")
+    annotations = Path(spec.base.data.annotations)
+    if annotations.exists():
+        echo(f"# {check_data(spec)}")
+    elif spec.synthetic is not None:
+        echo(f"# data: {annotations} is missing and will be generated (synthetic seed {spec.synthetic.seed})")
+    echo("# dry run: nothing started")
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The search file: one YAML holding the base run config and how to search around it.
+
+Top-level sections: ``data``, ``model``, ``train``, ``test`` (the run config every trial starts
+from, validated by :func:`localization.config.config_from_dict`), plus ``experiment`` (name),
+``search``, ``resources``, ``tracking`` and optionally ``synthetic``. Everything is checked here,
+before Ray starts or an MLflow run exists, so a typo costs seconds, not a cluster start: errors
+are one :class:`ConfigError` line naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from localization.config import (
+    RUN_SECTIONS,
+    RunConfig,
+    _build,  # the config module's strict typed reader; reused so errors read the same
+    apply_overrides,
+    config_from_dict,
+    flatten,
+    read_yaml,
+    set_dotted,
+    to_dict,
+)
+from localization.errors import ConfigError
+from runner.space import SearchSpace, make_sampler, parse_space, sample_configs
+
+SEARCH_SECTIONS = ("experiment", "search", "resources", "tracking", "synthetic")
+# Engine metrics a trial reports every epoch, and the ones only evaluated epochs carry.
+LOSS_METRICS = ("loss", "cls_loss", "reg_loss")
+VALIDATION_SAMPLES = 8  # sampled configs built (type- and range-checked) before the search starts
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = 1  # epochs before ASHA may stop a trial (its first rung)
+    reduction_factor: int = 2  # keep 1/reduction_factor of the trials at each rung
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    metric: str = "average_mAP"  # an engine metric: average_mAP, mAP_0.50, ..., or a loss
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = 8
+    max_concurrent: int | None = None  # null: one trial per GPU, or per 2 CPUs without GPUs
+    seed: int = 0
+    sampler: Literal["tpe", "random"] = "tpe"
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    max_failures: int = 2  # retries of a trial whose worker died, from its last checkpoint
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    gpu: float = 1  # per trial; ignored where the cluster has no GPU
+    cpu: float = 1  # per trial; capped to the cluster's CPUs; sets torch's thread count on CPU
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    uri: str | None = None  # else MLFLOW_TRACKING_URI, else the embedded sqlite store
+    model_name: str = "actionformer"  # registered-model name used by runner.promote
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Generate the synthetic dataset into data.annotations' folder when that file is missing."""
+
+    seed: int = 0
+    videos: int = 160
+
+
+@dataclass
+class SearchFile:
+    """A validated search file (with ``--set`` overrides applied)."""
+
+    path: Path
+    experiment: str
+    search: SearchOptions
+    space: SearchSpace
+    resources: ResourcesSpec
+    tracking: TrackingSpec
+    synthetic: SyntheticSpec | None
+    run_raw: dict[str, Any]  # the run sections as written (plus overrides): every trial's base
+    base: RunConfig
+    raw_space: dict[str, Any] = field(default_factory=dict)  # search.space as written
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+    def trial_config(self, values: dict[str, Any]) -> RunConfig:
+        """The run config of one trial: the base with the sampled ``{dotted key: value}`` set."""
+        raw = copy.deepcopy(self.run_raw)
+        for key, value in values.items():
+            set_dotted(raw, key, value, self.source)
+        return config_from_dict(raw, self.source)
+
+    def max_epochs(self) -> int:
+        """The longest trial (ASHA's max_t): train.epochs, or its largest searched value."""
+        if "train.epochs" in self.space.keys:
+            return max(int(v) for v in self.space["train.epochs"].candidates())
+        return self.base.train.epochs
+
+    def resolved(self) -> dict[str, Any]:
+        """The whole search file as resolved (defaults filled, overrides applied), YAML-ready."""
+        return {"experiment": self.experiment, **to_dict(self.base),
+                "search": {**to_dict(self.search), "space": self.raw_space},
+                "resources": to_dict(self.resources), "tracking": to_dict(self.tracking),
+                "synthetic": to_dict(self.synthetic) if self.synthetic else None}
+
+
+def load_search_file(path: str | Path, overrides: list[str] | None = None,
+                     num_samples: int | None = None) -> SearchFile:
+    """Read, override and validate a search file; raises ConfigError naming file and key."""
+    path = Path(path)
+    source = str(path)
+    raw = read_yaml(path)
+    _apply_overrides(raw, overrides or [])
+    unknown = [k for k in raw if k not in RUN_SECTIONS + SEARCH_SECTIONS]
+    if unknown:
+        raise ConfigError(f"{source}: {unknown[0]}: unknown section (expected one of "
+                          f"{list(RUN_SECTIONS + SEARCH_SECTIONS)})")
+    run_raw = {k: raw[k] for k in RUN_SECTIONS if k in raw}
+    base = config_from_dict(copy.deepcopy(run_raw), source)
+
+    experiment = raw.get("experiment")
+    if not isinstance(experiment, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", experiment):
+        raise ConfigError(f"{source}: experiment: expected a name of letters, digits, '_', '.', '-', "
+                          f"got {experiment!r}")
+    search_raw = raw.get("search") or {}
+    if not isinstance(search_raw, dict):
+        raise ConfigError(f"{source}: search: expected a mapping, got {type(search_raw).__name__}")
+    search_raw = dict(search_raw)
+    raw_space = search_raw.pop("space", None) or {}
+    if num_samples is not None:
+        search_raw["num_samples"] = num_samples
+    search = _build(SearchOptions, search_raw, "search", source, SearchOptions())
+    resources = _build(ResourcesSpec, raw.get("resources") or {}, "resources", source, ResourcesSpec())
+    tracking = _build(TrackingSpec, raw.get("tracking") or {}, "tracking", source, TrackingSpec())
+    synthetic = (_build(SyntheticSpec, raw["synthetic"] or {}, "synthetic", source, SyntheticSpec())
+                 if "synthetic" in raw else None)
+    space = parse_space(raw_space, source)
+    spec = SearchFile(path=path, experiment=experiment, search=search, space=space, resources=resources,
+                      tracking=tracking, synthetic=synthetic, run_raw=run_raw, base=base,
+                      raw_space=copy.deepcopy(raw_space))
+    _validate(spec)
+    return spec
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
+    """``--set`` values; ``search.space.<dotted key>=...`` addresses one space entry whole."""
+    prefix = "search.space."
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key.startswith(prefix) and len(key) > len(prefix):
+            holder: dict[str, Any] = {}
+            apply_overrides(holder, [f"value={item.partition('=')[2]}"])
+            space = raw.setdefault("search", {}).setdefault("space", {})
+            if not isinstance(space, dict):
+                raise ConfigError(f"--set: {key}: search.space is not a mapping")
+            space[key[len(prefix):]] = holder["value"]
+        else:
+            apply_overrides(raw, [item])
+
+
+def _validate(spec: SearchFile) -> None:
+    source, s = spec.source, spec.search
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{source}: {key}: {message}")
+
+    if s.num_samples < 1:
+        fail("search.num_samples", f"must be >= 1, got {s.num_samples}")
+    if s.max_concurrent is not None and s.max_concurrent < 1:
+        fail("search.max_concurrent", f"must be >= 1 or null, got {s.max_concurrent}")
+    if s.max_failures < 0:
+        fail("search.max_failures", f"must be >= 0, got {s.max_failures}")
+    known = set(LOSS_METRICS) | set(validation_metrics(spec.base))
+    if s.metric not in known:
+        fail("search.metric", f"unknown metric {s.metric!r} (expected one of {sorted(known)})")
+    if spec.resources.cpu <= 0:
+        fail("resources.cpu", f"must be > 0, got {spec.resources.cpu}")
+    if spec.resources.gpu < 0:
+        fail("resources.gpu", f"must be >= 0, got {spec.resources.gpu}")
+    uri = spec.tracking.uri
+    if uri is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S*|databricks(://\S*)?", uri):
+        fail("tracking.uri", f"expected a URI such as sqlite:////abs/mlflow.db or http://host:5000, "
+             f"got {uri!r}")
+    if spec.synthetic is not None and spec.synthetic.videos < 2:
+        fail("synthetic.videos", f"must be >= 2, got {spec.synthetic.videos}")
+
+    if not spec.space.params:
+        fail("search.space", "lists no parameter to search (e.g. train.lr: {loguniform: [1.0e-5, 1.0e-3]})")
+    leaves = flatten(spec.base)
+    for param in spec.space.params:
+        if param.key not in leaves:
+            fail(f"search.space.{param.key}", _unknown_key_message(param.key, leaves))
+        for value in param.candidates():
+            _check_value(spec, {param.key: value}, f"search.space.{param.key}")
+
+    sched = s.scheduler
+    if sched.type == "asha":
+        if not 1 <= sched.grace_period <= spec.max_epochs():
+            fail("search.scheduler.grace_period", f"must be in [1, train.epochs={spec.max_epochs()}], "
+                 f"got {sched.grace_period}")
+        if sched.reduction_factor < 2:
+            fail("search.scheduler.reduction_factor", f"must be >= 2, got {sched.reduction_factor}")
+
+    # Combinations can break cross-field rules (e.g. eta_min < lr): build a few sampled configs.
+    sampler = make_sampler("random", s.seed)
+    for values in sample_configs(spec.space, sampler, VALIDATION_SAMPLES):
+        _check_value(spec, values, "search.space")
+
+
+def _check_value(spec: SearchFile, values: dict[str, Any], key: str) -> None:
+    """Build the trial config for `values`; re-word its error so it names the space entry."""
+    try:
+        spec.trial_config(values)
+    except ConfigError as exc:
+        detail = str(exc).removeprefix(f"{spec.source}: ")
+        shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        raise ConfigError(f"{spec.source}: {key}: with {shown}: {detail}") from None
+
+
+def _unknown_key_message(key: str, leaves: dict[str, Any]) -> str:
+    section = key.rpartition(".")[0]
+    near = sorted(k for k in leaves if k.rpartition(".")[0] == section) or sorted(
+        {k.split(".")[0] for k in leaves})
+    return f"not a run-config value (keys here: {near})"
+
+
+def validation_metrics(cfg: RunConfig) -> list[str]:
+    """Metrics the engine reports only on evaluated epochs: average_mAP and mAP at each tIoU."""
+    return ["average_mAP", *(f"mAP_{t:.2f}" for t in cfg.test.tiou_thresholds)]
+
+
+def dump(data: Any) -> str:
+    """YAML for the console (dry-run) and for artifacts."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,57 @@
+"""Shared fixtures: a generated synthetic dataset, and a factory for tiny hand-made data sets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from localization.config import DataConfig, StreamConfig
+from localization.data.synthetic import generate
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic FineAction look-alike (160 videos, seed 0); returns its config.yaml path.
+
+    Read-only for tests: it is shared by the whole session. ``injected_dirty.json`` sits beside it.
+    """
+    return generate(tmp_path_factory.mktemp("synthetic"), seed=0, videos=160)
+
+
+TinyData = Callable[..., DataConfig]
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> TinyData:
+    """Write a hand-made annotation JSON and feature files; return a DataConfig pointing at them.
+
+    ``make(database, arrays={stream: {video_id: array}}, streams={name: StreamConfig kwargs},
+    **data_fields)``. ``database`` is the value of "database"; arrays are saved as given (dtype and
+    layout are the caller's). Default streams: ``a`` (dim 3, 16-frame clips) and ``b`` (dim 2,
+    32-frame clips), both stride 16, concatenated as [a, b].
+    """
+
+    def make(database: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]] | None = None,
+             streams: dict[str, dict[str, Any]] | None = None, **data_fields: Any) -> DataConfig:
+        annotations = tmp_path / "annotations.json"
+        annotations.write_text(json.dumps({"database": database}))
+        streams = streams if streams is not None else {"a": {"dim": 3, "num_frames": 16},
+                                                       "b": {"dim": 2, "num_frames": 32}}
+        stream_cfgs = {}
+        for name, fields in streams.items():
+            folder = tmp_path / "features" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            stream_cfgs[name] = StreamConfig(dir=str(folder), **fields)
+        for name, per_video in (arrays or {}).items():
+            for video_id, array in per_video.items():
+                np.save(tmp_path / "features" / name / f"{video_id}.npy", array)
+        fields = {"annotations": str(annotations), "streams": stream_cfgs, "features": list(streams),
+                  "cache_features": False, **data_fields}
+        return DataConfig(**fields)
+
+    return make
