@@ -1,0 +1,7 @@
+"""``python -m localization.synthetic --out DIR [--seed N] [--videos N]``: see localization.data.synthetic."""
+
+from localization import cli
+from localization.data.synthetic import main
+
+if __name__ == "__main__":
+    cli.run(main)
