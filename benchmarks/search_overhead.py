@@ -6,8 +6,10 @@
 - wall time (validation, Ray start, ``Tuner.fit``, leaderboard/plots) against the sum of the
   trials' training time (the engine's epoch times, evaluation included);
 - slot utilisation = training time / (fit time x concurrent trials);
-- per-trial scheduling overhead = (fit time x concurrent trials - training time) / trials: worker
-  start or reuse, imports, data loading, model build, checkpoint copies, idle slots at the end;
+- per-trial scheduling overhead = (fit time x concurrent trials - training time) / trials, split
+  into idle slots (no trial placed: start-up, the tail when fewer trials than slots remain) and
+  time inside trials that is not training (worker start or reuse, imports, data loading, model
+  build, checkpoint copies, result round trips), using the child runs' start and end times;
 - per-trial start-up latency (child run start to the end of its first epoch, minus that epoch);
 - per-trial tracking overhead: the driver's time inside MLflow calls (measured by the recorder).
 """
@@ -24,15 +26,18 @@ from mlflow.tracking import MlflowClient
 from runner import search, tracking
 
 
-def startup_latencies(client: MlflowClient, rows: list) -> list[float]:
-    """Seconds from a trial's run start to its first epoch result, minus that epoch's own time."""
-    out = []
+def run_times(client: MlflowClient, rows: list) -> tuple[list[float], list[float]]:
+    """Per trial: seconds its child run was open (driver clock, trial start to end), and the
+    start-up latency (run start to its first epoch result, minus that epoch's own time)."""
+    durations, latencies = [], []
     for row in rows:
-        run = client.get_run(row.run_id)
+        info = client.get_run(row.run_id).info
+        if info.end_time:
+            durations.append((info.end_time - info.start_time) / 1000)
         first = [m for m in client.get_metric_history(row.run_id, "epoch_time_s") if m.step == 1]
         if first:
-            out.append((first[0].timestamp - run.info.start_time) / 1000 - first[0].value)
-    return out
+            latencies.append((first[0].timestamp - info.start_time) / 1000 - first[0].value)
+    return durations, latencies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     train = sum(r.train_time_s for r in rows)
     epochs = sum(r.epochs for r in rows)
     slots = max(outcome.concurrency, 1)
-    latencies = startup_latencies(client, rows)
+    durations, latencies = run_times(client, rows)
+    open_time = sum(durations)
     by_status = " / ".join(str(sum(r.status == s for r in rows)) for s in ("finished", "pruned", "failed"))
     fit = t.get("fit", 0.0)
     table = [
@@ -60,14 +66,19 @@ def main(argv: list[str] | None = None) -> int:
         ("trial-epochs trained", f"{epochs}"),
         ("concurrent trials", f"{slots}"),
         ("wall time, total", f"{t.get('total', 0):.1f} s"),
-        ("  validate search file + data", f"{t.get('validate', 0):.1f} s"),
+        ("  validate file + data, open the MLflow store", f"{t.get('validate', 0):.1f} s"),
         ("  Ray start", f"{t.get('ray_start', 0):.1f} s"),
         ("  Tuner.fit", f"{t.get('fit', 0):.1f} s"),
-        ("  leaderboard + plots + Ray shutdown", f"{t.get('finalize', 0):.1f} s"),
+        ("  leaderboard + plots to MLflow", f"{t.get('finalize', 0):.1f} s"),
+        ("  Ray shutdown", f"{t.get('ray_stop', 0):.1f} s"),
         ("sum of trials' training time (epochs incl. validation)", f"{train:.1f} s"),
         ("slot utilisation (training / (fit x slots))", f"{train / max(fit * slots, 1e-9):.0%}"),
         ("scheduling overhead per trial ((fit x slots - training) / trials)",
          f"{(fit * slots - train) / n:.2f} s"),
+        ("  of which slots idle ((fit x slots - time trials were running) / trials)",
+         f"{(fit * slots - open_time) / n:.2f} s"),
+        ("  of which inside trials ((time trials were running - training) / trials)",
+         f"{(open_time - train) / n:.2f} s"),
         ("start-up latency per trial (median, run start -> first epoch - epoch)",
          f"{statistics.median(latencies):.2f} s" if latencies else "-"),
         ("tracking (MLflow) time per trial, driver side",

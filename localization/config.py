@@ -24,7 +24,7 @@ import yaml
 from localization.errors import ConfigError
 
 RUN_SECTIONS = ("data", "model", "train", "test")
-__all__ = ["ConfigError", "RunConfig", "load_config", "config_from_dict"]
+__all__ = ["ConfigError", "RunConfig", "config_from_dict", "load_config"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,6 +59,10 @@ class DataConfig:
     class_list: str | None = None  # optional text file, one class name per line (line = label id)
     train_subset: str = "training"
     val_subset: str = "validation"
+    # Optional files of video ids (one per line) restricting the training / validation subset,
+    # e.g. a held-out slice of training to select on (runner: search.selection).
+    train_videos: str | None = None
+    val_videos: str | None = None
     default_fps: float = 30.0  # used when a video entry has no "fps"
     streams: dict[str, StreamConfig] = field(default_factory=_default_streams)
     features: list[str] = field(default_factory=lambda: ["i3d", "slowfast"])  # concat order
@@ -424,9 +428,8 @@ def validate(cfg: RunConfig, source: str) -> None:
             fail(f"data.streams.{name}.file_pattern", "must contain {video_id}")
     positive("data.default_fps", d.default_fps)
     positive("data.max_seq_len", d.max_seq_len)
-    if d.crop_ratio is not None:
-        if len(d.crop_ratio) != 2 or not 0 < d.crop_ratio[0] <= d.crop_ratio[1] <= 1:
-            fail("data.crop_ratio", f"must be [low, high] with 0 < low <= high <= 1, got {d.crop_ratio}")
+    if d.crop_ratio is not None and (len(d.crop_ratio) != 2 or not 0 < d.crop_ratio[0] <= d.crop_ratio[1] <= 1):
+        fail("data.crop_ratio", f"must be [low, high] with 0 < low <= high <= 1, got {d.crop_ratio}")
     unit("data.trunc_thresh", d.trunc_thresh)
     if d.boundary_tolerance < 0:
         fail("data.boundary_tolerance", f"must be >= 0, got {d.boundary_tolerance}")

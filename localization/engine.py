@@ -27,7 +27,7 @@ from localization.checkpoint import (
     set_rng_state,
 )
 from localization.config import RunConfig, inference_div_factor
-from localization.data.annotations import SubsetAnnotations, load_subset
+from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
 from localization.data.dataset import InferenceDataset, TrainingDataset, build_loader
 from localization.data.features import FeatureReader
 from localization.inference import autocast, detect, predict, to_submission
@@ -37,6 +37,7 @@ from localization.metrics import (
     evaluate_detections,
     load_ground_truth,
     predictions_from_arrays,
+    restrict_to_videos,
 )
 from localization.model import ActionFormer, make_points, param_groups
 from localization.optim import ModelEma, build_scheduler
@@ -105,15 +106,37 @@ def metrics_as_floats(metrics: DetectionMetrics) -> dict[str, float]:
     return out
 
 
+def load_training_subset(cfg: RunConfig) -> SubsetAnnotations:
+    """The training videos: ``data.train_subset``, cut to ``data.train_videos`` when given."""
+    annotations = load_subset(cfg.data, cfg.data.train_subset)
+    if cfg.data.train_videos:
+        annotations = restrict_videos(annotations, cfg.data.train_videos, "data.train_videos")
+    return annotations
+
+
+def _subset_evaluator(cfg: RunConfig, subset: str, reader: FeatureReader) -> _Evaluator:
+    """An evaluator for ``subset``; the validation subset is cut to ``data.val_videos`` when given."""
+    annotations = load_subset(cfg.data, subset)
+    restricted = subset == cfg.data.val_subset and cfg.data.val_videos is not None
+    if restricted:
+        annotations = restrict_videos(annotations, cfg.data.val_videos, "data.val_videos")
+    return _Evaluator(cfg, reader, annotations, restricted)
+
+
 class _Evaluator:
     """Scores a model on one subset: the dataset and ground truth are built once."""
 
-    def __init__(self, cfg: RunConfig, subset: str, reader: FeatureReader, annotations: SubsetAnnotations):
+    def __init__(self, cfg: RunConfig, reader: FeatureReader, annotations: SubsetAnnotations,
+                 restricted: bool = False):
+        """``restricted``: ``annotations`` holds only some videos of its subset (data.val_videos);
+        the ground truth is cut to the same videos."""
         self.cfg = cfg
-        self.subset = subset
         self.class_names = annotations.class_names
         self.dataset = InferenceDataset(cfg.data, annotations, reader)
-        self.ground_truth = load_ground_truth(cfg.data.annotations, subset, cfg.test.gt_filter)
+        ground_truth = load_ground_truth(cfg.data.annotations, annotations.subset, cfg.test.gt_filter)
+        if restricted:
+            ground_truth = restrict_to_videos(ground_truth, [v.video_id for v in annotations.videos])
+        self.ground_truth = ground_truth
         self.has_labels = len(self.ground_truth.segments) > 0
 
     def __call__(self, model: ActionFormer, device: torch.device, raw_out: Path | None = None) -> EvalResult:
@@ -147,10 +170,9 @@ def train(
     seed_everything(cfg.train.seed)
 
     reader = FeatureReader(cfg.data)
-    train_ann = load_subset(cfg.data, cfg.data.train_subset)
-    val_ann = load_subset(cfg.data, cfg.data.val_subset)
+    train_ann = load_training_subset(cfg)
     train_set = TrainingDataset(cfg.data, train_ann, reader, seed=cfg.train.seed)
-    evaluator = _Evaluator(cfg, cfg.data.val_subset, reader, val_ann)
+    evaluator = _subset_evaluator(cfg, cfg.data.val_subset, reader)
     class_names = train_ann.class_names
     pad_multiple = inference_div_factor(cfg.model)
     loader = build_loader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
@@ -259,7 +281,7 @@ def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
 def build_model_for_data(cfg: RunConfig) -> tuple[ActionFormer, str]:
     """The model ``cfg`` would train (input dim and classes from the data) and a data summary."""
     reader = FeatureReader(cfg.data)
-    train_ann = load_subset(cfg.data, cfg.data.train_subset)
+    train_ann = load_training_subset(cfg)
     model = ActionFormer(cfg.model, reader.dim, len(train_ann.class_names), cfg.data.max_seq_len)
     summary = (f"data: {len(train_ann.videos)} {cfg.data.train_subset} videos, "
                f"{len(train_ann.class_names)} classes, input dim {reader.dim} "
@@ -274,6 +296,4 @@ def evaluate(
     ckpt = load_checkpoint(checkpoint)
     model, cfg, _ = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
     device = resolve_device(cfg.train.device)
-    reader = FeatureReader(cfg.data)
-    evaluator = _Evaluator(cfg, subset, reader, load_subset(cfg.data, subset))
-    return evaluator(model.to(device), device, raw_out)
+    return _subset_evaluator(cfg, subset, FeatureReader(cfg.data))(model.to(device), device, raw_out)

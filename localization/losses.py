@@ -51,9 +51,10 @@ def ctr_diou_loss_1d(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     """
     pred, target = pred.float(), target.float()
     # The reference asserts non-negative offsets; we raise instead so the check survives `python -O`.
-    if not bool((pred >= 0).all()):
+    # `< 0` (not `not >= 0`): NaN offsets pass here and surface as a NaN loss the trainer reports.
+    if bool((pred < 0).any()):
         raise ValueError("ctr_diou_loss_1d: predicted offsets must be non-negative")
-    if not bool((target >= 0).all()):
+    if bool((target < 0).any()):
         raise ValueError("ctr_diou_loss_1d: target offsets must be non-negative")
     lp, rp = pred[:, 0], pred[:, 1]  # (N,)
     lg, rg = target[:, 0], target[:, 1]  # (N,)

@@ -35,6 +35,7 @@ from mlflow.exceptions import MlflowException
 from localization import cli
 from localization.config import RunConfig, apply_overrides, config_from_dict, read_yaml
 from localization.engine import EvalResult, evaluate, metrics_as_floats
+from localization.errors import ConfigError
 from localization.io import write_json
 from localization.metrics import DetectionMetrics, format_table, tiou_key
 from runner import registry
@@ -43,10 +44,15 @@ from runner.tracking import resolve_store
 
 
 def model_config(files: registry.ModelFiles, overrides: list[str]) -> RunConfig:
-    """The model's stored run config with ``--set`` overrides; the model section must not change."""
+    """The model's stored run config with ``--set`` overrides (data paths, post-processing, ...);
+    the ``model`` section must stay as stored: the weights only fit that architecture."""
     raw = read_yaml(files.config)
+    stored = config_from_dict(raw, str(files.config))
     apply_overrides(raw, overrides)
-    return config_from_dict(raw, str(files.config))
+    cfg = config_from_dict(raw, "--set")
+    if cfg.model != stored.model:
+        raise ConfigError("--set: model.*: the model section cannot change (the weights fit the stored one)")
+    return cfg
 
 
 def selection_of(client: MlflowClient, ref: registry.ModelRef) -> Selection | None:
@@ -96,21 +102,23 @@ def plot_per_class_ap(path: Path, metrics: DetectionMetrics, title: str) -> None
     fig.savefig(path, dpi=120)
 
 
-def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> None:
-    """Every file of the evaluation in ``out`` (also what the MLflow run holds)."""
+def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> list[Path]:
+    """Write every file of the evaluation in ``out``; returns them (what the MLflow run holds)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "predictions.json", result.predictions)
     write_json(out / "evaluation.json", summary)
     if result.metrics is None:
-        return
+        return [out / "predictions.json", out / "evaluation.json"]
     write_json(out / "metrics.json", result.metrics.to_json())
     write_per_class_csv(out / "per_class_ap.csv", result.metrics)
     name = summary["model"]
     plot_map_per_tiou(out / "map_per_tiou.png", result.metrics, f"{name} on {summary['subset']}")
     plot_per_class_ap(out / "per_class_ap.png", result.metrics, f"{name} on {summary['subset']}: per class")
+    return [out / file for file in ("predictions.json", "evaluation.json", "metrics.json", "per_class_ap.csv",
+                                    "map_per_tiou.png", "per_class_ap.png")]
 
 
-def log_evaluation_run(client: MlflowClient, ref: registry.ModelRef, out: Path, result: EvalResult,
+def log_evaluation_run(client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: EvalResult,
                        summary: dict[str, Any]) -> str:
     """An MLflow run holding the evaluation, in the experiment of the model's training run."""
     experiment_id = None
@@ -133,7 +141,8 @@ def log_evaluation_run(client: MlflowClient, ref: registry.ModelRef, out: Path, 
                            "overrides": json.dumps(summary["overrides"])})
         if result.metrics is not None:
             mlflow.log_metrics(metrics_as_floats(result.metrics), model_id=ref.model_id)
-        mlflow.log_artifacts(str(out))
+        for path in files:
+            mlflow.log_artifact(str(path))
     return run.info.run_id
 
 
@@ -166,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                "selected_on_subset": selection.subset if selection else None,
                "selected_on": selection.description if selection else None, "warning": warning,
                "average_mAP": result.metrics.average_mAP if result.metrics else None}
-    write_outputs(args.out, result, summary)
-    run_id = log_evaluation_run(client, ref, args.out, result, summary)
+    files_written = write_outputs(args.out, result, summary)
+    run_id = log_evaluation_run(client, ref, files_written, result, summary)
 
     print(f"model {summary['model']} ({ref.uri}, trained in MLflow run {ref.source_run_id}) "
           f"on {args.subset!r}")

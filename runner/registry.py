@@ -189,8 +189,12 @@ def resolve_model(client: MlflowClient, uri: str) -> ModelRef:
 
 def download_model(ref: ModelRef, dst: Path, tracking_uri: str) -> ModelFiles:
     """Download the model's files to ``dst``; read where they are from its MLmodel file."""
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=ref.download_uri, dst_path=str(dst), tracking_uri=tracking_uri))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=ref.download_uri, dst_path=str(dst), tracking_uri=tracking_uri))
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFound(f"{ref.uri}: cannot download the model ({first})") from None
     flavor = mlflow.models.Model.load(str(local)).flavors.get("python_function", {})
     stored = flavor.get("artifacts", {})
     missing = [key for key in (WEIGHTS, CONFIG, CLASS_NAMES) if key not in stored]

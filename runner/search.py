@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if outcome.status == "finished" and outcome.best is None and not args.dry_run:
+        return 1  # every trial failed before its first evaluation
     return {"finished": 0, "interrupted": 130}.get(outcome.status, 1)
 
 
@@ -107,11 +109,12 @@ def run(path: Path, overrides: list[str] | None = None, num_samples: int | None 
         else:
             client.update_run(parent_id, status="RUNNING")
         outcome.parent_run_id = parent_id
-        recorder = tracking.TrialRecorder(store, exp_id, parent_id, spec)
+        setup = TrialSetup(spec, cluster.torch_threads(resources))
+        recorder = tracking.TrialRecorder(store, exp_id, parent_id, setup)
         echo(f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "
              f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU each on a cluster of {info.cpus:g} CPUs, "
              f"{info.gpus:g} GPUs; MLflow {store.uri} (experiment {spec.experiment}, parent run {parent_id})")
-        tuner = build_tuner(spec, ray_path, resources, concurrency, recorder, resume)
+        tuner = build_tuner(setup, ray_path, resources, concurrency, recorder, resume)
         mark = time.perf_counter()
         results = tuner.fit()
         timings["fit"] = time.perf_counter() - mark
@@ -127,7 +130,9 @@ def run(path: Path, overrides: list[str] | None = None, num_samples: int | None 
         timings["finalize"] = time.perf_counter() - mark
         if recorder is not None:
             outcome.tracking_seconds, outcome.tracking_calls = recorder.seconds, recorder.calls
+        mark = time.perf_counter()
         cluster.stop(info)
+        timings["ray_stop"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
     if outcome.status == "interrupted":
         again = ["python", "-m", "runner.search", *(argv if argv is not None else sys.argv[1:])]
@@ -136,14 +141,14 @@ def run(path: Path, overrides: list[str] | None = None, num_samples: int | None 
     return outcome
 
 
-def build_tuner(spec: SearchFile, ray_path: Path, resources: dict[str, float], concurrency: int,
+def build_tuner(setup: TrialSetup, ray_path: Path, resources: dict[str, float], concurrency: int,
                 recorder: tracking.TrialRecorder, resume: bool) -> Any:
     """The Tuner: OptunaSearch (seeded sampler, define-by-run space), ASHA or FIFO, checkpoints."""
     from ray import tune  # Ray is imported only when a search runs
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    setup = TrialSetup(spec, cluster.torch_threads(resources))
+    spec = setup.spec
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if resume:
         return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True,

@@ -60,14 +60,16 @@ class Selection:
     description: str  # one line for people
 
     def warning_for(self, evaluated_subset: str) -> str | None:
-        """A warning when evaluating on ``evaluated_subset`` reuses what selected (or trained) the model."""
+        """A warning when evaluating on ``evaluated_subset`` scores the videos that selected the model.
+
+        The engine evaluates the config's val subset restricted to ``data.val_videos``, so with a
+        holdout the evaluated videos are then exactly the held-out slice that selected the model.
+        """
         if evaluated_subset.lower() != self.subset.lower():
             return None
-        if self.holdout:
-            return (f"the model was trained on most of {evaluated_subset!r} and selected on a held-out "
-                    f"slice of it: this mAP is not an estimate on unseen data")
-        return (f"the model was selected on {evaluated_subset!r}, the subset being evaluated: this mAP "
-                f"is optimistic (use search.selection.holdout_fraction for an honest estimate)")
+        advice = "" if self.holdout else " (use search.selection.holdout_fraction for an honest estimate)"
+        return (f"the model was selected on {self.description}, the videos being evaluated: this mAP "
+                f"is optimistic{advice}")
 
 
 def describe_selection(params: Mapping[str, str], search_tags: Mapping[str, str]) -> Selection:
@@ -79,7 +81,7 @@ def describe_selection(params: Mapping[str, str], search_tags: Mapping[str, str]
     ``{"holdout_fraction": f, "seed": s}``) adds the split's settings to the description.
     """
     subset = params.get("data.val_subset", "validation")
-    if params.get("data.val_videos") in (None, "", "None"):
+    if params.get("data.val_videos") in (None, "", "None", "null"):  # MLflow params are text
         return Selection(subset, False, f"the whole {subset!r} subset")
     settings = json.loads(search_tags.get("runner.selection", "{}"))
     detail = f" ({settings['holdout_fraction']:.0%}, seed {settings['seed']})" if settings else ""
@@ -91,9 +93,8 @@ def write_selection(data_cfg: DataConfig, fraction: float, seed: int, out_dir: P
     overrides that make a trial train on one list and score (select) on the other.
 
     Meant for runner.search when ``search.selection`` is set: the search's base config gets these
-    overrides and its parent run the tag ``runner.selection``. Needs the data-config keys
-    ``data.train_videos`` / ``data.val_videos`` (files of video ids restricting the train / val
-    subset during training).
+    overrides and its parent run the tag ``runner.selection``. The engine trains on
+    ``data.train_videos`` of the train subset and scores ``data.val_videos`` of the val subset.
     """
     video_ids = [video.video_id for video in load_subset(data_cfg, data_cfg.train_subset).videos]
     train_ids, holdout_ids = holdout_split(video_ids, fraction, seed)

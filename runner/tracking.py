@@ -32,7 +32,14 @@ from ray.tune import Callback
 from localization.config import flatten, to_dict
 from localization.errors import InputError
 from runner.spec import LOSS_METRICS, SearchFile, validation_metrics
-from runner.trial import CHECKPOINT_FILE, CONFIG_FILE, PREDICTIONS_FILE, REPORT_FILE
+from runner.trial import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    TrialSetup,
+    trial_run_config,
+)
 
 EMBEDDED_STORE_DIR = "mlflow"  # under the cwd: mlflow.db + artifacts/ (git-ignored)
 PARAM_VALUE_LIMIT = 6000  # MLflow's longest param value
@@ -151,13 +158,14 @@ def close_open_children(client: MlflowClient, exp_id: str, parent_id: str) -> in
 class TrialRecorder(Callback):
     """Driver-side Tune callback writing each trial's child run (the only MLflow writer)."""
 
-    def __init__(self, store: Store, exp_id: str, parent_id: str, spec: SearchFile) -> None:
+    def __init__(self, store: Store, exp_id: str, parent_id: str, setup: TrialSetup) -> None:
         self.store = store
         self.exp_id = exp_id
         self.parent_id = parent_id
-        self.spec = spec
-        self.metric = spec.search.metric
-        self.sign = 1.0 if spec.search.mode == "max" else -1.0
+        self.trial_setup = setup  # not `setup`: that name is a Callback hook
+        self.spec = setup.spec
+        self.metric = setup.spec.search.metric
+        self.sign = 1.0 if setup.spec.search.mode == "max" else -1.0
         self.seconds = 0.0  # time spent writing to MLflow (the tracking overhead)
         self.calls = 0
         self._reset()
@@ -215,7 +223,7 @@ class TrialRecorder(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         with self._timed():
             last_epoch = int((trial.last_result or {}).get("epoch", 0))
-            epochs = self.spec.trial_config(trial.config).train.epochs
+            epochs = trial_run_config(self.trial_setup, trial.config).train.epochs
             self._finish(trial, "pruned" if last_epoch < epochs else "finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -245,7 +253,7 @@ class TrialRecorder(Callback):
         return run_id
 
     def _create_run(self, trial: Any) -> str:
-        cfg = self.spec.trial_config(trial.config)
+        cfg = trial_run_config(self.trial_setup, trial.config)  # what the trial trains with
         tags = {PARENT: self.parent_id, ROLE: "trial", TRIAL_ID: trial.trial_id, STATUS: "running",
                 SEARCHED_KEYS: ",".join(trial.config), TRIAL_DIR: str(trial.path)}
         run = self.client.create_run(self.exp_id, run_name=Path(trial.path).name, tags=tags)

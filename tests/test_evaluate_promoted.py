@@ -95,7 +95,7 @@ def test_evaluation_reproduces_the_logged_map_and_is_in_mlflow(
     captured = capsys.readouterr()
     assert "selected on: the whole 'validation' subset" in captured.out
     assert "mAP" in captured.out and "0.50" in captured.out  # the table
-    assert "selected on 'validation', the subset being evaluated" in captured.err
+    assert "selected on the whole 'validation' subset, the videos being evaluated" in captured.err
 
     client = MlflowClient(promoted.uri, promoted.uri)
     trial = client.get_run(promoted.best_run_id)
@@ -158,6 +158,14 @@ def test_unknown_models_are_refused(promoted: Promoted, tmp_path: Path, capsys: 
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {uri}: ") and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_overrides_may_not_change_the_architecture(promoted: Promoted, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [f"models:/{MODEL}@champion", "--set", "model.head_num_layers=2", "--out", str(tmp_path / "never"),
+            "--tracking-uri", promoted.uri]
+    assert run_cli(evaluate.main, argv) == 2
+    assert "the model section cannot change" in capsys.readouterr().err
 
 
 def test_subset_without_labels_gives_the_submission_only(

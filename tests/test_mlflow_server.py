@@ -1,5 +1,5 @@
-"""A real ``mlflow server`` on 127.0.0.1: a tiny search and a promotion over HTTP, read back through
-MLflow's REST API with plain HTTP requests; and the UI page is served.
+"""A real ``mlflow server`` on 127.0.0.1: a tiny search, a promotion and an evaluation over HTTP,
+read back through MLflow's REST API with plain HTTP requests; and the UI page is served.
 
 The server runs light (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``, one worker), in its own
 process group, stopped by its process id.
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from test_evaluate_promoted import run_cli, write_tiny_search
 
-from runner import promote, search
+from runner import evaluate, promote, search
 
 EXPERIMENT = "server-e2e"
 MODEL = "af-server"
@@ -139,6 +139,15 @@ def test_search_and_promotion_over_http(server: str, tmp_path: Path, monkeypatch
     model_id = version["source"].removeprefix("models:/")
     logged = get(server, f"{api}/logged-models/{model_id}")["model"]
     assert logged["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
+
+    # the final evaluation works over HTTP too, and its files land on the server
+    assert run_cli(evaluate.main, [f"models:/{MODEL}@champion", "--out", str(tmp_path / "eval"),
+                                   "--tracking-uri", server]) == 0
+    evaluations = post(server, f"{api}/runs/search", {
+        "experiment_ids": [experiment["experiment_id"]], "filter": "tags.`runner.role` = 'evaluation'"})["runs"]
+    assert len(evaluations) == 1 and tags(evaluations[0])["runner.model_version"] == "1"
+    files = get(server, f"{api}/artifacts/list", run_id=evaluations[0]["info"]["run_id"])["files"]
+    assert {"metrics.json", "predictions.json", "per_class_ap.csv"} <= {f["path"] for f in files}
 
     with urllib.request.urlopen(f"{server}/", timeout=30) as response:  # the UI
         assert response.status == 200

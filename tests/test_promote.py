@@ -26,7 +26,7 @@ from mlflow.entities import Param
 from localization import cli
 from localization.config import RunConfig, dump_yaml, flatten, load_config
 from localization.data.synthetic import generate
-from localization.engine import evaluate, train
+from localization.engine import evaluate, load_training_subset, train
 from localization.errors import ConfigError
 from runner import promote
 from runner.registry import CLASS_NAMES, CONFIG, WEIGHTS
@@ -93,8 +93,9 @@ def store(tmp_path: Path, trained: Trained, empty_database: Path, monkeypatch: p
 
 
 def record_search(store: Store, trained: Trained, trials: list[tuple[str, float | None]], *,
-                  parent_status: str = "FINISHED", search_status: str = "finished",
-                  num_samples: int = 3) -> tuple[str, list[str]]:
+                  parent_status: str = "FINISHED", search_status: str = "finished", num_samples: int = 3,
+                  params: dict[str, str] | None = None, parent_tags: dict[str, str] | None = None,
+                  ) -> tuple[str, list[str]]:
     """Write one search per the layout contract; ``trials`` are (runner.status, best value).
 
     runner.status "running" leaves the trial's MLflow run RUNNING; "failed" ends it FAILED,
@@ -108,16 +109,16 @@ def record_search(store: Store, trained: Trained, trials: list[tuple[str, float 
     parent = client.create_run(exp_id, tags={
         "runner.role": "search", "runner.metric": "average_mAP", "runner.mode": "max",
         "runner.num_samples": str(num_samples), "runner.status": search_status,
-        "runner.search_file": str(store.search_file)}).info.run_id
+        "runner.search_file": str(store.search_file), **(parent_tags or {})}).info.run_id
     children = []
     for index, (status, value) in enumerate(trials):
         run_id = client.create_run(exp_id, tags={
             "mlflow.parentRunId": parent, "runner.role": "trial", "runner.trial_id": f"trial_{index}",
             "runner.status": status, "runner.best_epoch": "2"}).info.run_id
-        params = [Param(k, json.dumps(v) if isinstance(v, list) else str(v))
-                  for k, v in flatten(trained.cfg).items()]
-        for start in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[start:start + 100])
+        values = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flatten(trained.cfg).items()}
+        logged = [Param(k, v) for k, v in {**values, **(params or {})}.items()]
+        for start in range(0, len(logged), 100):
+            client.log_batch(run_id, params=logged[start:start + 100])
         if value is not None:
             client.log_metric(run_id, "best_average_mAP", value)
             client.log_artifact(run_id, str(trained.checkpoint), "checkpoints/best")
@@ -241,6 +242,16 @@ def test_promotes_the_best_trial_with_lineage_tags(
     assert all(v.current_stage == "None" for v in client.search_model_versions(f"name = '{MODEL}'"))
 
 
+def test_lineage_records_a_holdout_selection(store: Store, trained: Trained) -> None:
+    params = {"data.val_subset": "training", "data.val_videos": "/runs/selection/val_videos.txt"}
+    record_search(store, trained, [("finished", 1.0), ("finished", 2.0), ("finished", 3.0)], params=params,
+                  parent_tags={"runner.selection": json.dumps({"holdout_fraction": 0.1, "seed": 0})})
+    assert run_promote(store) == 0
+    version = MlflowClient(store.uri, store.uri).get_model_version_by_alias(MODEL, "champion")
+    assert version.tags["selection_subset"] == "training"
+    assert version.tags["selection"] == "a held-out slice of 'training' (10%, seed 0), not trained on"
+
+
 def test_min_mode_picks_the_lowest(store: Store, trained: Trained) -> None:
     raw = yaml.safe_load(store.search_file.read_text())
     raw["search"].update(metric="loss", mode="min")
@@ -348,6 +359,10 @@ def test_write_selection_splits_the_training_subset(trained: Trained, tmp_path: 
     assert overrides == ["data.val_subset=training",
                          f"data.train_videos={(tmp_path / 'selection' / 'train_videos.txt').resolve()}",
                          f"data.val_videos={(tmp_path / 'selection' / 'val_videos.txt').resolve()}"]
+    # the engine trains on the one list and selects on the other
+    cfg = load_config(trained.config_path, overrides)
+    assert [v.video_id for v in load_training_subset(cfg).videos] == train_ids
+    assert cfg.data.val_subset == "training" and Path(cfg.data.val_videos).read_text().split() == holdout
 
 
 def test_selection_description_and_warnings() -> None:
@@ -359,4 +374,4 @@ def test_selection_description_and_warnings() -> None:
     assert honest.holdout
     assert honest.description == "a held-out slice of 'training' (10%, seed 0), not trained on"
     assert honest.warning_for("validation") is None
-    assert "trained on most of" in honest.warning_for("training")
+    assert honest.warning_for("training").startswith("the model was selected on a held-out slice of 'training'")

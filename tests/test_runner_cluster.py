@@ -15,6 +15,7 @@ from localization.errors import InputError
 from runner import cluster, tracking
 from runner.space import make_sampler, sample_configs
 from runner.spec import ResourcesSpec, SearchOptions, load_search_file
+from runner.trial import TrialSetup
 
 CPU_ONLY = cluster.Cluster(cpus=2, gpus=0, owned=False)
 FOUR_GPUS = cluster.Cluster(cpus=32, gpus=4, owned=False)
@@ -61,7 +62,7 @@ def test_space_and_recorder_survive_plain_pickle(tmp_path: Path):
     client = tracking.connect(store)
     exp_id = tracking.experiment_id(client, store, "p")
     assert client.get_experiment(exp_id).artifact_location == (tmp_path / "db" / "artifacts" / "p").as_uri()
-    recorder = tracking.TrialRecorder(store, exp_id, "parent", spec)
+    recorder = tracking.TrialRecorder(store, exp_id, "parent", TrialSetup(spec, num_threads=1))
     assert recorder.client is not None  # a live client is not picklable state
     copy = pickle.loads(pickle.dumps(recorder))
     assert copy.parent_id == "parent" and copy.client.tracking_uri == store.uri

@@ -31,7 +31,8 @@ def search_file(data: Path, seed: int) -> dict:
         "data": {"annotations": str(data / "annotations_gt.json"), "streams": streams, "max_seq_len": 256},
         "model": {"embd_dim": 32, "fpn_dim": 32, "head_dim": 32, "n_head": 4, "n_mha_win_size": 9,
                   "backbone_arch": [2, 1, 3], "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]]},
-        "train": {"epochs": EPOCHS, "warmup_epochs": 0, "batch_size": 4, "lr": 1.0e-3, "eval_every": 1},
+        "train": {"epochs": EPOCHS, "warmup_epochs": 0, "batch_size": 4, "lr": 1.0e-3, "ema_decay": 0.9,
+                  "eval_every": 1},
         "search": {"num_samples": NUM_TRIALS, "max_concurrent": 2, "seed": seed, "max_failures": 0,
                    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
                    "space": {"data.features": {"choice": [["i3d"], ["i3d", "slowfast"]]},
@@ -175,6 +176,7 @@ def test_child_runs_hold_params_metric_history_and_best_checkpoint(finished_sear
         ckpt = torch.load(local / "checkpoints/best/checkpoint.pt", weights_only=True)
         assert ckpt["epoch"] == best.step
         assert ckpt["config"]["train"]["lr"] == float(params["train.lr"])
+        assert params["train.num_threads"] == str(ckpt["config"]["train"]["num_threads"]) == "1"  # 1 CPU
         assert yaml.safe_load((local / "checkpoints/best/config.yaml").read_text())["train"]["lr"] == ckpt[
             "config"]["train"]["lr"]
         predictions = json.loads((local / "predictions/validation_best.json").read_text())

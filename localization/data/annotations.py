@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,26 @@ def load_subset(data_cfg: DataConfig, subset: str) -> SubsetAnnotations:
         present = sorted({str(e.get("subset")) for e in database.values() if isinstance(e, dict)})
         raise DataError(f"{path}: no video has subset {subset!r} (subsets in the file: {present})")
     return SubsetAnnotations(subset=subset, videos=videos, class_names=class_names, dropped=dropped)
+
+
+def restrict_videos(annotations: SubsetAnnotations, ids_file: str, key: str) -> SubsetAnnotations:
+    """Keep only the videos listed in ``ids_file`` (one id per line); ``key`` names the config key.
+
+    Every listed id must belong to the subset, so a stale list fails loudly instead of silently
+    scoring fewer videos.
+    """
+    path = Path(ids_file)
+    try:
+        wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the video list given by {key} ({exc.strerror})") from None
+    present = {video.video_id for video in annotations.videos}
+    unknown = [vid for vid in wanted if vid not in present]
+    if unknown:
+        raise DataError(f"{path}: {key}: {len(unknown)} video id(s) not in subset "
+                        f"{annotations.subset!r}, e.g. {unknown[0]!r}")
+    keep = set(wanted)
+    return replace(annotations, videos=[v for v in annotations.videos if v.video_id in keep])
 
 
 def load_class_names(data_cfg: DataConfig) -> list[str]:

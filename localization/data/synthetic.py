@@ -42,11 +42,11 @@ ACTION_STEPS = (2, 40)  # action length in feature steps
 MAX_SEQ_LEN = 256
 
 # signal strengths, in units of the per-dimension noise std (1.0)
-GROUP_AMPLITUDE = 1.2  # i3d: along the group direction, times clip coverage
-MARKER_AMPLITUDE = 1.5  # i3d: onset / offset bumps
+GROUP_AMPLITUDE = 1.6  # i3d: along the group direction, times clip coverage
+MARKER_AMPLITUDE = 2.0  # i3d: onset / offset bumps
 MARKER_WIDTH = 12.0  # frames (std of the bump)
-PRESENCE_AMPLITUDE = 1.0  # slowfast: "an action is happening"
-SUBTYPE_AMPLITUDE = 1.2  # slowfast: along the subtype direction
+PRESENCE_AMPLITUDE = 1.4  # slowfast: "an action is happening"
+SUBTYPE_AMPLITUDE = 1.6  # slowfast: along the subtype direction
 
 
 @dataclass

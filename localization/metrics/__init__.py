@@ -20,6 +20,7 @@ from localization.metrics.inputs import (
     load_ground_truth,
     load_predictions,
     predictions_from_arrays,
+    restrict_to_videos,
 )
 
 __all__ = [
@@ -35,5 +36,6 @@ __all__ = [
     "load_ground_truth",
     "load_predictions",
     "predictions_from_arrays",
+    "restrict_to_videos",
     "tiou_key",
 ]

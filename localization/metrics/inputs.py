@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -162,6 +162,18 @@ def ground_truth_from_arrays(
         subset, source, video_ids, names, _concat(vid_parts, (), np.int64),
         _concat(seg_parts, (2,), np.float64), _concat(lab_parts, (), np.int64), gt_filter,
     )
+
+
+def restrict_to_videos(gt: GroundTruth, video_ids: Collection[str]) -> GroundTruth:
+    """The same ground truth on some of its videos; classes are re-derived from what remains."""
+    wanted = set(video_ids)
+    kept = [vid for vid in gt.video_ids if vid in wanted]
+    position = {vid: i for i, vid in enumerate(kept)}
+    new_video = np.array([position.get(vid, -1) for vid in gt.video_ids], dtype=np.int64)[gt.video]
+    rows = new_video >= 0
+    restricted = _build_ground_truth(gt.subset, gt.source, kept, gt.class_names, new_video[rows],
+                                     gt.segments[rows], gt.labels[rows], "none")
+    return replace(restricted, gt_filter=gt.gt_filter)
 
 
 def _build_ground_truth(
