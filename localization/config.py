@@ -224,7 +224,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def config_from_dict(raw: dict[str, Any], source: str) -> RunConfig:
     """Build and validate a :class:`RunConfig` from a plain mapping (YAML already parsed)."""
-    cfg = _build(RunConfig, raw, "", source, RunConfig())
+    cfg = build_section(RunConfig, raw, "", source, RunConfig())
     validate(cfg, source)
     return cfg
 
@@ -259,8 +259,10 @@ def dump_yaml(cfg: RunConfig) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str, base: Any | None) -> Any:
-    """Overlay mapping ``raw`` on dataclass instance ``base`` key by key.
+def build_section(cls: type, raw: Any, prefix: str, source: str, base: Any | None) -> Any:
+    """Overlay mapping ``raw`` on dataclass instance ``base`` key by key (strict types, one-line errors).
+
+    Public so that other config files (the runner's search file) read the same way.
 
     ``base`` is None for a new entry (for example a new stream): then every field without a
     default must be present in ``raw``.
@@ -291,7 +293,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str, current: Any = None) -
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key, source, current)
+        return build_section(hint, value, key, source, current)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

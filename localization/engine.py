@@ -211,7 +211,7 @@ def train(
         model.train()
         sums = torch.zeros(3, dtype=torch.float64)
         for step, batch in enumerate(loader, start=1):
-            losses = _train_step(forward, model, batch, device, cfg, optimizer, normalizer, len(class_names))
+            losses = train_step(forward, model, batch, device, cfg, optimizer, normalizer, len(class_names))
             if not math.isfinite(losses[2]):
                 raise TrainingDiverged(
                     f"loss became {losses[2]} at epoch {epoch}, step {step} "
@@ -241,11 +241,12 @@ def train(
     return TrainResult(epoch, stopped_early, checkpoint_path, last_eval, metrics)
 
 
-def _train_step(
+def train_step(
     forward: Callable, model: ActionFormer, batch: dict[str, Any], device: torch.device, cfg: RunConfig,
     optimizer: torch.optim.Optimizer, normalizer: LossNormalizer, num_classes: int,
 ) -> tuple[float, float, float]:
-    """One optimizer step; returns (cls_loss, reg_loss, final_loss) as floats."""
+    """One optimizer step (forward, targets, losses, backward, clipping, update); returns
+    (cls_loss, reg_loss, final_loss) as floats. The caller steps the schedule and the EMA."""
     feats = batch["feats"].to(device, non_blocking=True)  # (B, C, T)
     masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
     segments = [s.to(device) for s in batch["segments"]]

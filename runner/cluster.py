@@ -50,7 +50,7 @@ def start(address: str | None = None, num_cpus: int | None = None,
     os.environ.update(RAY_ENV)
     owned = not ray.is_initialized()
     if owned and address is not None:
-        _check_reachable(address)
+        check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
                      runtime_env={"env_vars": RAY_ENV})
@@ -64,8 +64,8 @@ def start(address: str | None = None, num_cpus: int | None = None,
     return Cluster(cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), owned=owned)
 
 
-def _check_reachable(address: str) -> None:
-    """Fail fast: ray.init retries an unreachable GCS for minutes before giving up."""
+def check_reachable(address: str) -> None:
+    """Fail fast (InputError): ray.init retries an unreachable GCS for minutes before giving up."""
     if address in ("auto", "local") or "://" in address:
         return
     host, _, port = address.rpartition(":")

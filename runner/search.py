@@ -8,7 +8,9 @@ the Tuner, then write the leaderboard and plots to the parent run and print the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import os
 import shlex
 import sys
 import tempfile
@@ -84,10 +86,14 @@ def run(path: Path, overrides: list[str] | None = None, num_samples: int | None 
         return SearchOutcome(status="finished")
     _ensure_synthetic(spec, echo)
     echo(check_data(spec))
+    if address is not None:  # before anything is written: ray.init retries a dead address for minutes
+        cluster.check_reachable(address)
 
-    storage = storage_path.expanduser().resolve()
+    storage = _writable_storage(storage_path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     ray_path = _resume_path(spec, storage) if resume else storage / f"{spec.experiment}-{stamp}"
+    if spec.search.selection is not None:  # before trials exist: every trial (and the hash) sees it
+        echo(_apply_selection(spec, ray_path))
     store = tracking.resolve_store(spec.tracking.uri, Path.cwd())
     client = tracking.connect(store)
     exp_id = tracking.experiment_id(client, store, spec.experiment)
@@ -181,20 +187,25 @@ def trial_dirname(trial: Any) -> str:
 
 
 def check_data(spec: SearchFile) -> str:
-    """Open the annotations and probe a feature file of every stream combination the search uses."""
+    """Open the annotations and probe every feature file of every stream the search may use.
+
+    Probing reads only the .npy headers (name, 2-D, dtype, dim), once per file and stream, the way
+    the engine's datasets do, so a bad file fails here (DataError naming it) rather than in a trial.
+    """
     from localization.data.annotations import load_subset
+    from localization.data.dataset import InferenceDataset
     from localization.data.features import FeatureReader
 
     data = spec.base.data
-    subsets = {name: load_subset(data, name) for name in (data.train_subset, data.val_subset)}
-    combos = [data.features]
+    subsets = {name: load_subset(data, name) for name in dict.fromkeys((data.train_subset, data.val_subset))}
+    streams = list(data.features)
     if "data.features" in spec.space.keys:
-        combos += spec.space["data.features"].candidates()
-    for features in combos:
-        cfg = spec.trial_config({"data.features": features}).data
-        reader = FeatureReader(cfg)
+        streams += [name for combo in spec.space["data.features"].candidates() for name in combo]
+    for name in dict.fromkeys(streams):
+        cfg = spec.trial_config({"data.features": [name]}).data
+        reader = FeatureReader(dataclasses.replace(cfg, cache_features=False))
         for subset in subsets.values():
-            reader.probe(subset.videos[0].video_id)
+            InferenceDataset(cfg, subset, reader)  # probes every video's file, honours on_missing
     train = subsets[data.train_subset]
     return (f"data: {len(train.videos)} {data.train_subset} / {len(subsets[data.val_subset].videos)} "
             f"{data.val_subset} videos, {len(train.class_names)} classes ({data.annotations})")
@@ -213,6 +224,30 @@ def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:
     if not annotations.is_file():
         raise InputError(f"{spec.source}: data.annotations: the synthetic generator writes "
                          f"annotations_gt.json, not {annotations.name}")
+
+
+def _writable_storage(storage_path: Path) -> Path:
+    """The absolute storage path (Ray needs one, stack notes R3), checked writable without creating it:
+    its nearest existing folder must be one this process may write into."""
+    storage = storage_path.expanduser().resolve()
+    existing = next(p for p in (storage, *storage.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"--storage-path {storage}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--storage-path {storage}: {existing} is not writable")
+    return storage
+
+
+def _apply_selection(spec: SearchFile, ray_path: Path) -> str:
+    """``search.selection``: split the training subset into ``<ray path>/selection`` and point the
+    base config at it, so trials train on the rest and are scored (selected) on the held-out slice."""
+    from runner.selection import write_selection
+
+    selection = spec.search.selection
+    overrides = write_selection(spec.base.data, selection.holdout_fraction, selection.seed, ray_path / "selection")
+    spec.with_overrides(overrides)
+    return (f"selection: trials are scored on {selection.holdout_fraction:.0%} of {spec.base.data.val_subset!r} "
+            f"held out (seed {selection.seed}, {spec.base.data.val_videos}); validation stays untouched")
 
 
 def _resume_path(spec: SearchFile, storage: Path) -> Path:

@@ -20,8 +20,8 @@ import yaml
 from localization.config import (
     RUN_SECTIONS,
     RunConfig,
-    _build,  # the config module's strict typed reader; reused so errors read the same
     apply_overrides,
+    build_section,  # the config module's strict typed reader; reused so errors read the same
     config_from_dict,
     flatten,
     read_yaml,
@@ -45,6 +45,14 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
+class SelectionSpec:
+    """Select trials on a held-out slice of the training subset (runner.selection), not validation."""
+
+    holdout_fraction: float = 0.1  # share of the training videos held out, in (0, 1)
+    seed: int = 0  # the split's seed (a hash of seed and video id, see runner.selection)
+
+
+@dataclass(frozen=True)
 class SearchOptions:
     metric: str = "average_mAP"  # an engine metric: average_mAP, mAP_0.50, ..., or a loss
     mode: Literal["max", "min"] = "max"
@@ -54,6 +62,7 @@ class SearchOptions:
     sampler: Literal["tpe", "random"] = "tpe"
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     max_failures: int = 2  # retries of a trial whose worker died, from its last checkpoint
+    selection: SelectionSpec | None = None  # null: select on data.val_subset (the recipe)
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,11 @@ class SearchFile:
             set_dotted(raw, key, value, self.source)
         return config_from_dict(raw, self.source)
 
+    def with_overrides(self, overrides: list[str]) -> None:
+        """Apply run-config ``dotted.key=value`` overrides to every trial's base (e.g. the selection's)."""
+        apply_overrides(self.run_raw, overrides, self.source)
+        self.base = config_from_dict(copy.deepcopy(self.run_raw), self.source)
+
     def max_epochs(self) -> int:
         """The longest trial (ASHA's max_t): train.epochs, or its largest searched value."""
         if "train.epochs" in self.space.keys:
@@ -141,10 +155,10 @@ def load_search_file(path: str | Path, overrides: list[str] | None = None,
     raw_space = search_raw.pop("space", None) or {}
     if num_samples is not None:
         search_raw["num_samples"] = num_samples
-    search = _build(SearchOptions, search_raw, "search", source, SearchOptions())
-    resources = _build(ResourcesSpec, raw.get("resources") or {}, "resources", source, ResourcesSpec())
-    tracking = _build(TrackingSpec, raw.get("tracking") or {}, "tracking", source, TrackingSpec())
-    synthetic = (_build(SyntheticSpec, raw["synthetic"] or {}, "synthetic", source, SyntheticSpec())
+    search = build_section(SearchOptions, search_raw, "search", source, SearchOptions())
+    resources = build_section(ResourcesSpec, raw.get("resources") or {}, "resources", source, ResourcesSpec())
+    tracking = build_section(TrackingSpec, raw.get("tracking") or {}, "tracking", source, TrackingSpec())
+    synthetic = (build_section(SyntheticSpec, raw["synthetic"] or {}, "synthetic", source, SyntheticSpec())
                  if "synthetic" in raw else None)
     space = parse_space(raw_space, source)
     spec = SearchFile(path=path, experiment=experiment, search=search, space=space, resources=resources,
@@ -182,6 +196,8 @@ def _validate(spec: SearchFile) -> None:
         fail("search.max_concurrent", f"must be >= 1 or null, got {s.max_concurrent}")
     if s.max_failures < 0:
         fail("search.max_failures", f"must be >= 0, got {s.max_failures}")
+    if s.selection is not None and not 0 < s.selection.holdout_fraction < 1:
+        fail("search.selection.holdout_fraction", f"must be in (0, 1), got {s.selection.holdout_fraction}")
     known = set(LOSS_METRICS) | set(validation_metrics(spec.base))
     if s.metric not in known:
         fail("search.metric", f"unknown metric {s.metric!r} (expected one of {sorted(known)})")

@@ -17,8 +17,10 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ from runner.trial import (
 
 EMBEDDED_STORE_DIR = "mlflow"  # under the cwd: mlflow.db + artifacts/ (git-ignored)
 PARAM_VALUE_LIMIT = 6000  # MLflow's longest param value
+SERVER_TIMEOUT_S = 5  # connecting to a tracking server
 PARAM_BATCH = 100  # MLflow's most params per log_batch call
 EPOCH_METRICS = (*LOSS_METRICS, "lr", "epoch_time_s")
 
@@ -50,6 +53,7 @@ EPOCH_METRICS = (*LOSS_METRICS, "lr", "epoch_time_s")
 ROLE, TRIAL_ID, STATUS, FAILURE = "runner.role", "runner.trial_id", "runner.status", "runner.failure"
 SEARCHED_KEYS, BEST_EPOCH, PARENT = "runner.searched_keys", "runner.best_epoch", "mlflow.parentRunId"
 RAY_PATH, TRIAL_DIR, SPEC_HASH = "runner.ray_experiment_path", "runner.trial_dir", "runner.spec_hash"
+SELECTION, RETRIES, LAST_ERROR = "runner.selection", "runner.retries", "runner.last_error"
 
 
 @dataclass(frozen=True)
@@ -75,15 +79,28 @@ def resolve_store(uri: str | None, cwd: Path) -> Store:
 
 def connect(store: Store) -> MlflowClient:
     """A client for ``store``, checked reachable (InputError naming the URI otherwise)."""
-    if store.artifact_root is not None:
-        store.artifact_root.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=store.uri)
+    _check_server(store.uri)
     try:
+        if store.artifact_root is not None:
+            store.artifact_root.parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(tracking_uri=store.uri)
         client.search_experiments(max_results=1)
-    except Exception as exc:  # any backend failure: unreachable server, bad database URL, ...
+    except Exception as exc:  # any backend failure: bad scheme, missing driver, bad database URL, ...
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise InputError(f"tracking.uri {store.uri}: tracking store not usable ({first})") from None
     return client
+
+
+def _check_server(uri: str) -> None:
+    """Fail fast on a tracking server nobody answers: MLflow's client retries for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=SERVER_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        raise InputError(f"tracking.uri {uri}: no tracking server answers there ({exc})") from None
 
 
 def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
@@ -104,6 +121,8 @@ def start_parent(client: MlflowClient, exp_id: str, spec: SearchFile, ray_path: 
             "runner.searcher": searcher, "runner.metric": spec.search.metric, "runner.mode": spec.search.mode,
             "runner.num_samples": str(spec.search.num_samples), STATUS: "running",
             SPEC_HASH: spec_hash(spec)}
+    if spec.search.selection is not None:  # read back by runner.selection.describe_selection
+        tags[SELECTION] = json.dumps(to_dict(spec.search.selection))
     run = client.create_run(exp_id, run_name=ray_path.name, tags=tags)
     run_id = run.info.run_id
     options = {f"search.{k}": v for k, v in flatten_options(spec).items()}
@@ -225,6 +244,14 @@ class TrialRecorder(Callback):
             last_epoch = int((trial.last_result or {}).get("epoch", 0))
             epochs = trial_run_config(self.trial_setup, trial.config).train.epochs
             self._finish(trial, "pruned" if last_epoch < epochs else "finished")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A failed worker (killed, out of memory) is retried from its last checkpoint: the same
+        run continues; the retry count and the reason are tagged on it."""
+        with self._timed():
+            run_id = self._run_id(trial)
+            self.client.set_tag(run_id, RETRIES, str(trial.num_failures))
+            self.client.set_tag(run_id, LAST_ERROR, failure_reason(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         with self._timed():

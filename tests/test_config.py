@@ -41,7 +41,8 @@ def test_a_file_overrides_only_what_it_names(tmp_path):
 
 
 def test_set_overrides_parse_yaml_values(tmp_path):
-    cfg = load_config(write(tmp_path, ""), ["data.features=[i3d]", "train.epochs=8", "model.n_mha_win_size=[9,9,9,9,9,-1]"])
+    overrides = ["data.features=[i3d]", "train.epochs=8", "model.n_mha_win_size=[9,9,9,9,9,-1]"]
+    cfg = load_config(write(tmp_path, ""), overrides)
     assert cfg.data.features == ["i3d"]
     assert cfg.train.epochs == 8
     assert cfg.model.n_mha_win_size == [9, 9, 9, 9, 9, -1]
@@ -99,7 +100,7 @@ def test_bad_input_is_one_line_naming_file_and_key(tmp_path, text, pattern):
 def test_missing_file_and_bad_set_syntax(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"expected dotted\.key=value"):
         load_config(None, ["train.lr"])
 
 

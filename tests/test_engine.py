@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -41,7 +42,7 @@ def test_lr_schedule_shape():
     assert lrs[9] == pytest.approx(base) and lrs[10] == pytest.approx(base)
     assert lrs[60] == pytest.approx(eta_min + 0.5 * (base - eta_min))  # half way down the cosine
     assert lrs[110] == pytest.approx(eta_min)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # decays monotonically
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # decays monotonically
 
 
 def test_ema_blends_every_float_entry():
@@ -122,7 +123,7 @@ def test_nan_loss_stops_with_epoch_and_step(small_dataset, tmp_path):
 def test_train_cli_writes_checkpoint_predictions_and_metrics(small_dataset, tmp_path, capsys):
     out = tmp_path / "cli"
     with pytest.raises(SystemExit) as exit_info:
-        train_cli_run([str(small_dataset), "--out", str(out), *sum((["--set", s] for s in TINY), [])])
+        train_cli_run([str(small_dataset), "--out", str(out), *[arg for s in TINY for arg in ("--set", s)]])
     assert exit_info.value.code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["mAP"]) == {f"{t:.2f}" for t in np.linspace(0.5, 0.95, 10)}
