@@ -41,7 +41,7 @@ from localization.metrics import (
 )
 from localization.model import ActionFormer, make_points, param_groups
 from localization.optim import ModelEma, build_scheduler
-from localization.postprocess import save_candidates
+from localization.postprocess import Candidates, load_candidates, save_candidates
 from localization.targets import assign_targets
 
 
@@ -140,10 +140,14 @@ class _Evaluator:
         self.has_labels = len(self.ground_truth.segments) > 0
 
     def __call__(self, model: ActionFormer, device: torch.device, raw_out: Path | None = None) -> EvalResult:
-        raw, meta = predict(model, self.dataset, self.cfg, device)
+        raw = predict(model, self.dataset, self.cfg, device)
         if raw_out is not None:
             save_candidates(raw_out, raw)
-        detections = detect(raw, meta, self.cfg)
+        return self.score(raw)
+
+    def score(self, raw: dict[str, Candidates]) -> EvalResult:
+        """Post-process raw candidates with ``cfg.test`` and score them."""
+        detections = detect(raw, self.dataset, self.cfg)
         metrics = None
         if self.has_labels:
             predictions = predictions_from_arrays(detections, self.class_names)
@@ -298,3 +302,9 @@ def evaluate(
     model, cfg, _ = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
     device = resolve_device(cfg.train.device)
     return _subset_evaluator(cfg, subset, FeatureReader(cfg.data))(model.to(device), device, raw_out)
+
+
+def evaluate_raw(cfg: RunConfig, raw_path: Path, subset: str) -> EvalResult:
+    """Re-score saved raw candidates (``evaluate(..., raw_out=...)``) with ``cfg``'s post-processing:
+    post-processing settings are compared without running the model again."""
+    return _subset_evaluator(cfg, subset, FeatureReader(cfg.data)).score(load_candidates(raw_path))

@@ -1,9 +1,9 @@
 """``python -m localization.evaluate CONFIG --checkpoint CKPT [--set ...] --out PRED.json``
 
 Runs inference on whole videos of a subset (default: ``data.val_subset``), writes the detections
-in the ActivityNet submission format and prints the mAP table. ``--raw`` also saves the pre-NMS
-candidates, so other post-processing settings can be scored without the model
-(``--from-raw``).
+in the ActivityNet submission format and prints the mAP table. ``--raw RAW.npz`` also saves the
+pre-NMS candidates; ``--from-raw RAW.npz`` (instead of ``--checkpoint``) re-scores them with other
+post-processing settings (``--set test.nms_sigma=0.9``) without running the model.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from localization.io import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localization.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m localization.evaluate",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML (data and test sections are used)")
-    parser.add_argument("--checkpoint", required=True, type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint to run (EMA weights by default)")
+    source.add_argument("--from-raw", type=Path, help="re-score raw candidates saved with --raw")
     cli.add_set_argument(parser)
     parser.add_argument("--subset", help="subset to score (default: data.val_subset)")
     parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
@@ -29,14 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
 
-    from localization.engine import evaluate
+    from localization.engine import evaluate, evaluate_raw
     from localization.metrics import format_table
 
     subset = args.subset or cfg.data.val_subset
-    result = evaluate(cfg, args.checkpoint, subset, raw_out=args.raw, use_ema=not args.no_ema)
+    if args.from_raw is not None:
+        result = evaluate_raw(cfg, args.from_raw, subset)
+    else:
+        result = evaluate(cfg, args.checkpoint, subset, raw_out=args.raw, use_ema=not args.no_ema)
     write_json(args.out, result.predictions)
     if result.metrics is None:
-        print(f"{subset}: no labelled instances; wrote the submission file {args.out}, no mAP can be computed")
+        print(f"{subset}: no labelled instances; wrote the submission file {args.out}, "
+              "no mAP can be computed")
         return 0
     if args.metrics:
         write_json(args.metrics, result.metrics.to_json())

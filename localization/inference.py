@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from localization.config import RunConfig, inference_div_factor
 from localization.data.dataset import InferenceDataset, collate
+from localization.errors import DataError
 from localization.model import ActionFormer, make_points
 from localization.postprocess import Candidates, postprocess, select_candidates
-
-
-@dataclass
-class VideoMeta:
-    """What converts a video's grid units to seconds."""
-
-    fps: float
-    duration: float
-    feat_stride: int
-    num_frames: int
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -55,12 +45,11 @@ def _length_batches(dataset: InferenceDataset, max_steps: int) -> Iterator[list[
 def predict(
     model: ActionFormer, dataset: InferenceDataset, cfg: RunConfig, device: torch.device,
     max_batch_steps: int = 32768,
-) -> tuple[dict[str, Candidates], dict[str, VideoMeta]]:
-    """Raw (pre-NMS) candidates in grid units for every video of ``dataset``, plus metadata."""
+) -> dict[str, Candidates]:
+    """Raw (pre-NMS) candidates in grid units for every video of ``dataset``."""
     model.eval()
     pad_multiple = inference_div_factor(cfg.model)
     raw: dict[str, Candidates] = {}
-    meta: dict[str, VideoMeta] = {}
     for indices in _length_batches(dataset, max_batch_steps):
         batch = collate([dataset[i] for i in indices], pad_multiple)
         feats = batch["feats"].to(device, non_blocking=True)  # (B, C, T)
@@ -75,17 +64,23 @@ def predict(
                 [offsets[b].float() for offsets in out.offsets],
                 [mask[b] for mask in out.masks], points, cfg.test,
             )
-            meta[video_id] = VideoMeta(batch["fps"][b], batch["duration"][b],
-                                       batch["feat_stride"][b], batch["num_frames"][b])
-    return raw, meta
+    return raw
 
 
-def detect(raw: dict[str, Candidates], meta: dict[str, VideoMeta], cfg: RunConfig) -> dict[str, Candidates]:
-    """Post-process every video's candidates into detections in seconds (NMS, top-k)."""
+def detect(raw: dict[str, Candidates], dataset: InferenceDataset, cfg: RunConfig) -> dict[str, Candidates]:
+    """Post-process every video's candidates into detections in seconds (NMS, top-k).
+
+    ``raw`` may come from :func:`predict` or from a saved file; it must cover ``dataset``'s videos.
+    """
+    missing = [video.video_id for video in dataset.videos if video.video_id not in raw]
+    if missing:
+        raise DataError(f"raw candidates lack {len(missing)} video(s) of subset "
+                        f"{dataset.annotations.subset!r}, e.g. {missing[0]!r}")
+    grid = dataset.reader
     return {
-        video_id: postprocess(candidates, cfg.test, meta[video_id].fps, meta[video_id].duration,
-                              meta[video_id].feat_stride, meta[video_id].num_frames)
-        for video_id, candidates in raw.items()
+        video.video_id: postprocess(raw[video.video_id], cfg.test, video.fps, video.duration,
+                                    grid.feat_stride, grid.num_frames)
+        for video in dataset.videos
     }
 
 

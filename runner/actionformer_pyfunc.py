@@ -77,11 +77,11 @@ class ActionFormerModel(PythonModel):
             raise DataError(f"{self.cfg.data.annotations}: subset {subset!r} has no video {unknown[0]!r}")
         chosen = dataclasses.replace(annotations, videos=[by_id[vid] for vid in video_ids])
         dataset = InferenceDataset(self.cfg.data, chosen, FeatureReader(self.cfg.data))
-        raw, meta = predict(self.model, dataset, self.cfg, self.device)
+        raw = predict(self.model, dataset, self.cfg, self.device)
         return [
             Detection(video_id=vid, t_start=float(s), t_end=float(e), label=self.class_names[int(label)],
                       score=float(score))
-            for vid, det in detect(raw, meta, self.cfg).items()
+            for vid, det in detect(raw, dataset, self.cfg).items()
             for (s, e), score, label in zip(det.segments, det.scores, det.labels, strict=True)
         ]
 

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from localization import cli
+from localization import evaluate as evaluate_cli
 from localization import train as train_cli
 from localization.config import load_config
 from localization.data.synthetic import generate
-from localization.engine import TrainingDiverged, evaluate, metrics_as_floats, train
+from localization.engine import TrainingDiverged, evaluate, evaluate_raw, metrics_as_floats, train
 from localization.optim import ModelEma, warmup_cosine_lr
 
 TINY = ["model.embd_dim=16", "model.fpn_dim=16", "model.head_dim=16", "model.n_head=2",
@@ -155,3 +156,23 @@ def test_train_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 def train_cli_run(argv):
     cli.run(train_cli.main, argv)
+
+
+def test_raw_candidates_rescore_without_the_model(small_dataset, tmp_path, capsys):
+    cfg = tiny_config(small_dataset)
+    result = train(cfg, tmp_path / "run", log=lambda _: None)
+    raw = tmp_path / "raw.npz"
+    base = evaluate(cfg, result.checkpoint, cfg.data.val_subset, raw_out=raw)
+    assert metrics_as_floats(evaluate_raw(cfg, raw, cfg.data.val_subset).metrics) == metrics_as_floats(base.metrics)
+
+    hard = tiny_config(small_dataset, "test.nms_method=hard", "test.iou_threshold=0.3")
+    assert evaluate_raw(hard, raw, cfg.data.val_subset).predictions == evaluate(
+        hard, result.checkpoint, cfg.data.val_subset).predictions
+
+    out = tmp_path / "pred.json"
+    argv = [str(small_dataset), "--from-raw", str(raw), "--out", str(out), "--set", "test.nms_sigma=0.9",
+            *[arg for s in TINY for arg in ("--set", s)]]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(evaluate_cli.main, argv)
+    assert exit_info.value.code == 0
+    assert "avg" in capsys.readouterr().out and out.is_file()

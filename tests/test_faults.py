@@ -1,0 +1,189 @@
+"""Faults with real processes (issue 6): a trial worker SIGKILLed, the driver SIGKILLed then
+``--resume``, and a trial whose loss becomes NaN. Nothing is lost, nothing is left RUNNING.
+
+The searches run the real engine on a 24-video synthetic dataset with a 16-channel model (an
+epoch takes a fraction of a second), on one Ray started for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from localization.data.synthetic import generate
+from runner import cluster, search
+from runner.space import make_sampler, sample_configs
+from runner.spec import load_search_file
+
+EPOCHS = 30  # long enough to kill a trial in the middle, short enough for CI (~0.3 s per epoch)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("faults-data"), seed=0, videos=24).parent
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    info = cluster.start(num_cpus=2, object_store_bytes=256 * 1024**2)
+    yield info
+    cluster.stop(info)
+
+
+def search_file(root: Path, data: Path, experiment: str, **search_options: object) -> Path:
+    raw = yaml.safe_load((data / "config.yaml").read_text())
+    raw["model"].update(embd_dim=16, fpn_dim=16, head_dim=16)
+    raw["train"].update(epochs=EPOCHS, warmup_epochs=0, batch_size=4, eval_every=10, ema_decay=0.9)
+    raw.update(experiment=experiment, resources={"cpu": 1, "gpu": 0},
+               tracking={"uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"},
+               search={"num_samples": 1, "max_concurrent": 2, "sampler": "random", "max_failures": 2,
+                       "scheduler": {"type": "fifo"}, "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-3]}},
+                       **search_options})
+    path = root / "search.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def children(client: MlflowClient, experiment: str) -> list:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return [r for r in client.search_runs([found.experiment_id], max_results=100)
+            if r.data.tags.get("runner.role") == "trial"]
+
+
+def reported_epochs(storage: Path) -> dict[str, list[int]]:
+    """Epochs each trial reported to Tune, in order (Ray's result.json, one line per report)."""
+    out = {}
+    for result in storage.glob("*/trial_*/result.json"):
+        lines = result.read_text().splitlines()
+        out[result.parent.name] = [json.loads(line)["epoch"] for line in lines if line.strip()]
+    return out
+
+
+def trial_workers() -> list[int]:
+    """Process ids of Ray trial actors (function trainables run in ``ray::ImplicitFunc``)."""
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [int(line.split()[0]) for line in listing.splitlines() if "ray::ImplicitFunc" in line]
+
+
+def assert_epochs_logged_once(client: MlflowClient, run_id: str) -> None:
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+    assert steps == list(range(1, EPOCHS + 1))
+
+
+def test_killed_trial_worker_is_retried_from_its_checkpoint_into_the_same_run(ray_cluster, data, tmp_path):
+    path = search_file(tmp_path, data, "worker-kill")
+    storage = tmp_path / "ray_results"
+    killed: list[tuple[int, int]] = []  # (pid, epochs reported when killed)
+
+    def kill_mid_trial() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            epochs = [e for per_trial in reported_epochs(storage).values() for e in per_trial]
+            workers = trial_workers()
+            if len(epochs) >= 3 and workers:
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append((workers[0], len(epochs)))
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_mid_trial, daemon=True)
+    killer.start()
+    outcome = search.run(path, storage_path=storage, echo=lambda _: None)
+    killer.join()
+    assert killed, "no trial worker was found to kill"
+    assert outcome.status == "finished"
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    runs = children(client, "worker-kill")
+    assert len(runs) == 1  # the retried trial kept its run
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["runner.status"] == "finished"
+    assert run.data.tags["runner.retries"] == "1"
+    assert "actor" in run.data.tags["runner.last_error"].lower()  # Ray's "the actor died ..." reason
+    assert_epochs_logged_once(client, run.info.run_id)
+    # Tune saw every epoch once: the retry continued after the last checkpoint, it did not restart
+    (epochs,) = reported_epochs(storage).values()
+    assert epochs == list(range(1, EPOCHS + 1)) and killed[0][1] >= 3
+
+
+def test_driver_killed_then_resume_completes_one_run_per_trial(ray_cluster, data, tmp_path, monkeypatch):
+    path = search_file(tmp_path, data, "driver-kill", num_samples=2)
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    proc = subprocess.Popen([sys.executable, "-m", "runner.search", str(path)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # a trial's 3rd epoch is in MLflow
+        if (tmp_path / "mlflow" / "mlflow.db").exists() and any(
+                len(client.get_metric_history(r.info.run_id, "loss")) >= 3 for r in children(client, "driver-kill")):
+            break
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = {r.data.tags["runner.trial_id"]: r.info.run_id for r in children(client, "driver-kill")}
+    assert before and proc.returncode == -signal.SIGKILL
+    assert "RUNNING" in {r.info.status for r in children(client, "driver-kill")}  # a crash closes nothing
+
+    outcome = search.run(path, resume=True, echo=lambda _: None)
+    assert outcome.status == "finished"
+    after = children(client, "driver-kill")
+    assert len(after) == 2 and len({r.data.tags["runner.trial_id"] for r in after}) == 2
+    for run in after:
+        assert run.info.status == "FINISHED" and run.data.tags["runner.status"] == "finished"
+        assert_epochs_logged_once(client, run.info.run_id)
+        if run.data.tags["runner.trial_id"] in before:
+            assert run.info.run_id == before[run.data.tags["runner.trial_id"]]
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["runner.status"] == "finished"
+
+
+def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(ray_cluster, data, tmp_path):
+    """A searched feature folder whose copy is all NaN: that trial diverges at its first step."""
+    nan_dir = tmp_path / "i3d_nan"
+    shutil.copytree(data / "features" / "i3d", nan_dir)
+    for file in nan_dir.glob("*.npy"):
+        np.save(file, np.full_like(np.load(file), np.nan))
+    good_dir = str(data / "features" / "i3d")
+    options = {"num_samples": 2, "max_failures": 1, "space": {
+        "data.streams.i3d.dir": {"choice": [good_dir, str(nan_dir)]}}}
+    for seed in range(50):  # a seed whose two trials take different folders
+        path = search_file(tmp_path, data, "nan", seed=seed, **options)
+        dirs = [v["data.streams.i3d.dir"] for v in sample_configs(load_search_file(path).space,
+                                                                  make_sampler("random", seed), 2)]
+        if len(set(dirs)) == 2:
+            break
+    raw = yaml.safe_load(path.read_text())
+    raw["train"].update(epochs=3, eval_every=1)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    outcome = search.run(path, storage_path=tmp_path / "ray_results", echo=lambda _: None)
+    assert outcome.status == "finished" and outcome.best is not None  # the search went on
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    by_dir = {r.data.params["data.streams.i3d.dir"]: r for r in children(client, "nan")}
+    failed, good = by_dir[str(nan_dir)], by_dir[good_dir]
+    assert failed.info.status == "FAILED" and failed.data.tags["runner.status"] == "failed"
+    assert "TrainingDiverged" in failed.data.tags["runner.failure"]
+    assert "loss became nan at epoch 1, step 1" in failed.data.tags["runner.failure"]
+    assert good.info.status == "FINISHED" and good.data.tags["runner.status"] == "finished"
+    assert outcome.best.run_id == good.info.run_id
+
+    from ray.tune.search.optuna import OptunaSearch  # the sampler's own record of the two trials
+
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(outcome.ray_path))
+    states = sorted(t.state.name for t in searcher._ot_study.trials)
+    assert states == ["COMPLETE", "FAIL"]
