@@ -86,12 +86,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every global RNG; with the same seed, CPU training gives the same result."""
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed every global RNG; with the same seed, CPU training gives the same result.
+
+    Deterministic kernels are requested on CPU only: on CUDA they would slow training (the
+    reference requests them everywhere), and GPU runs are reproducible only up to atomics.
+    """
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def metric_key(tiou: float) -> str:
@@ -171,7 +176,7 @@ def train(
     device = resolve_device(cfg.train.device)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
-    seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed, device)
 
     reader = FeatureReader(cfg.data)
     train_ann = load_training_subset(cfg)

@@ -39,6 +39,7 @@ class Cluster:
     cpus: float
     gpus: float
     owned: bool  # started (or connected) here, so shut down here; False when Ray was already up
+    node_gpus: float | None = None  # GPUs of the largest node (a trial runs on one node); None: unknown
 
 
 def start(address: str | None = None, num_cpus: int | None = None,
@@ -61,7 +62,9 @@ def start(address: str | None = None, num_cpus: int | None = None,
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_bytes,
                  include_dashboard=False)
     resources = ray.cluster_resources()
-    return Cluster(cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), owned=owned)
+    node_gpus = max((float(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    return Cluster(cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), owned=owned,
+                   node_gpus=node_gpus)
 
 
 def check_reachable(address: str) -> None:
@@ -83,7 +86,11 @@ def stop(cluster: Cluster) -> None:
 def trial_resources(want: ResourcesSpec, cluster: Cluster) -> dict[str, float]:
     """One trial's request: its GPUs where the cluster has any, CPUs capped to the cluster's."""
     if cluster.gpus > 0 and want.gpu > cluster.gpus:
-        raise InputError(f"resources.gpu: {want.gpu} GPUs per trial, but the cluster has {cluster.gpus:g}")
+        raise InputError(f"resources.gpu: {want.gpu:g} GPUs per trial, but the cluster has {cluster.gpus:g}")
+    if cluster.gpus > 0 and cluster.node_gpus is not None and want.gpu > cluster.node_gpus:
+        # Ray would keep such a trial pending forever: no single node can hold it
+        raise InputError(f"resources.gpu: {want.gpu:g} GPUs per trial, but the largest node has "
+                         f"{cluster.node_gpus:g} (the cluster {cluster.gpus:g})")
     gpu = want.gpu if cluster.gpus > 0 else 0.0
     return {"cpu": min(want.cpu, cluster.cpus), "gpu": gpu}
 

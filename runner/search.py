@@ -35,7 +35,7 @@ DEFAULT_STORAGE = "ray_results"
 class SearchOutcome:
     """What a finished (or interrupted) search returns; the benchmark reads the timings."""
 
-    status: str  # finished | interrupted | failed
+    status: str  # finished | interrupted | failed | tracking_lost (the MLflow store failed mid-search)
     parent_run_id: str | None = None
     best: report.TrialRow | None = None
     rows: list[report.TrialRow] = field(default_factory=list)
@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if outcome.status == "finished" and outcome.best is None and not args.dry_run:
         return 1  # every trial failed before its first evaluation
-    return {"finished": 0, "interrupted": 130}.get(outcome.status, 1)
+    return {"finished": 0, "interrupted": 130, "tracking_lost": 3}.get(outcome.status, 1)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runner.search", description=__doc__.split("\n")[0])
-    parser.add_argument("file", type=Path, help="search-space YAML (see runner/README_SEARCH.md)")
+    parser.add_argument("file", type=Path, help="search-space YAML (see the README, "Hyperparameter search")")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any key, e.g. train.epochs=4 or search.space.train.lr='{value: 1e-4}'")
     parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
@@ -124,12 +124,19 @@ def run(path: Path, overrides: list[str] | None = None, num_samples: int | None 
         mark = time.perf_counter()
         results = tuner.fit()
         timings["fit"] = time.perf_counter() - mark
-        interrupted = tracking.close_open_children(client, exp_id, parent_id) > 0 or (
-            len(results) < spec.search.num_samples)
-        outcome.status = "interrupted" if interrupted else "finished"
+        lost = tracking.lost_reason(parent_id)
+        if lost is not None:
+            outcome.status = "tracking_lost"
+        else:
+            if resume:  # runs of trials Ray never snapshotted: the searcher reran them under new ids
+                tracking.drop_orphans(client, exp_id, parent_id, {Path(r.path).name.removeprefix("trial_")
+                                                                  for r in results})
+            interrupted = tracking.close_open_children(client, exp_id, parent_id) > 0 or (
+                len(results) < spec.search.num_samples)
+            outcome.status = "interrupted" if interrupted else "finished"
     finally:
         mark = time.perf_counter()
-        if outcome.parent_run_id is not None:
+        if outcome.parent_run_id is not None and outcome.status != "tracking_lost":
             if outcome.status == "failed":
                 tracking.close_open_children(client, exp_id, outcome.parent_run_id)
             _finalize(client, exp_id, spec, outcome, echo)
@@ -140,10 +147,15 @@ def run(path: Path, overrides: list[str] | None = None, num_samples: int | None 
         cluster.stop(info)
         timings["ray_stop"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
-    if outcome.status == "interrupted":
+    if outcome.status in ("interrupted", "tracking_lost"):
         again = ["python", "-m", "runner.search", *(argv if argv is not None else sys.argv[1:])]
-        echo("search interrupted; continue it with: "
-             + shlex.join([*again, *([] if "--resume" in again else ["--resume"])]))
+        command = shlex.join([*again, *([] if "--resume" in again else ["--resume"])])
+        if outcome.status == "interrupted":
+            echo(f"search interrupted; continue it with: {command}")
+        else:
+            print(f"error: search stopped: tracking store {store.uri} failed ({tracking.lost_reason(parent_id)}); "
+                  f"trial results and checkpoints are kept in {ray_path}; once the store is back, continue "
+                  f"with: {command}", file=sys.stderr)
     return outcome
 
 

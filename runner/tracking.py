@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -27,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+import requests
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -48,6 +53,7 @@ PARAM_VALUE_LIMIT = 6000  # MLflow's longest param value
 SERVER_TIMEOUT_S = 5  # connecting to a tracking server
 PARAM_BATCH = 100  # MLflow's most params per log_batch call
 EPOCH_METRICS = (*LOSS_METRICS, "lr", "epoch_time_s")
+PLACEMENT = ("ray_node_id", "cuda_visible_devices")  # reported by each trial, tagged runner.<key>
 
 # Tags (the layout contract)
 ROLE, TRIAL_ID, STATUS, FAILURE = "runner.role", "runner.trial_id", "runner.status", "runner.failure"
@@ -62,6 +68,14 @@ class Store:
 
     uri: str
     artifact_root: Path | None  # None: the tracking server decides (http://, databases)
+
+
+_LOST: dict[str, str] = {}  # parent run id -> why its store failed (read by runner.search)
+
+
+def lost_reason(parent_id: str) -> str | None:
+    """Why the tracking store failed during the search of ``parent_id`` (None: it did not)."""
+    return _LOST.get(parent_id)
 
 
 def resolve_store(uri: str | None, cwd: Path) -> Store:
@@ -80,6 +94,8 @@ def resolve_store(uri: str | None, cwd: Path) -> Store:
 def connect(store: Store) -> MlflowClient:
     """A client for ``store``, checked reachable (InputError naming the URI otherwise)."""
     _check_server(store.uri)
+    # "Creating initial MLflow database tables..." is noise on stderr, where errors must stand alone
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     try:
         if store.artifact_root is not None:
             store.artifact_root.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +190,21 @@ def close_open_children(client: MlflowClient, exp_id: str, parent_id: str) -> in
     return count
 
 
+def drop_orphans(client: MlflowClient, exp_id: str, parent_id: str, trial_ids: set[str]) -> int:
+    """Delete RUNNING child runs of trials the resumed Ray experiment does not know; returns how many.
+
+    A trial started after Ray's last experiment snapshot before a crash is not restored: the
+    restored searcher proposes it again under a new trial id (a new run), so the old run is a
+    duplicate of work redone, not a trial of the search.
+    """
+    count = 0
+    for run in child_runs(client, exp_id, parent_id):
+        if run.info.status == "RUNNING" and run.data.tags.get(TRIAL_ID) not in trial_ids:
+            client.delete_run(run.info.run_id)
+            count += 1
+    return count
+
+
 class TrialRecorder(Callback):
     """Driver-side Tune callback writing each trial's child run (the only MLflow writer)."""
 
@@ -194,11 +225,12 @@ class TrialRecorder(Callback):
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, int] = {}  # trial id -> last epoch logged
         self._best: dict[str, float] = {}  # trial id -> best signed metric so far
+        self._placed: dict[str, dict[str, str]] = {}  # trial id -> its worker's node and GPUs
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled into Ray's experiment state: no client, no caches (rebuilt from MLflow)."""
         state = dict(self.__dict__)
-        state.update(_client=None, _runs={}, _logged={}, _best={})
+        state.update(_client=None, _runs={}, _logged={}, _best={}, _placed={})
         return state
 
     @property
@@ -209,37 +241,72 @@ class TrialRecorder(Callback):
 
     @contextmanager
     def _timed(self) -> Iterator[None]:
+        """Time a hook's MLflow writes; a store failure stops the search instead of crashing it."""
         started = time.perf_counter()
         try:
             yield
+        except (MlflowException, requests.RequestException) as exc:  # not our own bugs or files
+            self._lose(exc)
         finally:
             self.seconds += time.perf_counter() - started
             self.calls += 1
 
+    def _lose(self, exc: Exception) -> None:
+        """The store went away: say so now, and stop Tune the way Ctrl-C does.
+
+        Tune's SIGINT handler ends the run gracefully: it saves the experiment state with every
+        trial's latest checkpoint, so ``--resume`` continues once the store is back. Hooks do
+        nothing from here on (a closed MLflow record is written by the resumed search).
+        """
+        text = str(exc).strip()
+        reason = f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+        _LOST[self.parent_id] = reason
+        print(f"error: tracking store {self.store.uri} failed ({reason}); stopping the search, "
+              "trial results and checkpoints stay in Ray's storage", file=sys.stderr, flush=True)
+        signal.raise_signal(signal.SIGINT)
+
+    @property
+    def lost(self) -> bool:
+        return self.parent_id in _LOST
+
     # ---- Tune hooks ---------------------------------------------------------------------------
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.lost:
+            return
         with self._timed():
             self._run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.lost:
+            return
         with self._timed():
             run_id = self._run_id(trial)
-            epoch = int(result["epoch"])
-            if epoch <= self._logged.get(trial.trial_id, 0):
-                return  # already logged before a retry or resume
-            keys = [*EPOCH_METRICS, *(validation_metrics(self.spec.base) if result.get("evaluated") else [])]
-            stamp = int(time.time() * 1000)
-            metrics = [Metric(k, float(result[k]), stamp, epoch) for k in keys if k in result]
-            if result.get("evaluated") and self.metric in result:
-                signed = self.sign * float(result[self.metric])
-                if signed >= self._best.get(trial.trial_id, -math.inf):  # ties: the later epoch, as Ray
-                    self._best[trial.trial_id] = signed
-                    metrics.append(Metric(f"best_{self.metric}", float(result[self.metric]), stamp, epoch))
-            self.client.log_batch(run_id, metrics=metrics)
-            self._logged[trial.trial_id] = epoch
+            placement = {k: str(result[k]) for k in PLACEMENT if k in result}
+            if placement and self._placed.get(trial.trial_id) != placement:  # first result, or a new worker
+                self.client.log_batch(run_id, tags=[RunTag(f"runner.{k}", v) for k, v in placement.items()])
+                self._placed[trial.trial_id] = placement
+            self._log_result(trial, run_id, result)
+
+    def _log_result(self, trial: Any, run_id: str, result: dict) -> None:
+        """One epoch's metrics at ``step=epoch``, once (skipped when logged before a retry or resume)."""
+        epoch = int(result["epoch"])
+        if epoch <= self._logged.get(trial.trial_id, 0):
+            return
+        keys = [*EPOCH_METRICS, *(validation_metrics(self.spec.base) if result.get("evaluated") else [])]
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(k, float(result[k]), stamp, epoch) for k in keys if k in result]
+        if result.get("evaluated") and self.metric in result:
+            signed = self.sign * float(result[self.metric])
+            if signed >= self._best.get(trial.trial_id, -math.inf):  # ties: the later epoch, as Ray
+                self._best[trial.trial_id] = signed
+                metrics.append(Metric(f"best_{self.metric}", float(result[self.metric]), stamp, epoch))
+        self.client.log_batch(run_id, metrics=metrics)
+        self._logged[trial.trial_id] = epoch
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.lost:
+            return
         with self._timed():
             last_epoch = int((trial.last_result or {}).get("epoch", 0))
             epochs = trial_run_config(self.trial_setup, trial.config).train.epochs
@@ -248,12 +315,16 @@ class TrialRecorder(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A failed worker (killed, out of memory) is retried from its last checkpoint: the same
         run continues; the retry count and the reason are tagged on it."""
+        if self.lost:
+            return
         with self._timed():
             run_id = self._run_id(trial)
             self.client.set_tag(run_id, RETRIES, str(trial.num_failures))
             self.client.set_tag(run_id, LAST_ERROR, failure_reason(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.lost:
+            return
         with self._timed():
             self._finish(trial, "failed", failure_reason(trial))
 
@@ -274,6 +345,8 @@ class TrialRecorder(Callback):
             best = self.client.get_metric_history(run_id, f"best_{self.metric}")
             if best:
                 self._best[trial.trial_id] = max(self.sign * m.value for m in best)
+            for result in reported_results(Path(trial.path)):  # epochs Tune saw while the store was away
+                self._log_result(trial, run_id, result)
         else:
             run_id = self._create_run(trial)
         self._runs[trial.trial_id] = run_id
@@ -323,6 +396,20 @@ def best_checkpoint(trial_dir: Path, metric: str, sign: float) -> tuple[Path, di
         if best is None or key > best[:2]:
             best = (*key, directory, report)
     return None if best is None else (best[2], best[3])
+
+
+def reported_results(trial_dir: Path) -> list[dict[str, Any]]:
+    """What the trial reported to Tune so far (Ray's ``result.json``, one JSON object per line)."""
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    results = []
+    for line in path.read_text().splitlines():
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+    return [r for r in results if "epoch" in r]
 
 
 def failure_reason(trial: Any) -> str:

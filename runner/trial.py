@@ -17,6 +17,7 @@ The checkpoint directory holds ``checkpoint.pt`` (the engine's checkpoint), ``co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from localization.config import RunConfig, dump_yaml
@@ -73,13 +75,29 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         resume = None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a retried or resumed trial continues from its last epoch
-            with checkpoint.as_directory() as restored:
-                resume = work / "resume.pt"
-                shutil.copyfile(Path(restored) / CHECKPOINT_FILE, resume)
-                reporter.restore(json.loads((Path(restored) / REPORT_FILE).read_text()))
+            local = checkpoint.filesystem.type_name == "local"  # else Ray downloads it (as_directory)
+            with (contextlib.nullcontext(latest_checkpoint(Path(checkpoint.path))) if local
+                  else checkpoint.as_directory()) as found:
+                if found is not None:
+                    resume = work / "resume.pt"
+                    shutil.copyfile(Path(found) / CHECKPOINT_FILE, resume)
+                    reporter.restore(json.loads((Path(found) / REPORT_FILE).read_text()))
         train(cfg, work, on_epoch=reporter, resume=resume, log=reporter.log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def latest_checkpoint(given: Path) -> Path | None:
+    """The checkpoint to continue from: ``given``, or the trial's newest kept one if it is gone.
+
+    After a driver crash Ray restores from its last experiment snapshot, which may name a
+    checkpoint that its keep-the-best-and-latest policy has deleted since; the trial's folder then
+    holds newer ones. For storage on a (shared) local filesystem; None: start from scratch.
+    """
+    if (given / REPORT_FILE).is_file():
+        return given
+    kept = [d for d in given.parent.glob("checkpoint_*") if (d / REPORT_FILE).is_file()]
+    return max(kept, key=lambda d: json.loads((d / REPORT_FILE).read_text())["epoch"], default=None)
 
 
 class EpochReporter:
@@ -91,6 +109,9 @@ class EpochReporter:
         self.sign = 1.0 if mode == "max" else -1.0
         self.validation_keys = validation_metrics(cfg)
         self.last_validation: dict[str, float] = {}
+        # Where the trial runs (tagged on its MLflow run): the Ray node and the GPUs Ray gave it
+        self.placement = {"ray_node_id": ray.get_runtime_context().get_node_id(),
+                          "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
     def restore(self, report: dict[str, Any]) -> None:
         """Carry the last validation values over a resume (from the checkpoint's report.json)."""
@@ -108,7 +129,8 @@ class EpochReporter:
         for key in self.validation_keys:
             metrics.setdefault(key, self.last_validation.get(key, 0.0))
         score = self.sign * metrics[self.metric] if fresh else -math.inf
-        metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **{SCORE_KEY: score})
+        metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **{SCORE_KEY: score},
+                       **self.placement)
         with tempfile.TemporaryDirectory(prefix="report-") as tmp:
             out = Path(tmp)
             _link_or_copy(report.checkpoint, out / CHECKPOINT_FILE)

@@ -11,10 +11,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,9 @@ from localization.data.synthetic import generate
 from runner import cluster, search
 from runner.space import make_sampler, sample_configs
 from runner.spec import load_search_file
+from runner.trial import REPORT_FILE, latest_checkpoint
 
-EPOCHS = 30  # long enough to kill a trial in the middle, short enough for CI (~0.3 s per epoch)
+EPOCHS = 20  # long enough to kill a trial in the middle, short enough for CI (~0.3 s per epoch)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +190,96 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(ray_clu
     searcher.restore_from_dir(str(outcome.ray_path))
     states = sorted(t.state.name for t in searcher._ot_study.trials)
     assert states == ["COMPLETE", "FAIL"]
+
+
+def start_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:port over ``backend``, light (no job runner, 1 worker)."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.25)
+    stop_server(process)
+    raise RuntimeError("mlflow server did not start")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGKILL the server's process group (uvicorn included): the store vanishes mid-request."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def test_tracking_store_lost_mid_search_then_resume_completes_the_record(ray_cluster, data, tmp_path,
+                                                                         monkeypatch):
+    server_root = tmp_path / "server"
+    server_root.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri, backend = f"http://127.0.0.1:{port}", f"sqlite:///{server_root / 'db.sqlite'}"
+    path = search_file(tmp_path, data, "store-lost", num_samples=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["tracking"] = {"uri": uri}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not minutes of retries
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    client = MlflowClient(uri)
+
+    server = start_server(backend, server_root / "artifacts", port)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "runner.search", str(path)], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # a trial's 3rd epoch is recorded
+            if any(len(client.get_metric_history(r.info.run_id, "loss")) >= 3
+                   for r in children(client, "store-lost")):
+                break
+            time.sleep(0.3)
+        before = {r.data.tags["runner.trial_id"]: r.info.run_id for r in children(client, "store-lost")}
+        stop_server(server)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        stop_server(server)
+    assert proc.returncode == 3, err
+    assert f"error: tracking store {uri} failed" in err  # said at once, with the reason ...
+    assert f"error: search stopped: tracking store {uri} failed" in err and "--resume" in err  # ... and how on
+    assert "Traceback" not in err
+    storage = tmp_path / "ray_results"
+    assert all(epochs and epochs == sorted(set(epochs)) for epochs in reported_epochs(storage).values())
+    assert list(storage.glob("*/trial_*/checkpoint_*"))  # checkpoints kept for the resume
+
+    server = start_server(backend, server_root / "artifacts", port)  # the store is back
+    try:
+        outcome = search.run(path, resume=True, echo=lambda _: None)
+        assert outcome.status == "finished"
+        after = children(client, "store-lost")
+        assert len(after) == 2 and len({r.data.tags["runner.trial_id"] for r in after}) == 2
+        for run in after:
+            assert run.info.status == "FINISHED" and run.data.tags["runner.status"] == "finished"
+            assert_epochs_logged_once(client, run.info.run_id)  # epochs from the outage were back-filled
+            if run.data.tags["runner.trial_id"] in before:
+                assert run.info.run_id == before[run.data.tags["runner.trial_id"]]
+    finally:
+        stop_server(server)
+
+
+def test_a_resumed_trial_whose_snapshot_checkpoint_was_deleted_continues_from_the_newest(tmp_path):
+    """After a driver crash Ray's (stale) snapshot can name a checkpoint its keep-policy deleted."""
+    for epoch in (1, 4, 3):
+        folder = tmp_path / f"checkpoint_{epoch:06d}"
+        folder.mkdir()
+        (folder / REPORT_FILE).write_text(json.dumps({"epoch": epoch}))
+    assert latest_checkpoint(tmp_path / "checkpoint_000003") == tmp_path / "checkpoint_000003"
+    assert latest_checkpoint(tmp_path / "checkpoint_000002") == tmp_path / "checkpoint_000004"
+    assert latest_checkpoint(tmp_path / "elsewhere" / "checkpoint_000002") is None  # nothing kept: from scratch
