@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runner.search", description=__doc__.split("\n")[0])
-    parser.add_argument("file", type=Path, help="search-space YAML (see the README, "Hyperparameter search")")
+    parser.add_argument("file", type=Path, help="search-space YAML (see the README, section Hyperparameter search)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any key, e.g. train.epochs=4 or search.space.train.lr='{value: 1e-4}'")
     parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
