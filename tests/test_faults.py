@@ -123,6 +123,18 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint_into_the_same_run(ra
     assert epochs == list(range(1, EPOCHS + 1)) and killed[0][1] >= 3
 
 
+def assert_one_finished_run_per_trial(client: MlflowClient, experiment: str, before: dict[str, str]) -> None:
+    """After a resume: one FINISHED run per trial (2 trials), every epoch logged once, and the
+    runs that existed before the fault kept their ids."""
+    after = children(client, experiment)
+    assert len(after) == 2 and len({r.data.tags["runner.trial_id"] for r in after}) == 2
+    for run in after:
+        assert run.info.status == "FINISHED" and run.data.tags["runner.status"] == "finished"
+        assert_epochs_logged_once(client, run.info.run_id)
+        if run.data.tags["runner.trial_id"] in before:
+            assert run.info.run_id == before[run.data.tags["runner.trial_id"]]
+
+
 def test_driver_killed_then_resume_completes_one_run_per_trial(ray_cluster, data, tmp_path, monkeypatch):
     path = search_file(tmp_path, data, "driver-kill", num_samples=2)
     monkeypatch.chdir(tmp_path)
@@ -143,13 +155,7 @@ def test_driver_killed_then_resume_completes_one_run_per_trial(ray_cluster, data
 
     outcome = search.run(path, resume=True, echo=lambda _: None)
     assert outcome.status == "finished"
-    after = children(client, "driver-kill")
-    assert len(after) == 2 and len({r.data.tags["runner.trial_id"] for r in after}) == 2
-    for run in after:
-        assert run.info.status == "FINISHED" and run.data.tags["runner.status"] == "finished"
-        assert_epochs_logged_once(client, run.info.run_id)
-        if run.data.tags["runner.trial_id"] in before:
-            assert run.info.run_id == before[run.data.tags["runner.trial_id"]]
+    assert_one_finished_run_per_trial(client, "driver-kill", before)
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["runner.status"] == "finished"
 
@@ -263,13 +269,8 @@ def test_tracking_store_lost_mid_search_then_resume_completes_the_record(ray_clu
     try:
         outcome = search.run(path, resume=True, echo=lambda _: None)
         assert outcome.status == "finished"
-        after = children(client, "store-lost")
-        assert len(after) == 2 and len({r.data.tags["runner.trial_id"] for r in after}) == 2
-        for run in after:
-            assert run.info.status == "FINISHED" and run.data.tags["runner.status"] == "finished"
-            assert_epochs_logged_once(client, run.info.run_id)  # epochs from the outage were back-filled
-            if run.data.tags["runner.trial_id"] in before:
-                assert run.info.run_id == before[run.data.tags["runner.trial_id"]]
+        # epochs logged during the outage were back-filled from Ray's results
+        assert_one_finished_run_per_trial(client, "store-lost", before)
     finally:
         stop_server(server)
 
