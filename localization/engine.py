@@ -38,6 +38,7 @@ from localization.metrics import (
     load_ground_truth,
     predictions_from_arrays,
     restrict_to_videos,
+    tiou_key,
 )
 from localization.model import ActionFormer, make_points, param_groups
 from localization.optim import ModelEma, build_scheduler
@@ -100,8 +101,8 @@ def seed_everything(seed: int, device: torch.device) -> None:
 
 
 def metric_key(tiou: float) -> str:
-    """``mAP_0.50``: per-tIoU metric names (MLflow-safe)."""
-    return f"mAP_{tiou:.2f}"
+    """``mAP_0.50``: per-tIoU metric names (MLflow-safe), keyed like ``metrics.json``."""
+    return f"mAP_{tiou_key(tiou)}"
 
 
 def metrics_as_floats(metrics: DetectionMetrics) -> dict[str, float]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from localization.config import DataConfig, StreamConfig
 from localization.data.synthetic import generate
@@ -55,3 +56,8 @@ def tiny_data(tmp_path: Path) -> TinyData:
         return DataConfig(**fields)
 
     return make
+
+
+def synthetic_data_section(dataset_dir: Path) -> dict[str, Any]:
+    """The ``data`` section of the config a generated synthetic dataset ships with (absolute paths)."""
+    return yaml.safe_load((dataset_dir / "config.yaml").read_text())["data"]

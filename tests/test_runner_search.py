@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import synthetic_data_section
 from mlflow.tracking import MlflowClient
 
 from localization.config import flatten
@@ -24,11 +25,9 @@ BROKEN_SUBSET = "nosuchsubset"  # a searched value that makes a trial fail when 
 
 
 def search_file(data: Path, seed: int) -> dict:
-    streams = {"i3d": {"dir": str(data / "features/i3d"), "dim": 32, "num_frames": 16},
-               "slowfast": {"dir": str(data / "features/slowfast"), "dim": 48, "num_frames": 32}}
     return {
         "experiment": "e2e",
-        "data": {"annotations": str(data / "annotations_gt.json"), "streams": streams, "max_seq_len": 256},
+        "data": synthetic_data_section(data),
         "model": {"embd_dim": 32, "fpn_dim": 32, "head_dim": 32, "n_head": 4, "n_mha_win_size": 9,
                   "backbone_arch": [2, 1, 3], "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]]},
         "train": {"epochs": EPOCHS, "warmup_epochs": 0, "batch_size": 4, "lr": 1.0e-3, "ema_decay": 0.9,
