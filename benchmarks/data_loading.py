@@ -51,13 +51,23 @@ def write_dataset(root: Path, videos: int, seed: int = 0) -> dict:
             np.save(root / name / f"{video_id}.npy", np.roll(block[:rows, :dim], offset, axis=0))
         duration = (steps * 16 + 16) / FPS
         starts = np.sort(rng.uniform(0, duration * 0.8, size=3))
-        database[video_id] = {"subset": "training", "duration": duration, "fps": FPS, "annotations": [
-            {"segment": [float(s), float(min(s + rng.uniform(0.5, 15), duration))], "label": f"c{k}",
-             "label_id": k} for k, s in enumerate(starts)]}
+        database[video_id] = {
+            "subset": "training",
+            "duration": duration,
+            "fps": FPS,
+            "annotations": [
+                {"segment": [float(s), float(min(s + rng.uniform(0.5, 15), duration))], "label": f"c{k}", "label_id": k}
+                for k, s in enumerate(starts)
+            ],
+        }
     (root / "annotations.json").write_text(json.dumps({"database": database}))
     size = sum(f.stat().st_size for f in root.rglob("*.npy"))
-    return {"videos": videos, "median_steps": float(np.median(lengths)), "max_steps": int(lengths.max()),
-            "disk_gb": size / 1e9}
+    return {
+        "videos": videos,
+        "median_steps": float(np.median(lengths)),
+        "max_steps": int(lengths.max()),
+        "disk_gb": size / 1e9,
+    }
 
 
 def run_setting(root: Path, cache: bool, workers: int, epochs: int, batch_size: int) -> dict:
@@ -68,15 +78,22 @@ def run_setting(root: Path, cache: bool, workers: int, epochs: int, batch_size: 
     from localization.data import TrainingDataset, build_loader, load_subset
 
     torch.set_num_threads(1)  # as inside a DataLoader worker; intra-op threads only add noise here
-    streams = {name: StreamConfig(dir=str(root / name), dim=dim, num_frames=frames)
-               for name, (dim, frames) in STREAMS.items()}
-    cfg = DataConfig(annotations=str(root / "annotations.json"), streams=streams, features=list(STREAMS),
-                     max_seq_len=2304, cache_features=cache)
+    streams = {
+        name: StreamConfig(dir=str(root / name), dim=dim, num_frames=frames) for name, (dim, frames) in STREAMS.items()
+    }
+    cfg = DataConfig(
+        annotations=str(root / "annotations.json"),
+        streams=streams,
+        features=list(STREAMS),
+        max_seq_len=2304,
+        cache_features=cache,
+    )
     started = time.perf_counter()
     dataset = TrainingDataset(cfg, load_subset(cfg, "training"), seed=0)
     build_s = time.perf_counter() - started
-    loader = build_loader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, seed=0,
-                          pad_multiple=32, drop_last=False)
+    loader = build_loader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, seed=0, pad_multiple=32, drop_last=False
+    )
     rates = []
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
@@ -86,9 +103,12 @@ def run_setting(root: Path, cache: bool, workers: int, epochs: int, batch_size: 
         rates.append(len(dataset) / (time.perf_counter() - started))
     del loader  # joins the persistent workers, so their peak RSS is counted in RUSAGE_CHILDREN
     gc.collect()
-    return {"build_s": build_s, "videos_per_s": rates,
-            "main_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {
+        "build_s": build_s,
+        "videos_per_s": rates,
+        "main_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -107,25 +127,46 @@ def main() -> None:
     try:
         started = time.perf_counter()
         facts = write_dataset(root, args.videos)
-        print(f"# {facts['videos']} videos, median {facts['median_steps']:g} steps, "
-              f"max {facts['max_steps']}, {facts['disk_gb']:.2f} GB on disk, "
-              f"written in {time.perf_counter() - started:.1f} s ({root})")
+        print(
+            f"# {facts['videos']} videos, median {facts['median_steps']:g} steps, "
+            f"max {facts['max_steps']}, {facts['disk_gb']:.2f} GB on disk, "
+            f"written in {time.perf_counter() - started:.1f} s ({root})"
+        )
         epochs_head = " | ".join(f"epoch {e + 1} videos/s" for e in range(args.epochs))
-        print(f"| videos | cache | workers | dataset build s | {epochs_head} | main peak RSS MB | "
-              "worker peak RSS MB | load avg |")
+        print(
+            f"| videos | cache | workers | dataset build s | {epochs_head} | main peak RSS MB | "
+            "worker peak RSS MB | load avg |"
+        )
         print("|---" * (7 + args.epochs) + "|")
         for cache in (False, True):
             for workers in (0, 2):
                 out = subprocess.run(
-                    [sys.executable, __file__, "--run", str(int(cache)), str(workers), "--dir", str(root),
-                     "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)],
-                    check=True, capture_output=True, text=True).stdout
+                    [
+                        sys.executable,
+                        __file__,
+                        "--run",
+                        str(int(cache)),
+                        str(workers),
+                        "--dir",
+                        str(root),
+                        "--epochs",
+                        str(args.epochs),
+                        "--batch-size",
+                        str(args.batch_size),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 load = os.getloadavg()[0]
                 rates = " | ".join(f"{v:.1f}" for v in r["videos_per_s"])
                 worker = f"{r['worker_peak_mb']:.0f}" if workers else "-"
-                print(f"| {args.videos} | {'on' if cache else 'off'} | {workers} | {r['build_s']:.2f} | "
-                      f"{rates} | {r['main_peak_mb']:.0f} | {worker} | {load:.1f} |", flush=True)
+                print(
+                    f"| {args.videos} | {'on' if cache else 'off'} | {workers} | {r['build_s']:.2f} | "
+                    f"{rates} | {r['main_peak_mb']:.0f} | {worker} | {load:.1f} |",
+                    flush=True,
+                )
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -91,13 +91,16 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)  # less sensitive to other load on the machine
     assert metrics is not None
-    print(f"videos {len(gt.video_ids)}, classes {len(gt.class_names)}, ground truth {len(gt.labels)}, "
-          f"predictions {len(predictions.labels)}, single class per video: {args.single_class}")
-    print(f"average mAP {metrics.average_mAP:.2f}  "
-          f"mAP@0.50 {metrics.mAP[0]:.2f}  mAP@0.95 {metrics.mAP[-1]:.2f}")
+    print(
+        f"videos {len(gt.video_ids)}, classes {len(gt.class_names)}, ground truth {len(gt.labels)}, "
+        f"predictions {len(predictions.labels)}, single class per video: {args.single_class}"
+    )
+    print(f"average mAP {metrics.average_mAP:.2f}  mAP@0.50 {metrics.mAP[0]:.2f}  mAP@0.95 {metrics.mAP[-1]:.2f}")
     print(f"build inputs from arrays: {build_s:.3f} s")
-    print(f"evaluate_detections (10 tIoU): median {statistics.median(times):.3f} s over {args.repeats} "
-          f"runs {[round(t, 3) for t in times]}; CPU time median {statistics.median(cpu_times):.3f} s")
+    print(
+        f"evaluate_detections (10 tIoU): median {statistics.median(times):.3f} s over {args.repeats} "
+        f"runs {[round(t, 3) for t in times]}; CPU time median {statistics.median(cpu_times):.3f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--input-dim", type=int, default=4352, help="i3d 2048 + slowfast 2304")
     parser.add_argument("--dim", type=int, default=512, help="embedding / FPN / head width")
     parser.add_argument("--max-seq-len", type=int, default=2304)
-    parser.add_argument("--lengths", default="300,520,910,1400",
-                        help="valid lengths of the videos in one batch (batch size = their count)")
+    parser.add_argument(
+        "--lengths",
+        default="300,520,910,1400",
+        help="valid lengths of the videos in one batch (batch size = their count)",
+    )
     parser.add_argument("--classes", type=int, default=106)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -67,8 +70,10 @@ def model_speed(args, device: torch.device) -> None:
     lengths = [int(n) for n in args.lengths.split(",")]
     div = inference_div_factor(cfg)
     padded_max = math.ceil(max(lengths) / div) * div
-    print(f"model: {sum(p.numel() for p in model.parameters()):,} params, input {args.input_dim}, "
-          f"batch {len(lengths)} with valid lengths {lengths}, device {device}, bf16 {args.bf16}")
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()):,} params, input {args.input_dim}, "
+        f"batch {len(lengths)} with valid lengths {lengths}, device {device}, bf16 {args.bf16}"
+    )
     for name, total in (("pad to max_seq_len", args.max_seq_len), ("pad to batch max", padded_max)):
         feats = torch.zeros(len(lengths), args.input_dim, total, device=device)
         masks = torch.arange(total, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
@@ -77,8 +82,7 @@ def model_speed(args, device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         seconds = time_steps(model, feats, masks[:, None, :], args)
-        memory = (f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-                  if device.type == "cuda" else "")
+        memory = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else ""
         print(f"  {name:<20} T={total:5d}: {seconds:.3f} s/step, {1 / seconds:.3f} steps/s{memory}")
 
 
@@ -106,8 +110,10 @@ def attention_speed(args, device: torch.device) -> None:
             sync(device)
             if step >= args.warmup:
                 times.append(time.perf_counter() - start)
-        print(f"  attention {name:<15} B={batch} H={heads} T={length} d={dim} w={window}: "
-              f"{sum(times) / len(times) * 1000:.1f} ms fwd+bwd")
+        print(
+            f"  attention {name:<15} B={batch} H={heads} T={length} d={dim} w={window}: "
+            f"{sum(times) / len(times) * 1000:.1f} ms fwd+bwd"
+        )
 
 
 def main() -> None:

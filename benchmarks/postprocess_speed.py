@@ -71,9 +71,11 @@ def main() -> None:
     cfg = dataclasses.replace(TestConfig(), multiclass_nms=not args.agnostic)
     gen = torch.Generator().manual_seed(args.seed)
     lengths = torch.randint(180, 2305, (args.videos,), generator=gen).tolist()
-    print(f"device={args.device} torch_threads={torch.get_num_threads()} videos={args.videos} "
-          f"classes={NUM_CLASSES} nms={cfg.nms_method} multiclass={cfg.multiclass_nms} "
-          f"topk={cfg.pre_nms_topk} max_seg_num={cfg.max_seg_num}")
+    print(
+        f"device={args.device} torch_threads={torch.get_num_threads()} videos={args.videos} "
+        f"classes={NUM_CLASSES} nms={cfg.nms_method} multiclass={cfg.multiclass_nms} "
+        f"topk={cfg.pre_nms_topk} max_seg_num={cfg.max_seg_num}"
+    )
     for regime in ("dense", "sparse"):
         rows, counts = [], []  # per video: select wall, select cpu, nms wall, nms cpu
         for i, length in enumerate(lengths):
@@ -84,9 +86,11 @@ def main() -> None:
                 rows.append([*t_select, *t_nms, t_select[0] + t_nms[0], t_select[1] + t_nms[1]])
                 counts.append(len(cands))
         med = [statistics.median(col) for col in zip(*rows, strict=True)]
-        print(f"{regime:6s} candidates/video median {statistics.median(counts):6.0f} | median ms/video "
-              f"wall (cpu): select {med[0]:6.2f} ({med[1]:6.2f})  nms {med[2]:6.2f} ({med[3]:6.2f})  "
-              f"total {med[4]:6.2f} ({med[5]:6.2f})")
+        print(
+            f"{regime:6s} candidates/video median {statistics.median(counts):6.0f} | median ms/video "
+            f"wall (cpu): select {med[0]:6.2f} ({med[1]:6.2f})  nms {med[2]:6.2f} ({med[3]:6.2f})  "
+            f"total {med[4]:6.2f} ({med[5]:6.2f})"
+        )
 
 
 if __name__ == "__main__":

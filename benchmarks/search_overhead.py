@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-path", type=Path, default=Path(search.DEFAULT_STORAGE))
     args = parser.parse_args(argv)
 
-    outcome = search.run(args.file, overrides=args.set, num_samples=args.num_samples,
-                         storage_path=args.storage_path)
+    outcome = search.run(args.file, overrides=args.set, num_samples=args.num_samples, storage_path=args.storage_path)
     spec = search.load_search_file(args.file, args.set, args.num_samples)
     client = MlflowClient(tracking_uri=tracking.resolve_store(spec.tracking.uri, Path.cwd()).uri)
     rows, t = outcome.rows, outcome.timings
@@ -73,16 +72,23 @@ def main(argv: list[str] | None = None) -> int:
         ("  Ray shutdown", f"{t.get('ray_stop', 0):.1f} s"),
         ("sum of trials' training time (epochs incl. validation)", f"{train:.1f} s"),
         ("slot utilisation (training / (fit x slots))", f"{train / max(fit * slots, 1e-9):.0%}"),
-        ("scheduling overhead per trial ((fit x slots - training) / trials)",
-         f"{(fit * slots - train) / n:.2f} s"),
-        ("  of which slots idle ((fit x slots - time trials were running) / trials)",
-         f"{(fit * slots - open_time) / n:.2f} s"),
-        ("  of which inside trials ((time trials were running - training) / trials)",
-         f"{(open_time - train) / n:.2f} s"),
-        ("start-up latency per trial (median, run start -> first epoch - epoch)",
-         f"{statistics.median(latencies):.2f} s" if latencies else "-"),
-        ("tracking (MLflow) time per trial, driver side",
-         f"{outcome.tracking_seconds / n:.2f} s ({outcome.tracking_calls} callback calls)"),
+        ("scheduling overhead per trial ((fit x slots - training) / trials)", f"{(fit * slots - train) / n:.2f} s"),
+        (
+            "  of which slots idle ((fit x slots - time trials were running) / trials)",
+            f"{(fit * slots - open_time) / n:.2f} s",
+        ),
+        (
+            "  of which inside trials ((time trials were running - training) / trials)",
+            f"{(open_time - train) / n:.2f} s",
+        ),
+        (
+            "start-up latency per trial (median, run start -> first epoch - epoch)",
+            f"{statistics.median(latencies):.2f} s" if latencies else "-",
+        ),
+        (
+            "tracking (MLflow) time per trial, driver side",
+            f"{outcome.tracking_seconds / n:.2f} s ({outcome.tracking_calls} callback calls)",
+        ),
         ("tracking time per trial-epoch", f"{outcome.tracking_seconds / max(epochs, 1) * 1000:.0f} ms"),
     ]
     given = argv if argv is not None else sys.argv[1:]

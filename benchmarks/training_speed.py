@@ -44,10 +44,18 @@ def make_batch(rng: np.random.Generator, lengths: list[int], dim: int, pad_multi
     for length in lengths:
         starts = rng.uniform(0, length - 2, size=6)
         ends = np.minimum(starts + rng.uniform(1, 40, size=6), length - 1)
-        items.append({"video_id": "v", "feats": torch.randn(dim, length),
-                      "segments": torch.tensor(np.stack([starts, ends], 1), dtype=torch.float32),
-                      "labels": torch.from_numpy(rng.integers(0, NUM_CLASSES, size=6)),
-                      "fps": 30.0, "duration": length * 16 / 30, "feat_stride": 16, "num_frames": 16})
+        items.append(
+            {
+                "video_id": "v",
+                "feats": torch.randn(dim, length),
+                "segments": torch.tensor(np.stack([starts, ends], 1), dtype=torch.float32),
+                "labels": torch.from_numpy(rng.integers(0, NUM_CLASSES, size=6)),
+                "fps": 30.0,
+                "duration": length * 16 / 30,
+                "feat_stride": 16,
+                "num_frames": 16,
+            }
+        )
     return collate(items, pad_multiple)
 
 
@@ -89,8 +97,13 @@ def time_longest_video(cfg, device) -> tuple[float, float, int]:
     forward_s = time.perf_counter() - started
     started = time.perf_counter()
     points = make_points([m.shape[1] for m in out.masks], model.strides, cfg.model.regression_range, device)
-    candidates = select_candidates([x[0].float() for x in out.cls_logits], [x[0].float() for x in out.offsets],
-                                   [m[0] for m in out.masks], points, cfg.test)
+    candidates = select_candidates(
+        [x[0].float() for x in out.cls_logits],
+        [x[0].float() for x in out.offsets],
+        [m[0] for m in out.masks],
+        points,
+        cfg.test,
+    )
     detections = postprocess(candidates, cfg.test, 30.0, LONGEST_VIDEO_STEPS * 16 / 30, 16, 16)
     return forward_s, time.perf_counter() - started, len(detections.scores)
 
@@ -109,8 +122,9 @@ def main() -> None:
     cfg = load_config(args.config, [f"train.device={args.device}"])
     device = resolve_device(cfg.train.device)
     rng = np.random.default_rng(0)
-    length_sets = [fineaction_lengths(rng, cfg.train.batch_size, cfg.data.max_seq_len)
-                   for _ in range(args.steps + args.warmup)]
+    length_sets = [
+        fineaction_lengths(rng, cfg.train.batch_size, cfg.data.max_seq_len) for _ in range(args.steps + args.warmup)
+    ]
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch lengths {length_sets}")
     modes = {"batch max": inference_div_factor(cfg.model)}
     if not args.skip_reference:
@@ -123,12 +137,17 @@ def main() -> None:
         seconds = time_training(cfg, device, batches, args.warmup)
         padded = np.mean([b["feats"].shape[-1] for b in batches])
         print(f"| {name} | {padded:.0f} | {seconds:.3f} | {1 / seconds:.2f} | {2110 * seconds / 60:.1f} min |")
-    peak = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
     print(f"peak memory: {peak:.2f} GiB ({'CUDA allocated' if device.type == 'cuda' else 'process RSS'})")
     forward_s, post_s, kept = time_longest_video(cfg, device)
-    print(f"longest video ({LONGEST_VIDEO_STEPS} steps): forward {forward_s:.2f} s, "
-          f"selection + Soft-NMS {post_s * 1000:.0f} ms, {kept} segments kept")
+    print(
+        f"longest video ({LONGEST_VIDEO_STEPS} steps): forward {forward_s:.2f} s, "
+        f"selection + Soft-NMS {post_s * 1000:.0f} ms, {kept} segments kept"
+    )
 
 
 if __name__ == "__main__":

@@ -87,9 +87,16 @@ def model_from_checkpoint(
 
 
 def checkpoint_state(
-    *, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, loss_norm: float, epoch: int,
-    cfg: RunConfig, class_names: list[str], input_dim: int,
+    *,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_norm: float,
+    epoch: int,
+    cfg: RunConfig,
+    class_names: list[str],
+    input_dim: int,
 ) -> dict[str, Any]:
     """The checkpoint dict (see module docstring for what loads it)."""
     return {

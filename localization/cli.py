@@ -10,9 +10,15 @@ from localization.errors import InputError
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=1.0e-4 "
-                             "--set data.features=[i3d] (value parsed as YAML); repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1.0e-4 "
+        "--set data.features=[i3d] (value parsed as YAML); repeatable",
+    )
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

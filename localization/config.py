@@ -278,12 +278,14 @@ def build_section(cls: type, raw: Any, prefix: str, source: str, base: Any | Non
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise ConfigError(f"{source}: {dotted}: unknown key (expected one of {names})")
-        values[key] = _coerce(value, hints[key], dotted, source,
-                              getattr(base, key) if base is not None else None)
+        values[key] = _coerce(value, hints[key], dotted, source, getattr(base, key) if base is not None else None)
     if base is not None:
         return dataclasses.replace(base, **values)
-    missing = [f.name for f in fields if f.name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{source}: {where}: missing required key(s) {missing}")
     return cls(**values)
@@ -479,8 +481,11 @@ def validate(cfg: RunConfig, source: str) -> None:
         fail("model.center_sample_radius", f"must be > 0, got {m.center_sample_radius}")
     factor = max_div_factor(m)
     if d.max_seq_len % factor:
-        fail("data.max_seq_len", f"{d.max_seq_len} is not divisible by {factor}, which the model's "
-             f"strides and attention windows need (for example {d.max_seq_len // factor * factor or factor})")
+        fail(
+            "data.max_seq_len",
+            f"{d.max_seq_len} is not divisible by {factor}, which the model's "
+            f"strides and attention windows need (for example {d.max_seq_len // factor * factor or factor})",
+        )
 
     positive("train.lr", t.lr)
     if t.weight_decay < 0:

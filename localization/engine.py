@@ -132,8 +132,7 @@ def _subset_evaluator(cfg: RunConfig, subset: str, reader: FeatureReader) -> _Ev
 class _Evaluator:
     """Scores a model on one subset: the dataset and ground truth are built once."""
 
-    def __init__(self, cfg: RunConfig, reader: FeatureReader, annotations: SubsetAnnotations,
-                 restricted: bool = False):
+    def __init__(self, cfg: RunConfig, reader: FeatureReader, annotations: SubsetAnnotations, restricted: bool = False):
         """``restricted``: ``annotations`` holds only some videos of its subset (data.val_videos);
         the ground truth is cut to the same videos."""
         self.cfg = cfg
@@ -162,7 +161,10 @@ class _Evaluator:
 
 
 def train(
-    cfg: RunConfig, out_dir: Path, on_epoch: OnEpoch | None = None, resume: Path | None = None,
+    cfg: RunConfig,
+    out_dir: Path,
+    on_epoch: OnEpoch | None = None,
+    resume: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train one model; write ``out_dir/checkpoint.pt`` after every epoch.
@@ -185,17 +187,24 @@ def train(
     evaluator = _subset_evaluator(cfg, cfg.data.val_subset, reader)
     class_names = train_ann.class_names
     pad_multiple = inference_div_factor(cfg.model)
-    loader = build_loader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
-                          num_workers=cfg.data.num_workers, seed=cfg.train.seed,
-                          pad_multiple=pad_multiple, drop_last=len(train_set) > cfg.train.batch_size)
+    loader = build_loader(
+        train_set,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.train.seed,
+        pad_multiple=pad_multiple,
+        drop_last=len(train_set) > cfg.train.batch_size,
+    )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise RuntimeError("the training subset yields no batches")
 
     model = ActionFormer(cfg.model, reader.dim, len(class_names), cfg.data.max_seq_len).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
-    scheduler = build_scheduler(optimizer, cfg.train.warmup_epochs * steps_per_epoch,
-                                cfg.train.epochs * steps_per_epoch, cfg.train.eta_min)
+    scheduler = build_scheduler(
+        optimizer, cfg.train.warmup_epochs * steps_per_epoch, cfg.train.epochs * steps_per_epoch, cfg.train.eta_min
+    )
     ema = ModelEma(model, cfg.train.ema_decay)
     normalizer = LossNormalizer(cfg.model.init_loss_norm)
     start_epoch = 0
@@ -225,26 +234,42 @@ def train(
             if not math.isfinite(losses[2]):
                 raise TrainingDiverged(
                     f"loss became {losses[2]} at epoch {epoch}, step {step} "
-                    f"(cls_loss {losses[0]:.4g}, reg_loss {losses[1]:.4g}, lr {scheduler.get_last_lr()[0]:.3g})")
+                    f"(cls_loss {losses[0]:.4g}, reg_loss {losses[1]:.4g}, lr {scheduler.get_last_lr()[0]:.3g})"
+                )
             scheduler.step()
             ema.update()
             sums += torch.tensor(losses, dtype=torch.float64)
         sums /= steps_per_epoch
-        metrics = {"loss": float(sums[2]), "cls_loss": float(sums[0]), "reg_loss": float(sums[1]),
-                   "lr": float(scheduler.get_last_lr()[0])}
+        metrics = {
+            "loss": float(sums[2]),
+            "cls_loss": float(sums[0]),
+            "reg_loss": float(sums[1]),
+            "lr": float(scheduler.get_last_lr()[0]),
+        }
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
         if evaluated:
             last_eval = evaluator(ema.module, device)
             if last_eval.metrics is not None:
                 metrics.update(metrics_as_floats(last_eval.metrics))
         metrics["epoch_time_s"] = time.perf_counter() - started
-        save_checkpoint(checkpoint_path, checkpoint_state(
-            model=model, ema=ema.module, optimizer=optimizer, scheduler=scheduler,
-            loss_norm=normalizer.value, epoch=epoch, cfg=cfg, class_names=class_names,
-            input_dim=reader.dim))
+        save_checkpoint(
+            checkpoint_path,
+            checkpoint_state(
+                model=model,
+                ema=ema.module,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                loss_norm=normalizer.value,
+                epoch=epoch,
+                cfg=cfg,
+                class_names=class_names,
+                input_dim=reader.dim,
+            ),
+        )
         log(_progress_line(epoch, cfg.train.epochs, metrics))
-        report = EpochReport(epoch, dict(metrics), evaluated, checkpoint_path,
-                             last_eval.predictions if evaluated and last_eval else None)
+        report = EpochReport(
+            epoch, dict(metrics), evaluated, checkpoint_path, last_eval.predictions if evaluated and last_eval else None
+        )
         if on_epoch is not None and on_epoch(report):
             stopped_early = epoch < cfg.train.epochs
             break
@@ -252,8 +277,14 @@ def train(
 
 
 def train_step(
-    forward: Callable, model: ActionFormer, batch: dict[str, Any], device: torch.device, cfg: RunConfig,
-    optimizer: torch.optim.Optimizer, normalizer: LossNormalizer, num_classes: int,
+    forward: Callable,
+    model: ActionFormer,
+    batch: dict[str, Any],
+    device: torch.device,
+    cfg: RunConfig,
+    optimizer: torch.optim.Optimizer,
+    normalizer: LossNormalizer,
+    num_classes: int,
 ) -> tuple[float, float, float]:
     """One optimizer step (forward, targets, losses, backward, clipping, update); returns
     (cls_loss, reg_loss, final_loss) as floats. The caller steps the schedule and the EMA."""
@@ -265,8 +296,9 @@ def train_step(
     with autocast(device, cfg.train.bf16):
         out = forward(feats, masks)
     points = make_points([m.shape[1] for m in out.masks], model.strides, cfg.model.regression_range, device)
-    cls_targets, reg_targets = assign_targets(points, segments, labels, num_classes,
-                                              cfg.model.center_sample, cfg.model.center_sample_radius)
+    cls_targets, reg_targets = assign_targets(
+        points, segments, labels, num_classes, cfg.model.center_sample, cfg.model.center_sample_radius
+    )
     losses = compute_losses(out, cls_targets, reg_targets, normalizer, cfg.model)
     values = torch.stack([losses["cls_loss"], losses["reg_loss"], losses["final_loss"]])
     cls_loss, reg_loss, final_loss = values.detach().float().tolist()  # the step's one device sync
@@ -279,8 +311,10 @@ def train_step(
 
 
 def _progress_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
-    line = (f"epoch {epoch:>3}/{epochs}  loss {metrics['loss']:.4f} (cls {metrics['cls_loss']:.4f} "
-            f"reg {metrics['reg_loss']:.4f})  lr {metrics['lr']:.2e}")
+    line = (
+        f"epoch {epoch:>3}/{epochs}  loss {metrics['loss']:.4f} (cls {metrics['cls_loss']:.4f} "
+        f"reg {metrics['reg_loss']:.4f})  lr {metrics['lr']:.2e}"
+    )
     if "average_mAP" in metrics:
         line += f"  val mAP {metrics['average_mAP']:.2f}"
         for key in ("mAP_0.50", "mAP_0.75", "mAP_0.95"):
@@ -294,14 +328,20 @@ def build_model_for_data(cfg: RunConfig) -> tuple[ActionFormer, str]:
     reader = FeatureReader(cfg.data)
     train_ann = load_training_subset(cfg)
     model = ActionFormer(cfg.model, reader.dim, len(train_ann.class_names), cfg.data.max_seq_len)
-    summary = (f"data: {len(train_ann.videos)} {cfg.data.train_subset} videos, "
-               f"{len(train_ann.class_names)} classes, input dim {reader.dim} "
-               f"({' + '.join(cfg.data.features)})")
+    summary = (
+        f"data: {len(train_ann.videos)} {cfg.data.train_subset} videos, "
+        f"{len(train_ann.class_names)} classes, input dim {reader.dim} "
+        f"({' + '.join(cfg.data.features)})"
+    )
     return model, summary
 
 
 def evaluate(
-    cfg: RunConfig, checkpoint: Path, subset: str, raw_out: Path | None = None, use_ema: bool = True,
+    cfg: RunConfig,
+    checkpoint: Path,
+    subset: str,
+    raw_out: Path | None = None,
+    use_ema: bool = True,
 ) -> EvalResult:
     """Score a checkpoint on ``subset`` with ``cfg``'s data and post-processing settings."""
     ckpt = load_checkpoint(checkpoint)

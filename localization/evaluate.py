@@ -17,8 +17,7 @@ from localization.io import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localization.evaluate",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m localization.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML (data and test sections are used)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="checkpoint to run (EMA weights by default)")
@@ -42,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(cfg, args.checkpoint, subset, raw_out=args.raw, use_ema=not args.no_ema)
     write_json(args.out, result.predictions)
     if result.metrics is None:
-        print(f"{subset}: no labelled instances; wrote the submission file {args.out}, "
-              "no mAP can be computed")
+        print(f"{subset}: no labelled instances; wrote the submission file {args.out}, no mAP can be computed")
         return 0
     if args.metrics:
         write_json(args.metrics, result.metrics.to_json())

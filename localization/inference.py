@@ -43,7 +43,10 @@ def _length_batches(dataset: InferenceDataset, max_steps: int) -> Iterator[list[
 
 @torch.no_grad()
 def predict(
-    model: ActionFormer, dataset: InferenceDataset, cfg: RunConfig, device: torch.device,
+    model: ActionFormer,
+    dataset: InferenceDataset,
+    cfg: RunConfig,
+    device: torch.device,
     max_batch_steps: int = 32768,
 ) -> dict[str, Candidates]:
     """Raw (pre-NMS) candidates in grid units for every video of ``dataset``."""
@@ -56,13 +59,14 @@ def predict(
         masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
         with autocast(device, cfg.train.bf16):
             out = model(feats, masks)
-        points = make_points([m.shape[1] for m in out.masks], model.strides,
-                             cfg.model.regression_range, device)
+        points = make_points([m.shape[1] for m in out.masks], model.strides, cfg.model.regression_range, device)
         for b, video_id in enumerate(batch["video_ids"]):
             raw[video_id] = select_candidates(
                 [logits[b].float() for logits in out.cls_logits],
                 [offsets[b].float() for offsets in out.offsets],
-                [mask[b] for mask in out.masks], points, cfg.test,
+                [mask[b] for mask in out.masks],
+                points,
+                cfg.test,
             )
     return raw
 
@@ -74,12 +78,14 @@ def detect(raw: dict[str, Candidates], dataset: InferenceDataset, cfg: RunConfig
     """
     missing = [video.video_id for video in dataset.videos if video.video_id not in raw]
     if missing:
-        raise DataError(f"raw candidates lack {len(missing)} video(s) of subset "
-                        f"{dataset.annotations.subset!r}, e.g. {missing[0]!r}")
+        raise DataError(
+            f"raw candidates lack {len(missing)} video(s) of subset {dataset.annotations.subset!r}, e.g. {missing[0]!r}"
+        )
     grid = dataset.reader
     return {
-        video.video_id: postprocess(raw[video.video_id], cfg.test, video.fps, video.duration,
-                                    grid.feat_stride, grid.num_frames)
+        video.video_id: postprocess(
+            raw[video.video_id], cfg.test, video.fps, video.duration, grid.feat_stride, grid.num_frames
+        )
         for video in dataset.videos
     }
 
@@ -95,5 +101,8 @@ def to_submission(detections: dict[str, Candidates], class_names: list[str]) -> 
             {"segment": [float(s), float(e)], "label": class_names[int(label)], "score": float(score)}
             for (s, e), score, label in zip(det.segments, det.scores, det.labels, strict=True)
         ]
-    return {"version": "actionformer-search", "results": results,
-            "external_data": {"used": False, "details": "pre-extracted features only"}}
+    return {
+        "version": "actionformer-search",
+        "results": results,
+        "external_data": {"used": False, "details": "pre-extracted features only"},
+    }

@@ -181,7 +181,11 @@ def _greedy_select(
 
 
 def soft_nms(
-    segments: np.ndarray, scores: np.ndarray, sigma: float, min_score: float, max_num: int,
+    segments: np.ndarray,
+    scores: np.ndarray,
+    sigma: float,
+    min_score: float,
+    max_num: int,
     groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian Soft-NMS as the reference C++ (method 2).
@@ -202,7 +206,11 @@ def soft_nms(
 
 
 def hard_nms(
-    segments: np.ndarray, scores: np.ndarray, iou_threshold: float, min_score: float, max_num: int,
+    segments: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    min_score: float,
+    max_num: int,
     groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy NMS as the reference: keep scores > ``min_score`` (when > 0), then every pick
@@ -265,8 +273,7 @@ def batched_nms(candidates: Candidates, test_cfg: TestConfig) -> Candidates:
     if cfg.nms_method == "soft":
         keep, scores = soft_nms(c.segments, c.scores, cfg.nms_sigma, cfg.min_score, cfg.max_seg_num, groups)
     else:
-        keep, scores = hard_nms(c.segments, c.scores, cfg.iou_threshold, cfg.min_score, cfg.max_seg_num,
-                                groups)
+        keep, scores = hard_nms(c.segments, c.scores, cfg.iou_threshold, cfg.min_score, cfg.max_seg_num, groups)
     # selection order is already descending score (see _greedy_select): the reference's final
     # sort and cap are no-ops here
     segments = c.segments[keep]
@@ -280,16 +287,16 @@ def batched_nms(candidates: Candidates, test_cfg: TestConfig) -> Candidates:
 # --------------------------------------------------------------------------------------------
 
 
-def to_seconds(candidates: Candidates, fps: float, duration: float, feat_stride: int,
-               num_frames: int) -> Candidates:
+def to_seconds(candidates: Candidates, fps: float, duration: float, feat_stride: int, num_frames: int) -> Candidates:
     """Grid units -> seconds (``grid_to_seconds``, spec 4.3), clamped to [0, duration] as the
     reference does, since predicted boundaries may fall outside the video."""
     seconds = grid_to_seconds(candidates.segments.astype(np.float64), fps, feat_stride, num_frames)  # (N, 2)
     return Candidates(np.clip(seconds, 0.0, duration), candidates.scores, candidates.labels)
 
 
-def postprocess(candidates: Candidates, test_cfg: TestConfig, fps: float, duration: float,
-                feat_stride: int, num_frames: int) -> Candidates:
+def postprocess(
+    candidates: Candidates, test_cfg: TestConfig, fps: float, duration: float, feat_stride: int, num_frames: int
+) -> Candidates:
     """One video's raw candidates -> final detections in seconds."""
     return to_seconds(batched_nms(candidates, test_cfg), fps, duration, feat_stride, num_frames)
 
@@ -334,8 +341,12 @@ def load_candidates(path: str | Path) -> dict[str, Candidates]:
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable .npz file: {exc}") from None
     offsets, n = data["offsets"], len(data["scores"])
-    if len(offsets) != len(data["video_ids"]) + 1 or offsets[0] != 0 or offsets[-1] != n \
-            or np.any(np.diff(offsets) < 0):
+    if (
+        len(offsets) != len(data["video_ids"]) + 1
+        or offsets[0] != 0
+        or offsets[-1] != n
+        or np.any(np.diff(offsets) < 0)
+    ):
         raise DataError(f"{path}: offsets: inconsistent with video_ids / scores")
     if data["segments"].shape != (n, 2) or data["labels"].shape != (n,):
         raise DataError(f"{path}: segments/labels: shapes do not match scores ({n},)")

@@ -47,9 +47,7 @@ def assign_targets(
     if points.dim() != 2 or points.shape[1] != 4:
         raise ValueError(f"assign_targets: points must be (P, 4), got {tuple(points.shape)}")
     if len(gt_segments) != len(gt_labels):
-        raise ValueError(
-            f"assign_targets: {len(gt_segments)} segment tensors but {len(gt_labels)} label tensors"
-        )
+        raise ValueError(f"assign_targets: {len(gt_segments)} segment tensors but {len(gt_labels)} label tensors")
     if center_sample not in ("radius", "none"):
         raise ValueError(f"assign_targets: center_sample must be 'radius' or 'none', got {center_sample!r}")
     cls_targets, reg_targets = [], []

@@ -79,8 +79,9 @@ class ActionFormerModel(PythonModel):
         dataset = InferenceDataset(self.cfg.data, chosen, FeatureReader(self.cfg.data))
         raw = predict(self.model, dataset, self.cfg, self.device)
         return [
-            Detection(video_id=vid, t_start=float(s), t_end=float(e), label=self.class_names[int(label)],
-                      score=float(score))
+            Detection(
+                video_id=vid, t_start=float(s), t_end=float(e), label=self.class_names[int(label)], score=float(score)
+            )
             for vid, det in detect(raw, dataset, self.cfg).items()
             for (s, e), score, label in zip(det.segments, det.scores, det.labels, strict=True)
         ]

@@ -42,8 +42,9 @@ class Cluster:
     node_gpus: float | None = None  # GPUs of the largest node (a trial runs on one node); None: unknown
 
 
-def start(address: str | None = None, num_cpus: int | None = None,
-          object_store_bytes: int = OBJECT_STORE_BYTES) -> Cluster:
+def start(
+    address: str | None = None, num_cpus: int | None = None, object_store_bytes: int = OBJECT_STORE_BYTES
+) -> Cluster:
     """Connect to ``address`` or start a local cluster; raises InputError if unreachable.
 
     A Ray already initialised in this process (a notebook, the tests) is used as it is.
@@ -53,18 +54,19 @@ def start(address: str | None = None, num_cpus: int | None = None,
     if owned and address is not None:
         check_reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                     runtime_env={"env_vars": RAY_ENV})
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": RAY_ENV})
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"--address {address}: cannot connect to a Ray cluster ({first})") from None
     elif owned:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_bytes,
-                 include_dashboard=False)
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_bytes, include_dashboard=False
+        )
     resources = ray.cluster_resources()
     node_gpus = max((float(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
-    return Cluster(cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), owned=owned,
-                   node_gpus=node_gpus)
+    return Cluster(
+        cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), owned=owned, node_gpus=node_gpus
+    )
 
 
 def check_reachable(address: str) -> None:
@@ -89,8 +91,10 @@ def trial_resources(want: ResourcesSpec, cluster: Cluster) -> dict[str, float]:
         raise InputError(f"resources.gpu: {want.gpu:g} GPUs per trial, but the cluster has {cluster.gpus:g}")
     if cluster.gpus > 0 and cluster.node_gpus is not None and want.gpu > cluster.node_gpus:
         # Ray would keep such a trial pending forever: no single node can hold it
-        raise InputError(f"resources.gpu: {want.gpu:g} GPUs per trial, but the largest node has "
-                         f"{cluster.node_gpus:g} (the cluster {cluster.gpus:g})")
+        raise InputError(
+            f"resources.gpu: {want.gpu:g} GPUs per trial, but the largest node has "
+            f"{cluster.node_gpus:g} (the cluster {cluster.gpus:g})"
+        )
     gpu = want.gpu if cluster.gpus > 0 else 0.0
     return {"cpu": min(want.cpu, cluster.cpus), "gpu": gpu}
 

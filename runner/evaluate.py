@@ -114,12 +114,22 @@ def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> lis
     name = summary["model"]
     plot_map_per_tiou(out / "map_per_tiou.png", result.metrics, f"{name} on {summary['subset']}")
     plot_per_class_ap(out / "per_class_ap.png", result.metrics, f"{name} on {summary['subset']}: per class")
-    return [out / file for file in ("predictions.json", "evaluation.json", "metrics.json", "per_class_ap.csv",
-                                    "map_per_tiou.png", "per_class_ap.png")]
+    return [
+        out / file
+        for file in (
+            "predictions.json",
+            "evaluation.json",
+            "metrics.json",
+            "per_class_ap.csv",
+            "map_per_tiou.png",
+            "per_class_ap.png",
+        )
+    ]
 
 
-def log_evaluation_run(client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: EvalResult,
-                       summary: dict[str, Any]) -> str:
+def log_evaluation_run(
+    client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: EvalResult, summary: dict[str, Any]
+) -> str:
     """An MLflow run holding the evaluation, in the experiment of the model's training run."""
     experiment_id = None
     if ref.source_run_id is not None:
@@ -127,18 +137,26 @@ def log_evaluation_run(client: MlflowClient, ref: registry.ModelRef, files: list
             experiment_id = client.get_run(ref.source_run_id).info.experiment_id
         except MlflowException:
             experiment_id = None  # the training run was deleted: the default experiment
-    tags = {"runner.role": "evaluation", "runner.model_uri": ref.uri, "runner.subset": summary["subset"],
-            "runner.model_name": ref.name or "", "runner.model_version": ref.version or "",
-            "runner.model_alias": ref.alias or "", "runner.source_run_id": ref.source_run_id or "",
-            "runner.selection_subset": summary["selected_on_subset"] or "unknown",
-            "runner.selection": summary["selected_on"] or "unknown"}
+    tags = {
+        "runner.role": "evaluation",
+        "runner.model_uri": ref.uri,
+        "runner.subset": summary["subset"],
+        "runner.model_name": ref.name or "",
+        "runner.model_version": ref.version or "",
+        "runner.model_alias": ref.alias or "",
+        "runner.source_run_id": ref.source_run_id or "",
+        "runner.selection_subset": summary["selected_on_subset"] or "unknown",
+        "runner.selection": summary["selected_on"] or "unknown",
+    }
     if summary["warning"]:
         tags["runner.selection_warning"] = summary["warning"]
     label = f"{ref.name} v{ref.version}" if ref.version else ref.uri
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate {label} on {summary['subset']}",
-                          tags=tags) as run:
-        mlflow.log_params({"model_uri": ref.uri, "subset": summary["subset"],
-                           "overrides": json.dumps(summary["overrides"])})
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"evaluate {label} on {summary['subset']}", tags=tags
+    ) as run:
+        mlflow.log_params(
+            {"model_uri": ref.uri, "subset": summary["subset"], "overrides": json.dumps(summary["overrides"])}
+        )
         if result.metrics is not None:
             mlflow.log_metrics(metrics_as_floats(result.metrics), model_id=ref.model_id)
         for path in files:
@@ -148,13 +166,14 @@ def log_evaluation_run(client: MlflowClient, ref: registry.ModelRef, files: list
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.evaluate", description=__doc__.split("\n\n")[1])
-    parser.add_argument("model_uri",
-                        help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/ID/PATH")
+    parser.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/ID/PATH")
     parser.add_argument("--subset", default="validation", help="subset to evaluate (default: validation)")
     cli.add_set_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the "
-                                               "embedded store mlflow/mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the embedded store mlflow/mlflow.db)",
+    )
     args = parser.parse_args(argv)
 
     client = registry.use_store(resolve_store(args.tracking_uri, Path.cwd()))
@@ -169,23 +188,32 @@ def main(argv: list[str] | None = None) -> int:
 
     selection = selection_of(client, ref)
     warning = selection.warning_for(args.subset) if selection else None
-    summary = {"model": f"{ref.name} v{ref.version}" if ref.version else ref.uri, "model_uri": ref.uri,
-               "model_name": ref.name, "model_version": ref.version, "model_alias": ref.alias,
-               "source_run_id": ref.source_run_id, "subset": args.subset, "overrides": args.overrides,
-               "selected_on_subset": selection.subset if selection else None,
-               "selected_on": selection.description if selection else None, "warning": warning,
-               "average_mAP": result.metrics.average_mAP if result.metrics else None}
+    summary = {
+        "model": f"{ref.name} v{ref.version}" if ref.version else ref.uri,
+        "model_uri": ref.uri,
+        "model_name": ref.name,
+        "model_version": ref.version,
+        "model_alias": ref.alias,
+        "source_run_id": ref.source_run_id,
+        "subset": args.subset,
+        "overrides": args.overrides,
+        "selected_on_subset": selection.subset if selection else None,
+        "selected_on": selection.description if selection else None,
+        "warning": warning,
+        "average_mAP": result.metrics.average_mAP if result.metrics else None,
+    }
     files_written = write_outputs(args.out, result, summary)
     run_id = log_evaluation_run(client, ref, files_written, result, summary)
 
-    print(f"model {summary['model']} ({ref.uri}, trained in MLflow run {ref.source_run_id}) "
-          f"on {args.subset!r}")
+    print(f"model {summary['model']} ({ref.uri}, trained in MLflow run {ref.source_run_id}) on {args.subset!r}")
     print(f"selected on: {summary['selected_on'] or 'unknown (no training run recorded)'}")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     if result.metrics is None:
-        print(f"{args.subset!r} has no labelled instances: wrote the submission file "
-              f"{args.out / 'predictions.json'}; no mAP can be computed")
+        print(
+            f"{args.subset!r} has no labelled instances: wrote the submission file "
+            f"{args.out / 'predictions.json'}; no mAP can be computed"
+        )
     else:
         print(format_table(result.metrics))
     print(f"files in {args.out}; MLflow evaluation run {run_id}")

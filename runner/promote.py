@@ -71,26 +71,39 @@ def find_search(client: MlflowClient, spec: SearchFile, parent_id: str | None = 
         if parent.data.tags.get("runner.role") != "search":
             raise PromotionRefused(f"run {parent_id}: not a search's parent run (tag runner.role != search)")
     else:
-        parents = client.search_runs([experiment.experiment_id], "tags.`runner.role` = 'search'",
-                                     order_by=["attribute.start_time DESC"], max_results=1)
+        parents = client.search_runs(
+            [experiment.experiment_id],
+            "tags.`runner.role` = 'search'",
+            order_by=["attribute.start_time DESC"],
+            max_results=1,
+        )
         if not parents:
-            raise PromotionRefused(f"{spec.source}: experiment {spec.experiment!r} has no search run "
-                                   f"in {client.tracking_uri} (run the search first)")
+            raise PromotionRefused(
+                f"{spec.source}: experiment {spec.experiment!r} has no search run "
+                f"in {client.tracking_uri} (run the search first)"
+            )
         parent = parents[0]
     trials = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`runner.role` = 'trial'"
     children = _search_all(client, experiment.experiment_id, trials)
     tags = parent.data.tags
     # The parent's tags record what the search actually ran (--num-samples may override the file).
     num_samples = int(tags.get("runner.num_samples", spec.search.num_samples))
-    return SearchRecord(experiment, parent, children, tags.get("runner.metric", spec.search.metric),
-                        tags.get("runner.mode", spec.search.mode), num_samples)
+    return SearchRecord(
+        experiment,
+        parent,
+        children,
+        tags.get("runner.metric", spec.search.metric),
+        tags.get("runner.mode", spec.search.mode),
+        num_samples,
+    )
 
 
 def _get_experiment(client: MlflowClient, spec: SearchFile) -> Experiment:
     experiment = client.get_experiment_by_name(spec.experiment)
     if experiment is None:
-        raise PromotionRefused(f"{spec.source}: experiment {spec.experiment!r} has no runs in "
-                               f"{client.tracking_uri} (run the search first)")
+        raise PromotionRefused(
+            f"{spec.source}: experiment {spec.experiment!r} has no runs in {client.tracking_uri} (run the search first)"
+        )
     return experiment
 
 
@@ -151,11 +164,16 @@ def _trial_ids(runs: list[Run], with_reason: bool = False) -> str:
 
 def best_child(record: SearchRecord) -> Run:
     """The finished or pruned trial with the best ``best_<metric>`` (ties: the earlier trial)."""
-    candidates = [r for r in record.children if _status(r) in DONE and r.info.status != "RUNNING"
-                  and record.summary_metric in r.data.metrics]
+    candidates = [
+        r
+        for r in record.children
+        if _status(r) in DONE and r.info.status != "RUNNING" and record.summary_metric in r.data.metrics
+    ]
     if not candidates:
-        raise PromotionRefused(f"search run {record.parent.info.run_id}: no finished trial has the metric "
-                               f"{record.summary_metric} (nothing to promote)")
+        raise PromotionRefused(
+            f"search run {record.parent.info.run_id}: no finished trial has the metric "
+            f"{record.summary_metric} (nothing to promote)"
+        )
     sign = -1.0 if record.mode == "max" else 1.0
     return min(candidates, key=lambda r: (sign * r.data.metrics[record.summary_metric], r.info.start_time))
 
@@ -166,8 +184,9 @@ def lineage_tags(record: SearchRecord, run: Run, config_yaml: Path, partial: boo
     annotations = Path(cfg.data.annotations)
     # The annotation file is hashed where this command runs (paths are relative to the cwd); a
     # missing file is recorded rather than fatal, since promotion may run away from the data.
-    digest = (registry.sha256_file(annotations) if annotations.is_file()
-              else "unavailable (file not found where promoted)")
+    digest = (
+        registry.sha256_file(annotations) if annotations.is_file() else "unavailable (file not found where promoted)"
+    )
     selection = describe_selection(run.data.params, record.parent.data.tags)
     return {
         "experiment_id": record.experiment.experiment_id,
@@ -188,12 +207,14 @@ def lineage_tags(record: SearchRecord, run: Run, config_yaml: Path, partial: boo
     }
 
 
-def promote_run(client: MlflowClient, record: SearchRecord, run: Run, *, model_name: str, alias: str,
-                partial: bool) -> ModelVersion:
+def promote_run(
+    client: MlflowClient, record: SearchRecord, run: Run, *, model_name: str, alias: str, partial: bool
+) -> ModelVersion:
     """Log ``run``'s best checkpoint as a model, register it under ``model_name``, set ``alias``."""
     if run.info.status == "RUNNING" or _status(run) not in DONE:
-        raise PromotionRefused(f"run {run.info.run_id}: trial is {_status(run)}, only finished or pruned "
-                               f"trials can be promoted")
+        raise PromotionRefused(
+            f"run {run.info.run_id}: trial is {_status(run)}, only finished or pruned trials can be promoted"
+        )
     if record.summary_metric not in run.data.metrics:
         raise PromotionRefused(f"run {run.info.run_id}: has no metric {record.summary_metric}")
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
@@ -201,16 +222,23 @@ def promote_run(client: MlflowClient, record: SearchRecord, run: Run, *, model_n
         downloaded = {}
         for artifact in (CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT):
             try:
-                downloaded[artifact] = Path(mlflow.artifacts.download_artifacts(
-                    run_id=run.info.run_id, artifact_path=artifact, dst_path=str(work / "download"),
-                    tracking_uri=client.tracking_uri))
+                downloaded[artifact] = Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=run.info.run_id,
+                        artifact_path=artifact,
+                        dst_path=str(work / "download"),
+                        tracking_uri=client.tracking_uri,
+                    )
+                )
             except (MlflowException, OSError):
                 raise PromotionRefused(f"run {run.info.run_id}: has no artifact {artifact}") from None
         tags = lineage_tags(record, run, downloaded[CONFIG_ARTIFACT], partial)
-        files = registry.export_model_files(downloaded[CHECKPOINT_ARTIFACT], downloaded[CONFIG_ARTIFACT],
-                                            work / "model")
-        model_uri = registry.log_model(client, files, experiment_id=record.experiment.experiment_id,
-                                       source_run_id=run.info.run_id, tags=tags)
+        files = registry.export_model_files(
+            downloaded[CHECKPOINT_ARTIFACT], downloaded[CONFIG_ARTIFACT], work / "model"
+        )
+        model_uri = registry.log_model(
+            client, files, experiment_id=record.experiment.experiment_id, source_run_id=run.info.run_id, tags=tags
+        )
         return registry.register(client, model_uri, model_name, alias, tags)
 
 
@@ -220,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", help="promote this trial run instead of the best one")
     parser.add_argument("--parent", help="the search's parent run id (default: the latest search)")
     parser.add_argument("--alias", default="champion", help="alias to point at the new version")
-    parser.add_argument("--allow-partial", action="store_true",
-                        help="promote from an unfinished, interrupted or partly failed search")
+    parser.add_argument(
+        "--allow-partial", action="store_true", help="promote from an unfinished, interrupted or partly failed search"
+    )
     args = parser.parse_args(argv)
 
     spec = load_search_file(args.search_file)
@@ -236,17 +265,22 @@ def main(argv: list[str] | None = None) -> int:
     record = find_search(client, spec, parent_id)
     reasons = unfinished_reasons(record)
     if reasons and not args.allow_partial:
-        raise PromotionRefused(f"search run {record.parent.info.run_id} of experiment "
-                               f"{record.experiment.name!r} is not finished: {'; '.join(reasons)} "
-                               f"(pass --allow-partial to promote anyway)")
+        raise PromotionRefused(
+            f"search run {record.parent.info.run_id} of experiment "
+            f"{record.experiment.name!r} is not finished: {'; '.join(reasons)} "
+            f"(pass --allow-partial to promote anyway)"
+        )
     if reasons:
         print(f"warning: promoting from a partial search: {'; '.join(reasons)}", file=sys.stderr)
     run = run or best_child(record)
-    version = promote_run(client, record, run, model_name=spec.tracking.model_name, alias=args.alias,
-                          partial=bool(reasons))
-    print(f"promoted trial {run.data.tags.get('runner.trial_id', '?')} (MLflow run {run.info.run_id}, "
-          f"{record.summary_metric} {run.data.metrics[record.summary_metric]:.4f}) as "
-          f"{spec.tracking.model_name} version {version.version}, alias {args.alias!r}")
+    version = promote_run(
+        client, record, run, model_name=spec.tracking.model_name, alias=args.alias, partial=bool(reasons)
+    )
+    print(
+        f"promoted trial {run.data.tags.get('runner.trial_id', '?')} (MLflow run {run.info.run_id}, "
+        f"{record.summary_metric} {run.data.metrics[record.summary_metric]:.4f}) as "
+        f"{spec.tracking.model_name} version {version.version}, alias {args.alias!r}"
+    )
     print(f"models:/{spec.tracking.model_name}@{args.alias}")
     return 0
 

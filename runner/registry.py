@@ -111,12 +111,18 @@ def export_model_files(checkpoint: Path, config_yaml: Path, out_dir: Path) -> Mo
 def _pip_requirements() -> list[str]:
     # Exact versions without local labels ("2.13.0+cpu" warns, stack-notes M9). The project
     # package itself (localization, runner) must be installed where the model is loaded.
-    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
-            f"mlflow=={mlflow.__version__}", "pyyaml", "pandas"]
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"mlflow=={mlflow.__version__}",
+        "pyyaml",
+        "pandas",
+    ]
 
 
-def log_model(client: MlflowClient, files: ModelFiles, *, experiment_id: str, source_run_id: str,
-              tags: dict[str, str]) -> str:
+def log_model(
+    client: MlflowClient, files: ModelFiles, *, experiment_id: str, source_run_id: str, tags: dict[str, str]
+) -> str:
     """Log the files as a models-from-code pyfunc linked to ``source_run_id``; returns its URI.
 
     The LoggedModel is created with the source run as its origin and then listed among the run's
@@ -124,17 +130,21 @@ def log_model(client: MlflowClient, files: ModelFiles, *, experiment_id: str, so
     status and end time).
     """
     logged = mlflow.initialize_logged_model(
-        name=LOGGED_MODEL_NAME, source_run_id=source_run_id, experiment_id=experiment_id, tags=tags)
+        name=LOGGED_MODEL_NAME, source_run_id=source_run_id, experiment_id=experiment_id, tags=tags
+    )
     info = mlflow.pyfunc.log_model(
-        name=LOGGED_MODEL_NAME, python_model=str(PYFUNC_CODE), artifacts=files.as_artifacts(),
-        pip_requirements=_pip_requirements(), model_config=dict(DEFAULT_MODEL_CONFIG),
-        model_id=logged.model_id)
+        name=LOGGED_MODEL_NAME,
+        python_model=str(PYFUNC_CODE),
+        artifacts=files.as_artifacts(),
+        pip_requirements=_pip_requirements(),
+        model_config=dict(DEFAULT_MODEL_CONFIG),
+        model_id=logged.model_id,
+    )
     client.log_outputs(source_run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return info.model_uri
 
 
-def register(client: MlflowClient, model_uri: str, model_name: str, alias: str,
-             tags: dict[str, str]) -> ModelVersion:
+def register(client: MlflowClient, model_uri: str, model_name: str, alias: str, tags: dict[str, str]) -> ModelVersion:
     """Register a new version of ``model_name`` with ``tags`` and point ``alias`` at it."""
     version = mlflow.register_model(model_uri, model_name, tags=tags)
     client.set_registered_model_alias(model_name, alias, version.version)
@@ -163,8 +173,10 @@ def resolve_model(client: MlflowClient, uri: str) -> ModelRef:
         return ModelRef(uri, uri, source_run_id=match["run_id"])
     match = _REGISTERED.match(uri)
     if match is None:
-        raise ModelNotFound(f"{uri}: not a model URI (expected models:/NAME@ALIAS, models:/NAME/VERSION, "
-                            f"models:/m-ID or runs:/RUN_ID/PATH)")
+        raise ModelNotFound(
+            f"{uri}: not a model URI (expected models:/NAME@ALIAS, models:/NAME/VERSION, "
+            f"models:/m-ID or runs:/RUN_ID/PATH)"
+        )
     name = match["name"]
     try:
         registered = client.get_registered_model(name)
@@ -178,20 +190,29 @@ def resolve_model(client: MlflowClient, uri: str) -> ModelRef:
     except MlflowException:
         if match["alias"]:
             known = sorted(registered.aliases) or "none"
-            raise ModelNotFound(f"{uri}: model {name!r} has no alias {match['alias']!r} "
-                                f"(aliases: {known})") from None
+            raise ModelNotFound(f"{uri}: model {name!r} has no alias {match['alias']!r} (aliases: {known})") from None
         raise ModelNotFound(f"{uri}: model {name!r} has no version {match['version']}") from None
     logged = _LOGGED.match(version.source or "")
-    return ModelRef(uri, f"models:/{name}/{version.version}", name=name, version=str(version.version),
-                    alias=match["alias"], source_run_id=version.run_id,
-                    model_id=logged["model_id"] if logged else None, tags=dict(version.tags))
+    return ModelRef(
+        uri,
+        f"models:/{name}/{version.version}",
+        name=name,
+        version=str(version.version),
+        alias=match["alias"],
+        source_run_id=version.run_id,
+        model_id=logged["model_id"] if logged else None,
+        tags=dict(version.tags),
+    )
 
 
 def download_model(ref: ModelRef, dst: Path, tracking_uri: str) -> ModelFiles:
     """Download the model's files to ``dst``; read where they are from its MLmodel file."""
     try:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=ref.download_uri, dst_path=str(dst), tracking_uri=tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=ref.download_uri, dst_path=str(dst), tracking_uri=tracking_uri
+            )
+        )
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelNotFound(f"{ref.uri}: cannot download the model ({first})") from None

@@ -22,8 +22,13 @@ from matplotlib.ticker import MaxNLocator
 from runner.space import SearchSpace
 from runner.tracking import BEST_EPOCH, SEARCHED_KEYS, STATUS, TRIAL_ID
 
-STATUS_COLORS = {"finished": "tab:blue", "pruned": "tab:orange", "failed": "tab:red",
-                 "interrupted": "tab:gray", "running": "tab:green"}
+STATUS_COLORS = {
+    "finished": "tab:blue",
+    "pruned": "tab:orange",
+    "failed": "tab:red",
+    "interrupted": "tab:gray",
+    "running": "tab:green",
+}
 
 
 @dataclass
@@ -51,13 +56,21 @@ def collect(client: Any, runs: list[Any], metric: str) -> list[TrialRow]:
         history = client.get_metric_history(run_id, metric)
         times = client.get_metric_history(run_id, "epoch_time_s")
         keys = [k for k in tags.get(SEARCHED_KEYS, "").split(",") if k]
-        rows.append(TrialRow(
-            order=order, name=run.info.run_name, trial_id=tags.get(TRIAL_ID, ""), run_id=run_id,
-            status=tags.get(STATUS, "unknown"), best=float(run.data.metrics.get(f"best_{metric}", math.nan)),
-            best_epoch=int(tags[BEST_EPOCH]) if BEST_EPOCH in tags else None,
-            epochs=max((m.step for m in times), default=0), train_time_s=sum(m.value for m in times),
-            values={k: _param_value(run.data.params.get(k)) for k in keys},
-            curve=sorted((m.step, m.value) for m in history)))
+        rows.append(
+            TrialRow(
+                order=order,
+                name=run.info.run_name,
+                trial_id=tags.get(TRIAL_ID, ""),
+                run_id=run_id,
+                status=tags.get(STATUS, "unknown"),
+                best=float(run.data.metrics.get(f"best_{metric}", math.nan)),
+                best_epoch=int(tags[BEST_EPOCH]) if BEST_EPOCH in tags else None,
+                epochs=max((m.step for m in times), default=0),
+                train_time_s=sum(m.value for m in times),
+                values={k: _param_value(run.data.params.get(k)) for k in keys},
+                curve=sorted((m.step, m.value) for m in history),
+            )
+        )
     return rows
 
 
@@ -73,13 +86,20 @@ def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
 def leaderboard(rows: list[TrialRow], space: SearchSpace, metric: str, mode: str) -> pd.DataFrame:
     """Trials ranked by their best metric (unevaluated ones last)."""
     sign = -1.0 if mode == "max" else 1.0
-    ranked = sorted(rows, key=lambda r: (not math.isfinite(r.best), sign * r.best if math.isfinite(r.best)
-                                         else 0.0, r.order))
+    ranked = sorted(
+        rows, key=lambda r: (not math.isfinite(r.best), sign * r.best if math.isfinite(r.best) else 0.0, r.order)
+    )
     records = []
     for rank, row in enumerate(ranked, start=1):
-        record = {"rank": rank, "trial": row.name, "status": row.status, f"best_{metric}": row.best,
-                  "best_epoch": row.best_epoch, "epochs": row.epochs,
-                  "train_time_s": round(row.train_time_s, 1)}
+        record = {
+            "rank": rank,
+            "trial": row.name,
+            "status": row.status,
+            f"best_{metric}": row.best,
+            "best_epoch": row.best_epoch,
+            "epochs": row.epochs,
+            "train_time_s": round(row.train_time_s, 1),
+        }
         record.update({key: _show(row.values[key]) if key in row.values else "-" for key in space.keys})
         record["run_id"] = row.run_id
         records.append(record)
@@ -88,6 +108,7 @@ def leaderboard(rows: list[TrialRow], space: SearchSpace, metric: str, mode: str
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured markdown table (no extra dependency such as tabulate)."""
+
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return "-" if math.isnan(value) else f"{value:.4g}"
@@ -102,8 +123,10 @@ def to_markdown(table: pd.DataFrame) -> str:
 def plot_all(rows: list[TrialRow], space: SearchSpace, metric: str, mode: str, out_dir: Path) -> list[Path]:
     """metric_by_trial.png, learning_curves.png and param_<key>.png per searched key."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [_plot_by_trial(rows, metric, mode, out_dir / "metric_by_trial.png"),
-             _plot_curves(rows, metric, out_dir / "learning_curves.png")]
+    paths = [
+        _plot_by_trial(rows, metric, mode, out_dir / "metric_by_trial.png"),
+        _plot_curves(rows, metric, out_dir / "learning_curves.png"),
+    ]
     for param in space.params:
         if param.kind != "value":
             paths.append(_plot_param(rows, param, metric, out_dir / f"param_{param.key}.png"))
@@ -116,8 +139,7 @@ def _plot_by_trial(rows: list[TrialRow], metric: str, mode: str, path: Path) -> 
     for status, color in STATUS_COLORS.items():
         picked = [r for r in rows if r.status == status and math.isfinite(r.best)]
         if picked:
-            ax.scatter([r.order for r in picked], [r.best for r in picked], color=color, label=status,
-                       zorder=3)
+            ax.scatter([r.order for r in picked], [r.best for r in picked], color=color, label=status, zorder=3)
     running, best_so_far = [], math.nan
     pick = max if mode == "max" else min
     for row in rows:
@@ -139,8 +161,9 @@ def _plot_curves(rows: list[TrialRow], metric: str, path: Path) -> Path:
         if row.curve:
             epochs, values = zip(*row.curve, strict=True)
             ax.plot(epochs, values, marker=".", color=STATUS_COLORS.get(row.status, "black"), alpha=0.7)
-    handles = [plt.Line2D([], [], color=c, label=s) for s, c in STATUS_COLORS.items()
-               if any(r.status == s for r in rows)]
+    handles = [
+        plt.Line2D([], [], color=c, label=s) for s, c in STATUS_COLORS.items() if any(r.status == s for r in rows)
+    ]
     ax.set(xlabel="epoch", ylabel=metric, title=f"validation {metric} per epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -154,8 +177,11 @@ def _plot_param(rows: list[TrialRow], param: Any, metric: str, path: Path) -> Pa
 
     Points are coloured by status: a pruned trial's best comes from a shortened training.
     """
-    points = [(r.values[param.key], r.best, STATUS_COLORS.get(r.status, "black"))
-              for r in rows if param.key in r.values and math.isfinite(r.best)]
+    points = [
+        (r.values[param.key], r.best, STATUS_COLORS.get(r.status, "black"))
+        for r in rows
+        if param.key in r.values and math.isfinite(r.best)
+    ]
     fig, ax = plt.subplots(figsize=(6, 4))
     if param.kind == "choice":
         labels = [_show(c) for c in param.choices]

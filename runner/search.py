@@ -49,8 +49,16 @@ class SearchOutcome:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        outcome = run(args.file, overrides=args.set, num_samples=args.num_samples, dry_run=args.dry_run,
-                      address=args.address, resume=args.resume, storage_path=args.storage_path, argv=argv)
+        outcome = run(
+            args.file,
+            overrides=args.set,
+            num_samples=args.num_samples,
+            dry_run=args.dry_run,
+            address=args.address,
+            resume=args.resume,
+            storage_path=args.storage_path,
+            argv=argv,
+        )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -62,22 +70,39 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runner.search", description=__doc__.split("\n")[0])
     parser.add_argument("file", type=Path, help="search-space YAML (see the README, section Hyperparameter search)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any key, e.g. train.epochs=4 or search.space.train.lr='{value: 1e-4}'")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any key, e.g. train.epochs=4 or search.space.train.lr='{value: 1e-4}'",
+    )
     parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate, print the base config and a few sampled trials; start nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate, print the base config and a few sampled trials; start nothing"
+    )
     parser.add_argument("--address", help="join this Ray cluster (host:port) instead of starting one")
     parser.add_argument("--resume", action="store_true", help="continue the last interrupted search of FILE")
-    parser.add_argument("--storage-path", type=Path, default=Path(DEFAULT_STORAGE),
-                        help=f"Ray Tune results and checkpoints (default ./{DEFAULT_STORAGE}); "
-                             "every node must reach it")
+    parser.add_argument(
+        "--storage-path",
+        type=Path,
+        default=Path(DEFAULT_STORAGE),
+        help=f"Ray Tune results and checkpoints (default ./{DEFAULT_STORAGE}); every node must reach it",
+    )
     return parser
 
 
-def run(path: Path, overrides: list[str] | None = None, num_samples: int | None = None, dry_run: bool = False,
-        address: str | None = None, resume: bool = False, storage_path: Path = Path(DEFAULT_STORAGE),
-        argv: list[str] | None = None, echo: Callable[[str], None] = print) -> SearchOutcome:
+def run(
+    path: Path,
+    overrides: list[str] | None = None,
+    num_samples: int | None = None,
+    dry_run: bool = False,
+    address: str | None = None,
+    resume: bool = False,
+    storage_path: Path = Path(DEFAULT_STORAGE),
+    argv: list[str] | None = None,
+    echo: Callable[[str], None] = print,
+) -> SearchOutcome:
     """The whole search; raises InputError (nothing started) on bad input."""
     started = time.perf_counter()
     spec = load_search_file(path, overrides, num_samples)
@@ -117,9 +142,11 @@ def run(path: Path, overrides: list[str] | None = None, num_samples: int | None 
         outcome.parent_run_id = parent_id
         setup = TrialSetup(spec, cluster.torch_threads(resources))
         recorder = tracking.TrialRecorder(store, exp_id, parent_id, setup)
-        echo(f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "
-             f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU each on a cluster of {info.cpus:g} CPUs, "
-             f"{info.gpus:g} GPUs; MLflow {store.uri} (experiment {spec.experiment}, parent run {parent_id})")
+        echo(
+            f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "
+            f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU each on a cluster of {info.cpus:g} CPUs, "
+            f"{info.gpus:g} GPUs; MLflow {store.uri} (experiment {spec.experiment}, parent run {parent_id})"
+        )
         tuner = build_tuner(setup, ray_path, resources, concurrency, recorder, resume)
         mark = time.perf_counter()
         results = tuner.fit()
@@ -129,10 +156,12 @@ def run(path: Path, overrides: list[str] | None = None, num_samples: int | None 
             outcome.status = "tracking_lost"
         else:
             if resume:  # runs of trials Ray never snapshotted: the searcher reran them under new ids
-                tracking.drop_orphans(client, exp_id, parent_id, {Path(r.path).name.removeprefix("trial_")
-                                                                  for r in results})
+                tracking.drop_orphans(
+                    client, exp_id, parent_id, {Path(r.path).name.removeprefix("trial_") for r in results}
+                )
             interrupted = tracking.close_open_children(client, exp_id, parent_id) > 0 or (
-                len(results) < spec.search.num_samples)
+                len(results) < spec.search.num_samples
+            )
             outcome.status = "interrupted" if interrupted else "finished"
     finally:
         mark = time.perf_counter()
@@ -153,14 +182,23 @@ def run(path: Path, overrides: list[str] | None = None, num_samples: int | None 
         if outcome.status == "interrupted":
             echo(f"search interrupted; continue it with: {command}")
         else:
-            print(f"error: search stopped: tracking store {store.uri} failed ({tracking.lost_reason(parent_id)}); "
-                  f"trial results and checkpoints are kept in {ray_path}; once the store is back, continue "
-                  f"with: {command}", file=sys.stderr)
+            print(
+                f"error: search stopped: tracking store {store.uri} failed ({tracking.lost_reason(parent_id)}); "
+                f"trial results and checkpoints are kept in {ray_path}; once the store is back, continue "
+                f"with: {command}",
+                file=sys.stderr,
+            )
     return outcome
 
 
-def build_tuner(setup: TrialSetup, ray_path: Path, resources: dict[str, float], concurrency: int,
-                recorder: tracking.TrialRecorder, resume: bool) -> Any:
+def build_tuner(
+    setup: TrialSetup,
+    ray_path: Path,
+    resources: dict[str, float],
+    concurrency: int,
+    recorder: tracking.TrialRecorder,
+    resume: bool,
+) -> Any:
     """The Tuner: OptunaSearch (seeded sampler, define-by-run space), ASHA or FIFO, checkpoints."""
     from ray import tune  # Ray is imported only when a search runs
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -169,27 +207,43 @@ def build_tuner(setup: TrialSetup, ray_path: Path, resources: dict[str, float], 
     spec = setup.spec
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if resume:
-        return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     s = spec.search
     # metric/mode go to OptunaSearch and TuneConfig, never the scheduler (stack notes R6)
-    searcher = OptunaSearch(space=spec.space, metric=s.metric, mode=s.mode,
-                            sampler=make_sampler(s.sampler, s.seed))
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs(),
-                               grace_period=s.scheduler.grace_period,
-                               reduction_factor=s.scheduler.reduction_factor)
-                 if s.scheduler.type == "asha" else FIFOScheduler())
+    searcher = OptunaSearch(space=spec.space, metric=s.metric, mode=s.mode, sampler=make_sampler(s.sampler, s.seed))
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=spec.max_epochs(),
+            grace_period=s.scheduler.grace_period,
+            reduction_factor=s.scheduler.reduction_factor,
+        )
+        if s.scheduler.type == "asha"
+        else FIFOScheduler()
+    )
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=s.num_samples, max_concurrent_trials=concurrency,
-                                    reuse_actors=resources["gpu"] == 0, trial_dirname_creator=trial_dirname,
-                                    trial_name_creator=trial_dirname),
+        tune_config=tune.TuneConfig(
+            metric=s.metric,
+            mode=s.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=s.num_samples,
+            max_concurrent_trials=concurrency,
+            reuse_actors=resources["gpu"] == 0,
+            trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_dirname,
+        ),
         run_config=tune.RunConfig(
-            name=ray_path.name, storage_path=str(ray_path.parent), callbacks=[recorder],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY,
-                                                    checkpoint_score_order="max"),
-            failure_config=tune.FailureConfig(max_failures=s.max_failures), verbose=1),
+            name=ray_path.name,
+            storage_path=str(ray_path.parent),
+            callbacks=[recorder],
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max"
+            ),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            verbose=1,
+        ),
     )
 
 
@@ -219,8 +273,10 @@ def check_data(spec: SearchFile) -> str:
         for subset in subsets.values():
             InferenceDataset(cfg, subset, reader)  # probes every video's file, honours on_missing
     train = subsets[data.train_subset]
-    return (f"data: {len(train.videos)} {data.train_subset} / {len(subsets[data.val_subset].videos)} "
-            f"{data.val_subset} videos, {len(train.class_names)} classes ({data.annotations})")
+    return (
+        f"data: {len(train.videos)} {data.train_subset} / {len(subsets[data.val_subset].videos)} "
+        f"{data.val_subset} videos, {len(train.class_names)} classes ({data.annotations})"
+    )
 
 
 def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:
@@ -230,12 +286,16 @@ def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:
         return
     from localization.data.synthetic import generate
 
-    echo(f"generating the synthetic dataset into {annotations.parent} "
-         f"(seed {spec.synthetic.seed}, {spec.synthetic.videos} videos)")
+    echo(
+        f"generating the synthetic dataset into {annotations.parent} "
+        f"(seed {spec.synthetic.seed}, {spec.synthetic.videos} videos)"
+    )
     generate(annotations.parent, seed=spec.synthetic.seed, videos=spec.synthetic.videos)
     if not annotations.is_file():
-        raise InputError(f"{spec.source}: data.annotations: the synthetic generator writes "
-                         f"annotations_gt.json, not {annotations.name}")
+        raise InputError(
+            f"{spec.source}: data.annotations: the synthetic generator writes "
+            f"annotations_gt.json, not {annotations.name}"
+        )
 
 
 def _writable_storage(storage_path: Path) -> Path:
@@ -258,8 +318,10 @@ def _apply_selection(spec: SearchFile, ray_path: Path) -> str:
     selection = spec.search.selection
     overrides = write_selection(spec.base.data, selection.holdout_fraction, selection.seed, ray_path / "selection")
     spec.with_overrides(overrides)
-    return (f"selection: trials are scored on {selection.holdout_fraction:.0%} of {spec.base.data.val_subset!r} "
-            f"held out (seed {selection.seed}, {spec.base.data.val_videos}); validation stays untouched")
+    return (
+        f"selection: trials are scored on {selection.holdout_fraction:.0%} of {spec.base.data.val_subset!r} "
+        f"held out (seed {selection.seed}, {spec.base.data.val_videos}); validation stays untouched"
+    )
 
 
 def _resume_path(spec: SearchFile, storage: Path) -> Path:
@@ -282,13 +344,14 @@ def _resumable_parent(client: Any, exp_id: str, spec: SearchFile, ray_path: Path
     if tags.get(tracking.STATUS) == "finished":
         raise InputError(f"--resume: the last search ({ray_path.name}) finished; nothing to resume")
     if tags.get(tracking.SPEC_HASH) != tracking.spec_hash(spec):
-        raise InputError(f"--resume: {spec.source} (with --set/--num-samples) differs from the one "
-                         f"search {ray_path.name} started with; resume with the same file and options")
+        raise InputError(
+            f"--resume: {spec.source} (with --set/--num-samples) differs from the one "
+            f"search {ray_path.name} started with; resume with the same file and options"
+        )
     return parent_id
 
 
-def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome,
-              echo: Callable[[str], None]) -> None:
+def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome, echo: Callable[[str], None]) -> None:
     """Leaderboard, plots, best trial and status on the parent run; print the summary."""
     parent_id = outcome.parent_run_id
     metric, mode = spec.search.metric, spec.search.mode
@@ -327,16 +390,18 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
 def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
     s = spec.search
     echo(f"# {spec.path}: valid\n# resolved base config\n{dump_yaml(spec.base)}")
-    options = {k: v for k, v in spec.resolved().items() if k in ("experiment", "search", "resources",
-                                                                  "tracking", "synthetic")}
+    options = {
+        k: v for k, v in spec.resolved().items() if k in ("experiment", "search", "resources", "tracking", "synthetic")
+    }
     options["search"].pop("space")
     echo(f"# search\n{dump(options)}")
     echo("# space")
     for param in spec.space.params:
         echo(f"  {param.key}: {param.describe()}")
     direction = "maximize" if s.mode == "max" else "minimize"
-    samples = sample_configs(spec.space, make_sampler(s.sampler, s.seed), min(DRY_RUN_SAMPLES, s.num_samples),
-                             direction)
+    samples = sample_configs(
+        spec.space, make_sampler(s.sampler, s.seed), min(DRY_RUN_SAMPLES, s.num_samples), direction
+    )
     echo(f"# first {len(samples)} trial configs (the seeded {s.sampler} sampler's opening proposals)")
     for i, values in enumerate(samples, start=1):
         shown = ", ".join(f"{k}={_compact(v)}" for k, v in values.items())

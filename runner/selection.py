@@ -68,8 +68,9 @@ class Selection:
         if evaluated_subset.lower() != self.subset.lower():
             return None
         advice = "" if self.holdout else " (use search.selection.holdout_fraction for an honest estimate)"
-        return (f"the model was selected on {self.description}, the videos being evaluated: this mAP "
-                f"is optimistic{advice}")
+        return (
+            f"the model was selected on {self.description}, the videos being evaluated: this mAP is optimistic{advice}"
+        )
 
 
 def describe_selection(params: Mapping[str, str], search_tags: Mapping[str, str]) -> Selection:
@@ -102,5 +103,7 @@ def write_selection(data_cfg: DataConfig, fraction: float, seed: int, out_dir: P
     lists = {"train_videos": train_ids, "val_videos": holdout_ids}
     for name, ids in lists.items():
         (out_dir / f"{name}.txt").write_text("\n".join(ids) + "\n")
-    return [f"data.val_subset={data_cfg.train_subset}",
-            *(f"data.{name}={(out_dir / f'{name}.txt').resolve()}" for name in lists)]
+    return [
+        f"data.val_subset={data_cfg.train_subset}",
+        *(f"data.{name}={(out_dir / f'{name}.txt').resolve()}" for name in lists),
+    ]

@@ -59,8 +59,7 @@ class Param:
     def suggest(self, trial: optuna.Trial) -> Any:
         """Ask Optuna for this parameter's value (decoded to the config value)."""
         if self.kind in ("uniform", "loguniform"):
-            return trial.suggest_float(self.key, self.low, self.high, step=self.step,
-                                       log=self.kind == "loguniform")
+            return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.kind == "loguniform")
         if self.kind == "int":
             return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
         if self.kind == "choice":
@@ -80,8 +79,12 @@ class Param:
         if self.kind in ("choice", "value"):
             return value in self.choices
         if self.kind == "int":
-            return (isinstance(value, int) and not isinstance(value, bool)
-                    and self.low <= value <= self.high and (value - self.low) % (self.step or 1) == 0)
+            return (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and self.low <= value <= self.high
+                and (value - self.low) % (self.step or 1) == 0
+            )
         return False
 
     def describe(self) -> str:
@@ -133,8 +136,9 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def sample_configs(space: SearchSpace, sampler: optuna.samplers.BaseSampler, count: int,
-                   direction: str = "maximize") -> list[dict[str, Any]]:
+def sample_configs(
+    space: SearchSpace, sampler: optuna.samplers.BaseSampler, count: int, direction: str = "maximize"
+) -> list[dict[str, Any]]:
     """The first `count` trial values a fresh study with `sampler` proposes.
 
     The trials are asked and never told, as Ray's OptunaSearch does while the first trials
@@ -153,8 +157,7 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: search.space: expected a mapping of dotted keys, "
-                          f"got {type(raw).__name__}")
+        raise ConfigError(f"{source}: search.space: expected a mapping of dotted keys, got {type(raw).__name__}")
     params: list[Param] = []
     for key, spec in raw.items():
         where = f"{source}: search.space.{key}"
@@ -166,12 +169,13 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
 
 def _parse_param(key: str, spec: Any, where: str) -> Param:
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: expected a distribution such as {{uniform: [a, b]}}, "
-                          f"{{choice: [...]}} or {{value: x}}, got {spec!r}")
+        raise ConfigError(
+            f"{where}: expected a distribution such as {{uniform: [a, b]}}, "
+            f"{{choice: [...]}} or {{value: x}}, got {spec!r}"
+        )
     kinds = [k for k in spec if k in DISTRIBUTIONS]
     if len(kinds) != 1:
-        raise ConfigError(f"{where}: needs exactly one of {list(DISTRIBUTIONS)}, "
-                          f"got {sorted(map(str, spec))}")
+        raise ConfigError(f"{where}: needs exactly one of {list(DISTRIBUTIONS)}, got {sorted(map(str, spec))}")
     kind = kinds[0]
     allowed = _OPTIONS[kind] | {kind, "when"}
     unknown = [str(k) for k in spec if k not in allowed]
@@ -210,8 +214,15 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
         raise ConfigError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
     if log and low <= 0:
         raise ConfigError(f"{where}: a log-scale distribution needs low > 0, got [{low}, {high}]")
-    return Param(key, kind, low=low, high=high, step=step if kind != "int" or step != 1 else None,
-                 log=log and kind == "int", when=when)
+    return Param(
+        key,
+        kind,
+        low=low,
+        high=high,
+        step=step if kind != "int" or step != 1 else None,
+        log=log and kind == "int",
+        when=when,
+    )
 
 
 def _parse_when(raw: Any, where: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
@@ -233,8 +244,10 @@ def _check_when(param: Param, earlier: list[Param], where: str) -> None:
             raise ConfigError(f"{where}: when: {key} is {other.kind}; conditions need a choice, int or value")
         for value in allowed:
             if not other.allows(value):
-                raise ConfigError(f"{where}: when: {key} can never be {value!r} ({other.describe()}); "
-                                  "a list means allowed values, so wrap a list value in a list")
+                raise ConfigError(
+                    f"{where}: when: {key} can never be {value!r} ({other.describe()}); "
+                    "a list means allowed values, so wrap a list value in a list"
+                )
 
 
 def _number(value: Any, what: str) -> float:

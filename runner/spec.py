@@ -124,14 +124,19 @@ class SearchFile:
 
     def resolved(self) -> dict[str, Any]:
         """The whole search file as resolved (defaults filled, overrides applied), YAML-ready."""
-        return {"experiment": self.experiment, **to_dict(self.base),
-                "search": {**to_dict(self.search), "space": self.raw_space},
-                "resources": to_dict(self.resources), "tracking": to_dict(self.tracking),
-                "synthetic": to_dict(self.synthetic) if self.synthetic else None}
+        return {
+            "experiment": self.experiment,
+            **to_dict(self.base),
+            "search": {**to_dict(self.search), "space": self.raw_space},
+            "resources": to_dict(self.resources),
+            "tracking": to_dict(self.tracking),
+            "synthetic": to_dict(self.synthetic) if self.synthetic else None,
+        }
 
 
-def load_search_file(path: str | Path, overrides: list[str] | None = None,
-                     num_samples: int | None = None) -> SearchFile:
+def load_search_file(
+    path: str | Path, overrides: list[str] | None = None, num_samples: int | None = None
+) -> SearchFile:
     """Read, override and validate a search file; raises ConfigError naming file and key."""
     path = Path(path)
     source = str(path)
@@ -139,15 +144,17 @@ def load_search_file(path: str | Path, overrides: list[str] | None = None,
     _apply_overrides(raw, overrides or [])
     unknown = [k for k in raw if k not in RUN_SECTIONS + SEARCH_SECTIONS]
     if unknown:
-        raise ConfigError(f"{source}: {unknown[0]}: unknown section (expected one of "
-                          f"{list(RUN_SECTIONS + SEARCH_SECTIONS)})")
+        raise ConfigError(
+            f"{source}: {unknown[0]}: unknown section (expected one of {list(RUN_SECTIONS + SEARCH_SECTIONS)})"
+        )
     run_raw = {k: raw[k] for k in RUN_SECTIONS if k in raw}
     base = config_from_dict(copy.deepcopy(run_raw), source)
 
     experiment = raw.get("experiment")
     if not isinstance(experiment, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", experiment):
-        raise ConfigError(f"{source}: experiment: expected a name of letters, digits, '_', '.', '-', "
-                          f"got {experiment!r}")
+        raise ConfigError(
+            f"{source}: experiment: expected a name of letters, digits, '_', '.', '-', got {experiment!r}"
+        )
     search_raw = raw.get("search") or {}
     if not isinstance(search_raw, dict):
         raise ConfigError(f"{source}: search: expected a mapping, got {type(search_raw).__name__}")
@@ -158,12 +165,24 @@ def load_search_file(path: str | Path, overrides: list[str] | None = None,
     search = build_section(SearchOptions, search_raw, "search", source, SearchOptions())
     resources = build_section(ResourcesSpec, raw.get("resources") or {}, "resources", source, ResourcesSpec())
     tracking = build_section(TrackingSpec, raw.get("tracking") or {}, "tracking", source, TrackingSpec())
-    synthetic = (build_section(SyntheticSpec, raw["synthetic"] or {}, "synthetic", source, SyntheticSpec())
-                 if "synthetic" in raw else None)
+    synthetic = (
+        build_section(SyntheticSpec, raw["synthetic"] or {}, "synthetic", source, SyntheticSpec())
+        if "synthetic" in raw
+        else None
+    )
     space = parse_space(raw_space, source)
-    spec = SearchFile(path=path, experiment=experiment, search=search, space=space, resources=resources,
-                      tracking=tracking, synthetic=synthetic, run_raw=run_raw, base=base,
-                      raw_space=copy.deepcopy(raw_space))
+    spec = SearchFile(
+        path=path,
+        experiment=experiment,
+        search=search,
+        space=space,
+        resources=resources,
+        tracking=tracking,
+        synthetic=synthetic,
+        run_raw=run_raw,
+        base=base,
+        raw_space=copy.deepcopy(raw_space),
+    )
     _validate(spec)
     return spec
 
@@ -179,7 +198,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
             space = raw.setdefault("search", {}).setdefault("space", {})
             if not isinstance(space, dict):
                 raise ConfigError(f"--set: {key}: search.space is not a mapping")
-            space[key[len(prefix):]] = holder["value"]
+            space[key[len(prefix) :]] = holder["value"]
         else:
             apply_overrides(raw, [item])
 
@@ -207,8 +226,7 @@ def _validate(spec: SearchFile) -> None:
         fail("resources.gpu", f"must be >= 0, got {spec.resources.gpu}")
     uri = spec.tracking.uri
     if uri is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S*|databricks(://\S*)?", uri):
-        fail("tracking.uri", f"expected a URI such as sqlite:////abs/mlflow.db or http://host:5000, "
-             f"got {uri!r}")
+        fail("tracking.uri", f"expected a URI such as sqlite:////abs/mlflow.db or http://host:5000, got {uri!r}")
     if spec.synthetic is not None and spec.synthetic.videos < 2:
         fail("synthetic.videos", f"must be >= 2, got {spec.synthetic.videos}")
 
@@ -224,8 +242,10 @@ def _validate(spec: SearchFile) -> None:
     sched = s.scheduler
     if sched.type == "asha":
         if not 1 <= sched.grace_period <= spec.max_epochs():
-            fail("search.scheduler.grace_period", f"must be in [1, train.epochs={spec.max_epochs()}], "
-                 f"got {sched.grace_period}")
+            fail(
+                "search.scheduler.grace_period",
+                f"must be in [1, train.epochs={spec.max_epochs()}], got {sched.grace_period}",
+            )
         if sched.reduction_factor < 2:
             fail("search.scheduler.reduction_factor", f"must be >= 2, got {sched.reduction_factor}")
 
@@ -247,8 +267,7 @@ def _check_value(spec: SearchFile, values: dict[str, Any], key: str) -> None:
 
 def _unknown_key_message(key: str, leaves: dict[str, Any]) -> str:
     section = key.rpartition(".")[0]
-    near = sorted(k for k in leaves if k.rpartition(".")[0] == section) or sorted(
-        {k.split(".")[0] for k in leaves})
+    near = sorted(k for k in leaves if k.rpartition(".")[0] == section) or sorted({k.split(".")[0] for k in leaves})
     return f"not a run-config value (keys here: {near})"
 
 

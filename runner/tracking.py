@@ -124,8 +124,7 @@ def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
-            raise InputError(f"experiment: {name!r} is deleted in {store.uri}; "
-                             "restore it or pick another name")
+            raise InputError(f"experiment: {name!r} is deleted in {store.uri}; restore it or pick another name")
         return experiment.experiment_id
     location = (store.artifact_root / name).as_uri() if store.artifact_root is not None else None
     return client.create_experiment(name, artifact_location=location)
@@ -133,10 +132,17 @@ def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
 
 def start_parent(client: MlflowClient, exp_id: str, spec: SearchFile, ray_path: Path, searcher: str) -> str:
     """Create the search's parent run with its tags, options and the search file."""
-    tags = {ROLE: "search", "runner.search_file": str(spec.path), RAY_PATH: str(ray_path),
-            "runner.searcher": searcher, "runner.metric": spec.search.metric, "runner.mode": spec.search.mode,
-            "runner.num_samples": str(spec.search.num_samples), STATUS: "running",
-            SPEC_HASH: spec_hash(spec)}
+    tags = {
+        ROLE: "search",
+        "runner.search_file": str(spec.path),
+        RAY_PATH: str(ray_path),
+        "runner.searcher": searcher,
+        "runner.metric": spec.search.metric,
+        "runner.mode": spec.search.mode,
+        "runner.num_samples": str(spec.search.num_samples),
+        STATUS: "running",
+        SPEC_HASH: spec_hash(spec),
+    }
     if spec.search.selection is not None:  # read back by runner.selection.describe_selection
         tags[SELECTION] = json.dumps(to_dict(spec.search.selection))
     run = client.create_run(exp_id, run_name=ray_path.name, tags=tags)
@@ -167,15 +173,15 @@ def flatten_options(spec: SearchFile) -> dict[str, Any]:
 
 def find_parent(client: MlflowClient, exp_id: str, ray_path: Path) -> str | None:
     """The parent run of the search stored at ``ray_path`` (for --resume)."""
-    runs = client.search_runs([exp_id], f"tags.`{ROLE}` = 'search' and tags.`{RAY_PATH}` = '{ray_path}'",
-                              max_results=1)
+    runs = client.search_runs([exp_id], f"tags.`{ROLE}` = 'search' and tags.`{RAY_PATH}` = '{ray_path}'", max_results=1)
     return runs[0].info.run_id if runs else None
 
 
 def child_runs(client: MlflowClient, exp_id: str, parent_id: str) -> list[Any]:
     """Every child run of a parent, oldest first (the order the trials started)."""
-    runs = client.search_runs([exp_id], f"tags.`{PARENT}` = '{parent_id}'", max_results=10000,
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [exp_id], f"tags.`{PARENT}` = '{parent_id}'", max_results=10000, order_by=["attributes.start_time ASC"]
+    )
     return list(runs)
 
 
@@ -261,8 +267,12 @@ class TrialRecorder(Callback):
         text = str(exc).strip()
         reason = f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
         _LOST[self.parent_id] = reason
-        print(f"error: tracking store {self.store.uri} failed ({reason}); stopping the search, "
-              "trial results and checkpoints stay in Ray's storage", file=sys.stderr, flush=True)
+        print(
+            f"error: tracking store {self.store.uri} failed ({reason}); stopping the search, "
+            "trial results and checkpoints stay in Ray's storage",
+            file=sys.stderr,
+            flush=True,
+        )
         signal.raise_signal(signal.SIGINT)
 
     @property
@@ -335,8 +345,10 @@ class TrialRecorder(Callback):
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         found = self.client.search_runs(
-            [self.exp_id], f"tags.`{PARENT}` = '{self.parent_id}' and tags.`{TRIAL_ID}` = '{trial.trial_id}'",
-            max_results=1)
+            [self.exp_id],
+            f"tags.`{PARENT}` = '{self.parent_id}' and tags.`{TRIAL_ID}` = '{trial.trial_id}'",
+            max_results=1,
+        )
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -354,8 +366,14 @@ class TrialRecorder(Callback):
 
     def _create_run(self, trial: Any) -> str:
         cfg = trial_run_config(self.trial_setup, trial.config)  # what the trial trains with
-        tags = {PARENT: self.parent_id, ROLE: "trial", TRIAL_ID: trial.trial_id, STATUS: "running",
-                SEARCHED_KEYS: ",".join(trial.config), TRIAL_DIR: str(trial.path)}
+        tags = {
+            PARENT: self.parent_id,
+            ROLE: "trial",
+            TRIAL_ID: trial.trial_id,
+            STATUS: "running",
+            SEARCHED_KEYS: ",".join(trial.config),
+            TRIAL_DIR: str(trial.path),
+        }
         run = self.client.create_run(self.exp_id, run_name=Path(trial.path).name, tags=tags)
         _log_params(self.client, run.info.run_id, flatten(cfg))
         return run.info.run_id
@@ -367,8 +385,9 @@ class TrialRecorder(Callback):
         if best is not None:
             directory, report = best
             _upload_best(self.client, run_id, directory)
-            self.client.log_metric(run_id, f"best_{self.metric}", float(report["metrics"][self.metric]),
-                                   step=int(report["epoch"]))
+            self.client.log_metric(
+                run_id, f"best_{self.metric}", float(report["metrics"][self.metric]), step=int(report["epoch"])
+            )
             self.client.set_tag(run_id, BEST_EPOCH, str(report["epoch"]))
         self.client.set_tag(run_id, STATUS, status)
         if failure:
@@ -441,10 +460,9 @@ def _log_params(client: MlflowClient, run_id: str, values: dict[str, Any]) -> No
     """Every value as a param (JSON for non-strings), in batches MLflow accepts."""
     params = [Param(k, _param_text(v)) for k, v in values.items()]
     for start in range(0, len(params), PARAM_BATCH):
-        client.log_batch(run_id, params=params[start:start + PARAM_BATCH])
+        client.log_batch(run_id, params=params[start : start + PARAM_BATCH])
 
 
 def _param_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text[:PARAM_VALUE_LIMIT]
-

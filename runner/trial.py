@@ -76,8 +76,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a retried or resumed trial continues from its last epoch
             local = checkpoint.filesystem.type_name == "local"  # else Ray downloads it (as_directory)
-            with (contextlib.nullcontext(latest_checkpoint(Path(checkpoint.path))) if local
-                  else checkpoint.as_directory()) as found:
+            with (
+                contextlib.nullcontext(latest_checkpoint(Path(checkpoint.path))) if local else checkpoint.as_directory()
+            ) as found:
                 if found is not None:
                     resume = work / "resume.pt"
                     shutil.copyfile(Path(found) / CHECKPOINT_FILE, resume)
@@ -110,8 +111,10 @@ class EpochReporter:
         self.validation_keys = validation_metrics(cfg)
         self.last_validation: dict[str, float] = {}
         # Where the trial runs (tagged on its MLflow run): the Ray node and the GPUs Ray gave it
-        self.placement = {"ray_node_id": ray.get_runtime_context().get_node_id(),
-                          "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+        self.placement = {
+            "ray_node_id": ray.get_runtime_context().get_node_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        }
 
     def restore(self, report: dict[str, Any]) -> None:
         """Carry the last validation values over a resume (from the checkpoint's report.json)."""
@@ -129,15 +132,21 @@ class EpochReporter:
         for key in self.validation_keys:
             metrics.setdefault(key, self.last_validation.get(key, 0.0))
         score = self.sign * metrics[self.metric] if fresh else -math.inf
-        metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **{SCORE_KEY: score},
-                       **self.placement)
+        metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **{SCORE_KEY: score}, **self.placement)
         with tempfile.TemporaryDirectory(prefix="report-") as tmp:
             out = Path(tmp)
             _link_or_copy(report.checkpoint, out / CHECKPOINT_FILE)
             (out / CONFIG_FILE).write_text(dump_yaml(self.cfg))
-            (out / REPORT_FILE).write_text(json.dumps(
-                {"epoch": report.epoch, "evaluated": bool(report.evaluated), "metrics": report.metrics,
-                 "last_validation": self.last_validation}))
+            (out / REPORT_FILE).write_text(
+                json.dumps(
+                    {
+                        "epoch": report.epoch,
+                        "evaluated": bool(report.evaluated),
+                        "metrics": report.metrics,
+                        "last_validation": self.last_validation,
+                    }
+                )
+            )
             if report.predictions is not None:
                 (out / PREDICTIONS_FILE).write_text(json.dumps(report.predictions))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -37,12 +37,17 @@ def tiny_data(tmp_path: Path) -> TinyData:
     32-frame clips), both stride 16, concatenated as [a, b].
     """
 
-    def make(database: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]] | None = None,
-             streams: dict[str, dict[str, Any]] | None = None, **data_fields: Any) -> DataConfig:
+    def make(
+        database: dict[str, Any],
+        arrays: dict[str, dict[str, np.ndarray]] | None = None,
+        streams: dict[str, dict[str, Any]] | None = None,
+        **data_fields: Any,
+    ) -> DataConfig:
         annotations = tmp_path / "annotations.json"
         annotations.write_text(json.dumps({"database": database}))
-        streams = streams if streams is not None else {"a": {"dim": 3, "num_frames": 16},
-                                                       "b": {"dim": 2, "num_frames": 32}}
+        streams = (
+            streams if streams is not None else {"a": {"dim": 3, "num_frames": 16}, "b": {"dim": 2, "num_frames": 32}}
+        )
         stream_cfgs = {}
         for name, fields in streams.items():
             folder = tmp_path / "features" / name
@@ -51,8 +56,13 @@ def tiny_data(tmp_path: Path) -> TinyData:
         for name, per_video in (arrays or {}).items():
             for video_id, array in per_video.items():
                 np.save(tmp_path / "features" / name / f"{video_id}.npy", array)
-        fields = {"annotations": str(annotations), "streams": stream_cfgs, "features": list(streams),
-                  "cache_features": False, **data_fields}
+        fields = {
+            "annotations": str(annotations),
+            "streams": stream_cfgs,
+            "features": list(streams),
+            "cache_features": False,
+            **data_fields,
+        }
         return DataConfig(**fields)
 
     return make

@@ -74,9 +74,15 @@ def make_case(root: Path, dataset: Path) -> Case:
     raw["data"]["annotations"] = str(data / "annotations_gt.json")
     for name in ("i3d", "slowfast"):
         raw["data"]["streams"][name]["dir"] = str(data / "features" / name)
-    raw.update(experiment="bad", resources={"cpu": 1, "gpu": 0},
-               search={"num_samples": 2, "scheduler": {"type": "fifo"},
-                       "space": {"train.lr": {"loguniform": [5.0e-4, 3.0e-3]}}})
+    raw.update(
+        experiment="bad",
+        resources={"cpu": 1, "gpu": 0},
+        search={
+            "num_samples": 2,
+            "scheduler": {"type": "fifo"},
+            "space": {"train.lr": {"loguniform": [5.0e-4, 3.0e-3]}},
+        },
+    )
     return Case(root, data, raw, [])
 
 
@@ -253,13 +259,36 @@ def override_without_value(c: Case) -> list[str]:
 
 
 ROWS: list[Edit] = [
-    yaml_syntax, unknown_key, wrong_type, string_for_number, empty_choice, empty_interval, inverted_bounds,
-    log_bound_not_positive, unknown_stream, unknown_searched_stream, unknown_space_key,
-    missing_annotation_file, json_without_database, label_id_out_of_range, missing_feature_dir,
-    wrong_feature_dim, unreadable_feature_file, empty_subset, max_seq_len_vs_strides, num_samples_zero,
-    num_samples_flag_negative, selection_fraction, unreachable_address, tracking_uri_not_a_uri,
-    tracking_scheme_unknown, tracking_server_down, storage_not_writable, resume_nothing,
-    missing_search_file, override_without_value,
+    yaml_syntax,
+    unknown_key,
+    wrong_type,
+    string_for_number,
+    empty_choice,
+    empty_interval,
+    inverted_bounds,
+    log_bound_not_positive,
+    unknown_stream,
+    unknown_searched_stream,
+    unknown_space_key,
+    missing_annotation_file,
+    json_without_database,
+    label_id_out_of_range,
+    missing_feature_dir,
+    wrong_feature_dim,
+    unreadable_feature_file,
+    empty_subset,
+    max_seq_len_vs_strides,
+    num_samples_zero,
+    num_samples_flag_negative,
+    selection_fraction,
+    unreachable_address,
+    tracking_uri_not_a_uri,
+    tracking_scheme_unknown,
+    tracking_server_down,
+    storage_not_writable,
+    resume_nothing,
+    missing_search_file,
+    override_without_value,
 ]
 
 
@@ -295,9 +324,9 @@ def assert_nothing_started(case: Case, sessions_before: set[str]) -> None:
 
 
 @pytest.mark.parametrize("edit", ROWS, ids=[row.__name__ for row in ROWS])
-def test_bad_input_is_one_line_exit_2_and_starts_nothing(edit: Edit, tmp_path: Path, dataset: Path,
-                                                          monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(
+    edit: Edit, tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     case, expected = prepare(edit, tmp_path, dataset)
@@ -318,8 +347,14 @@ def test_bad_input_through_python_dash_m(edit: Edit, tmp_path: Path, dataset: Pa
     case, expected = prepare(edit, tmp_path, dataset)
     sessions = ray_sessions()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run([sys.executable, "-m", "runner.search", str(case.path), *case.extra], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner.search", str(case.path), *case.extra],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

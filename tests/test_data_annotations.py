@@ -43,8 +43,10 @@ def test_reads_subset_case_insensitively_with_fps_and_labels(tiny_data):
 
 
 def test_class_map_spans_all_subsets_and_orders_by_id(tiny_data):
-    database = {"t": video("training", 9.0, [ann(1, 2, "b", 1)]),
-                "v": video("validation", 9.0, [ann(1, 2, "c", 2), ann(2, 3, "a", 0)])}
+    database = {
+        "t": video("training", 9.0, [ann(1, 2, "b", 1)]),
+        "v": video("validation", 9.0, [ann(1, 2, "c", 2), ann(2, 3, "a", 0)]),
+    }
     cfg = tiny_data(database)
     assert load_class_names(cfg) == ["a", "b", "c"]
     assert load_subset(cfg, "training").class_names == ["a", "b", "c"]  # "a", "c" only appear in validation
@@ -74,19 +76,24 @@ def test_class_list_errors(tiny_data, tmp_path):
         load_class_names(tiny_data(BASIC, class_list=str(missing)))
 
 
-@pytest.mark.parametrize(("annotations", "message"), [
-    ([ann(1, 2, "run", 0), ann(2, 3, "run", 1)],
-     r"v\.annotations\[1\]\.label_id: label 'run' has id 1 here but 0"),
-    ([ann(1, 2, "run", 0), ann(2, 3, "jump", 0)],
-     r"v\.annotations\[1\]\.label_id: id 0 is used for 'jump' here and for 'run' at "
-     r"database\.v\.annotations\[0\]"),
-    ([ann(1, 2, "run", 0), ann(2, 3, "jump", 2)],
-     r"v\.annotations\[1\]\.label_id: 2 is outside 0\.\.1 \(2 distinct labels"),
-    ([ann(1, 2, "run", -1)], r"v\.annotations\[0\]\.label_id: -1 is outside 0\.\.0"),
-    ([{"segment": [1, 2], "label": "run"}], r"v\.annotations\[0\]\.label_id: missing"),
-    ([{"segment": [1, 2], "label": "run", "label_id": "0"}],
-     r"v\.annotations\[0\]\.label_id: expected an integer"),
-])
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ([ann(1, 2, "run", 0), ann(2, 3, "run", 1)], r"v\.annotations\[1\]\.label_id: label 'run' has id 1 here but 0"),
+        (
+            [ann(1, 2, "run", 0), ann(2, 3, "jump", 0)],
+            r"v\.annotations\[1\]\.label_id: id 0 is used for 'jump' here and for 'run' at "
+            r"database\.v\.annotations\[0\]",
+        ),
+        (
+            [ann(1, 2, "run", 0), ann(2, 3, "jump", 2)],
+            r"v\.annotations\[1\]\.label_id: 2 is outside 0\.\.1 \(2 distinct labels",
+        ),
+        ([ann(1, 2, "run", -1)], r"v\.annotations\[0\]\.label_id: -1 is outside 0\.\.0"),
+        ([{"segment": [1, 2], "label": "run"}], r"v\.annotations\[0\]\.label_id: missing"),
+        ([{"segment": [1, 2], "label": "run", "label_id": "0"}], r"v\.annotations\[0\]\.label_id: expected an integer"),
+    ],
+)
 def test_inconsistent_label_ids(tiny_data, annotations, message):
     cfg = tiny_data({"v": video("training", 10.0, annotations)})
     with pytest.raises(DataError, match=rf"^{re.escape(cfg.annotations)}: database\.{message}"):
@@ -95,17 +102,21 @@ def test_inconsistent_label_ids(tiny_data, annotations, message):
 
 def test_dirty_rules_drop_and_count_each_reason(tiny_data):
     database = {
-        "a": video("training", 10.0, [
-            ann(1.0, 2.0),
-            ann(3.0, 2.0),  # end < start
-            ann(4.0, 4.0),  # end == start
-            ann(9.0, 10.5),  # end > duration
-            ann(-0.2, 1.0),  # start < 0
-            ann(11.0, 12.0),  # start > duration
-            ann(1.0, 2.0 + 1e-7),  # duplicate of the first within 1e-6
-            ann(1.0, 2.0, "jump", 1),  # same segment, another label: kept
-            ann(1.0, 2.001),  # 1 ms apart: not a duplicate
-        ]),
+        "a": video(
+            "training",
+            10.0,
+            [
+                ann(1.0, 2.0),
+                ann(3.0, 2.0),  # end < start
+                ann(4.0, 4.0),  # end == start
+                ann(9.0, 10.5),  # end > duration
+                ann(-0.2, 1.0),  # start < 0
+                ann(11.0, 12.0),  # start > duration
+                ann(1.0, 2.0 + 1e-7),  # duplicate of the first within 1e-6
+                ann(1.0, 2.0, "jump", 1),  # same segment, another label: kept
+                ann(1.0, 2.001),  # 1 ms apart: not a duplicate
+            ],
+        ),
         "b": video("training", 5.0, [ann(0.0, 5.0), ann(0.0, 5.0), ann(0.0, 5.0)]),  # two duplicates
         "c": video("validation", 5.0, [ann(2.0, 1.0)]),  # other subset: not counted
     }
@@ -133,11 +144,14 @@ def test_missing_annotation_file(tiny_data, tmp_path):
         load_subset(cfg, "training")
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ('{"videos": {}}', r"database: missing"),
-    ('{"database": []}', r"database: expected a mapping"),
-    ('{"database": {', r"invalid JSON \(line 1, column 15\)"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"videos": {}}', r"database: missing"),
+        ('{"database": []}', r"database: expected a mapping"),
+        ('{"database": {', r"invalid JSON \(line 1, column 15\)"),
+    ],
+)
 def test_malformed_annotation_file(tiny_data, text, message):
     cfg = tiny_data(BASIC)
     with open(cfg.annotations, "w") as handle:
@@ -146,22 +160,27 @@ def test_malformed_annotation_file(tiny_data, text, message):
         load_subset(cfg, "training")
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"subset": "training", "annotations": []}, r"database\.v\.duration: missing"),
-    ({"subset": "training", "duration": "long"}, r"database\.v\.duration: expected a finite number"),
-    ({"subset": "training", "duration": 0}, r"database\.v\.duration: must be > 0"),
-    ({"subset": "training", "duration": 5, "fps": -1}, r"database\.v\.fps: must be > 0"),
-    ({"duration": 5}, r"database\.v\.subset: missing"),
-    (video("training", 5, [{"label": "run", "label_id": 0}]),
-     r"database\.v\.annotations\[0\]\.segment: missing"),
-    (video("training", 5, [{"segment": [1], "label": "run", "label_id": 0}]),
-     r"database\.v\.annotations\[0\]\.segment: expected \[start, end\]"),
-    (video("training", 5, [{"segment": [1, None], "label": "run", "label_id": 0}]),
-     r"database\.v\.annotations\[0\]\.segment\[1\]: expected a finite number"),
-    (video("training", 5, [{"segment": [1, 2], "label_id": 0}]),
-     r"database\.v\.annotations\[0\]\.label: missing"),
-    ({"subset": "training", "duration": 5, "annotations": {}}, r"database\.v\.annotations: expected a list"),
-])
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"subset": "training", "annotations": []}, r"database\.v\.duration: missing"),
+        ({"subset": "training", "duration": "long"}, r"database\.v\.duration: expected a finite number"),
+        ({"subset": "training", "duration": 0}, r"database\.v\.duration: must be > 0"),
+        ({"subset": "training", "duration": 5, "fps": -1}, r"database\.v\.fps: must be > 0"),
+        ({"duration": 5}, r"database\.v\.subset: missing"),
+        (video("training", 5, [{"label": "run", "label_id": 0}]), r"database\.v\.annotations\[0\]\.segment: missing"),
+        (
+            video("training", 5, [{"segment": [1], "label": "run", "label_id": 0}]),
+            r"database\.v\.annotations\[0\]\.segment: expected \[start, end\]",
+        ),
+        (
+            video("training", 5, [{"segment": [1, None], "label": "run", "label_id": 0}]),
+            r"database\.v\.annotations\[0\]\.segment\[1\]: expected a finite number",
+        ),
+        (video("training", 5, [{"segment": [1, 2], "label_id": 0}]), r"database\.v\.annotations\[0\]\.label: missing"),
+        ({"subset": "training", "duration": 5, "annotations": {}}, r"database\.v\.annotations: expected a list"),
+    ],
+)
 def test_malformed_video_entries_name_the_field(tiny_data, entry, message):
     database = {"ok": video("validation", 5.0, [ann(1, 2)]), "v": entry}
     cfg = tiny_data(database)
@@ -171,8 +190,11 @@ def test_malformed_video_entries_name_the_field(tiny_data, entry, message):
 
 def test_unknown_subset_lists_the_ones_present(tiny_data):
     cfg = tiny_data(BASIC)
-    with pytest.raises(DataError, match=r"no video has subset 'testing' \(subsets in the file: "
-                                        r"\['Training', 'training', 'validation'\]\)"):
+    with pytest.raises(
+        DataError,
+        match=r"no video has subset 'testing' \(subsets in the file: "
+        r"\['Training', 'training', 'validation'\]\)",
+    ):
         load_subset(cfg, "testing")
 
 
@@ -180,4 +202,3 @@ def test_no_labels_and_no_class_list(tiny_data):
     cfg = tiny_data({"v": video("testing", 5.0, [])})
     with pytest.raises(DataError, match=r"no annotation has a label.*set data\.class_list"):
         load_class_names(cfg)
-

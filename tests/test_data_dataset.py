@@ -31,8 +31,12 @@ def ramp(steps: int, dim: int) -> np.ndarray:
 
 def entry(subset: str, steps: int, segments: list[list[float]], fps: float = 32.0) -> dict:
     """A video of `steps` 16-frame clips; with fps 32 a clip is 0.5 s and grid = 2*t - 0.5."""
-    return {"subset": subset, "duration": steps * 16 / fps, "fps": fps,
-            "annotations": [{"segment": s, "label": "x", "label_id": 0} for s in segments]}
+    return {
+        "subset": subset,
+        "duration": steps * 16 / fps,
+        "fps": fps,
+        "annotations": [{"segment": s, "label": "x", "label_id": 0} for s in segments],
+    }
 
 
 def training(cfg: DataConfig, seed: int) -> TrainingDataset:
@@ -54,11 +58,9 @@ def tiny(tiny_data):
         "empty": entry("training", 30, []),
         "val": entry("validation", 20, [[1.0, 2.0]], fps=25.0),
     }
-    arrays = {"a": {v: ramp(n, 3) for v, n in lengths.items()},
-              "b": {v: ramp(n, 2) + 0.5 for v, n in lengths.items()}}
+    arrays = {"a": {v: ramp(n, 3) for v, n in lengths.items()}, "b": {v: ramp(n, 2) + 0.5 for v, n in lengths.items()}}
     streams = {"a": {"dim": 3, "num_frames": 16}, "b": {"dim": 2, "num_frames": 16}}
-    return tiny_data(database, arrays, streams=streams, max_seq_len=64, crop_ratio=[0.9, 1.0],
-                     trunc_thresh=0.5)
+    return tiny_data(database, arrays, streams=streams, max_seq_len=64, crop_ratio=[0.9, 1.0], trunc_thresh=0.5)
 
 
 # ---------------------------------------------------------------------------- time grid
@@ -166,7 +168,7 @@ def test_training_items_are_consistent_crops(tiny):
             feats, size = item["feats"], item["feats"].shape[1]
             assert feats.dtype == torch.float32 and feats.shape[0] == 5 and size <= 64
             start = int(feats[0, 0]) // 10  # ramp: the value says which step it came from
-            np.testing.assert_array_equal(feats.numpy(), reader_full[video.video_id][:, start:start + size])
+            np.testing.assert_array_equal(feats.numpy(), reader_full[video.video_id][:, start : start + size])
             grid = video.segments * 2.0 - 0.5  # fps 32, stride 16, 16-frame clips
             if size == dataset.lengths[index]:
                 expected = grid
@@ -196,13 +198,13 @@ def test_crops_depend_only_on_seed_epoch_and_index(tiny):
 def test_loader_batches_do_not_depend_on_worker_count(tiny):
     def epochs(workers: int) -> list[list]:
         dataset = training(tiny, seed=11)
-        loader = build_loader(dataset, batch_size=2, shuffle=True, num_workers=workers, seed=3,
-                              pad_multiple=16, drop_last=False)
+        loader = build_loader(
+            dataset, batch_size=2, shuffle=True, num_workers=workers, seed=3, pad_multiple=16, drop_last=False
+        )
         out = []
         for epoch in range(3):
             dataset.set_epoch(epoch)  # must reach the persistent workers too
-            out.append([(b["video_ids"], b["feats"].clone(), [s.clone() for s in b["segments"]])
-                        for b in loader])
+            out.append([(b["video_ids"], b["feats"].clone(), [s.clone() for s in b["segments"]]) for b in loader])
         return out
 
     serial, parallel = epochs(0), epochs(2)
@@ -211,8 +213,9 @@ def test_loader_batches_do_not_depend_on_worker_count(tiny):
         for (_, feats_s, segs_s), (_, feats_p, segs_p) in zip(epoch_s, epoch_p, strict=True):
             assert torch.equal(feats_s, feats_p)
             assert all(torch.equal(a, b) for a, b in zip(segs_s, segs_p, strict=True))
-    assert any(not torch.equal(serial[0][i][1], serial[1][i][1]) or serial[0][i][0] != serial[1][i][0]
-               for i in range(2))  # a new epoch gives new crops or a new order
+    assert any(
+        not torch.equal(serial[0][i][1], serial[1][i][1]) or serial[0][i][0] != serial[1][i][0] for i in range(2)
+    )  # a new epoch gives new crops or a new order
 
 
 def test_inference_dataset_gives_whole_videos_with_grid_ground_truth(tiny):
@@ -237,13 +240,23 @@ def test_filtered_annotations_and_a_shared_reader(tiny):
     reader.path("a", "long").unlink()  # served from the shared cache from now on
     crop = train_set[0]["feats"]
     start = int(crop[0, 0]) // 10
-    assert crop.shape == (5, 64) and torch.equal(crop, whole[:, start:start + 64])
+    assert crop.shape == (5, 64) and torch.equal(crop, whole[:, start : start + 64])
 
 
 def test_collate_pads_to_a_multiple_of_the_batch_maximum():
-    items = [{"video_id": f"v{n}", "feats": torch.ones(3, n), "segments": torch.zeros(k, 2),
-              "labels": torch.zeros(k, dtype=torch.int64), "fps": 30.0, "duration": 1.0,
-              "feat_stride": 16, "num_frames": 16} for n, k in ((5, 1), (9, 0))]
+    items = [
+        {
+            "video_id": f"v{n}",
+            "feats": torch.ones(3, n),
+            "segments": torch.zeros(k, 2),
+            "labels": torch.zeros(k, dtype=torch.int64),
+            "fps": 30.0,
+            "duration": 1.0,
+            "feat_stride": 16,
+            "num_frames": 16,
+        }
+        for n, k in ((5, 1), (9, 0))
+    ]
     batch = collate(items, pad_multiple=4)
     assert batch["feats"].shape == (2, 3, 12) and batch["masks"].shape == (2, 1, 12)
     assert batch["masks"].dtype == torch.bool

@@ -45,8 +45,9 @@ def test_larger_gaps_resample_onto_the_first_grid_and_warn_once(tiny_data, caplo
     # b has stride 32 and 16-frame clips: its step j is centred at frame 32j + 8, a's step i at 16i + 8
     streams = {"a": {"dim": 3, "num_frames": 16}, "b": {"dim": 2, "num_frames": 16, "feat_stride": 32}}
     a, b = ramp(10, 3), ramp(5, 2, base=1000)
-    cfg = tiny_data({**DB, "w": DB["v"]}, {"a": {"v": a, "w": a}, "b": {"v": b, "w": b}}, streams=streams,
-                    align_tolerance=2)
+    cfg = tiny_data(
+        {**DB, "w": DB["v"]}, {"a": {"v": a, "w": a}, "b": {"v": b, "w": b}}, streams=streams, align_tolerance=2
+    )
     reader = FeatureReader(cfg)
     with caplog.at_level(logging.WARNING, logger="localization.data.features"):
         assert reader.probe("v") == 10
@@ -105,8 +106,11 @@ def test_long_video_crop_reads_the_window(tiny_data):
 def test_missing_directory(tiny_data):
     cfg = tiny_data(DB)
     cfg.streams["b"].dir = "/nonexistent/slowfast"
-    with pytest.raises(DataError, match=r"^/nonexistent/slowfast: feature directory not found "
-                                        r"\(data\.streams\.b\.dir\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"^/nonexistent/slowfast: feature directory not found "
+        r"\(data\.streams\.b\.dir\)$",
+    ):
         FeatureReader(cfg)
 
 
@@ -114,22 +118,31 @@ def test_missing_file(tiny_data):
     reader = FeatureReader(tiny_data(DB, {"a": {"v": ramp(4, 3)}}))
     assert not reader.has("v")
     path = re.escape(str(reader.path("b", "v")))
-    with pytest.raises(DataError, match=rf"^{path}: feature file not found \(data\.streams\.b\.dir; "
-                                        r"set data\.on_missing=skip"):
+    with pytest.raises(
+        DataError,
+        match=rf"^{path}: feature file not found \(data\.streams\.b\.dir; "
+        r"set data\.on_missing=skip",
+    ):
         reader.probe("v")
     with pytest.raises(DataError, match=rf"^{path}: feature file not found"):
         reader.load("v")
 
 
-@pytest.mark.parametrize(("array", "message"), [
-    (np.zeros((5, 4), np.float32), r"expected dim 2 \(data\.streams\.b\.dim\), got 4 \(shape \(5, 4\), "
-                                   r"data\.streams\.b\.layout=tc\)"),
-    # a [C, T] file read as tc
-    (np.zeros((2, 5), np.float32), r"expected dim 2 \(data\.streams\.b\.dim\), got 5 \(shape \(2, 5\), .*"),
-    (np.zeros(10, np.float32), r"expected a 2-D array \(data\.streams\.b\.layout\), got shape \(10,\)"),
-    (np.zeros((5, 2), np.int64), r"expected float32 or float16 \(data\.streams\.b\), got int64"),
-    (np.zeros((0, 2), np.float32), r"no time steps \(data\.streams\.b\)"),
-])
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (
+            np.zeros((5, 4), np.float32),
+            r"expected dim 2 \(data\.streams\.b\.dim\), got 4 \(shape \(5, 4\), "
+            r"data\.streams\.b\.layout=tc\)",
+        ),
+        # a [C, T] file read as tc
+        (np.zeros((2, 5), np.float32), r"expected dim 2 \(data\.streams\.b\.dim\), got 5 \(shape \(2, 5\), .*"),
+        (np.zeros(10, np.float32), r"expected a 2-D array \(data\.streams\.b\.layout\), got shape \(10,\)"),
+        (np.zeros((5, 2), np.int64), r"expected float32 or float16 \(data\.streams\.b\), got int64"),
+        (np.zeros((0, 2), np.float32), r"no time steps \(data\.streams\.b\)"),
+    ],
+)
 def test_bad_arrays_name_the_file_and_field(tiny_data, array, message):
     reader = FeatureReader(tiny_data(DB, {"a": {"v": ramp(5, 3)}, "b": {"v": array}}))
     path = re.escape(str(reader.path("b", "v")))

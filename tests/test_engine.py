@@ -20,9 +20,17 @@ from localization.data.synthetic import generate
 from localization.engine import TrainingDiverged, evaluate, evaluate_raw, metrics_as_floats, train
 from localization.optim import ModelEma, warmup_cosine_lr
 
-TINY = ["model.embd_dim=16", "model.fpn_dim=16", "model.head_dim=16", "model.n_head=2",
-        "train.epochs=3", "train.warmup_epochs=1", "train.batch_size=4", "train.lr=1.0e-3",
-        "train.ema_decay=0.9"]
+TINY = [
+    "model.embd_dim=16",
+    "model.fpn_dim=16",
+    "model.head_dim=16",
+    "model.n_head=2",
+    "train.epochs=3",
+    "train.warmup_epochs=1",
+    "train.batch_size=4",
+    "train.lr=1.0e-3",
+    "train.ema_decay=0.9",
+]
 
 
 @pytest.fixture(scope="module")
@@ -166,12 +174,22 @@ def test_raw_candidates_rescore_without_the_model(small_dataset, tmp_path, capsy
     assert metrics_as_floats(evaluate_raw(cfg, raw, cfg.data.val_subset).metrics) == metrics_as_floats(base.metrics)
 
     hard = tiny_config(small_dataset, "test.nms_method=hard", "test.iou_threshold=0.3")
-    assert evaluate_raw(hard, raw, cfg.data.val_subset).predictions == evaluate(
-        hard, result.checkpoint, cfg.data.val_subset).predictions
+    assert (
+        evaluate_raw(hard, raw, cfg.data.val_subset).predictions
+        == evaluate(hard, result.checkpoint, cfg.data.val_subset).predictions
+    )
 
     out = tmp_path / "pred.json"
-    argv = [str(small_dataset), "--from-raw", str(raw), "--out", str(out), "--set", "test.nms_sigma=0.9",
-            *[arg for s in TINY for arg in ("--set", s)]]
+    argv = [
+        str(small_dataset),
+        "--from-raw",
+        str(raw),
+        "--out",
+        str(out),
+        "--set",
+        "test.nms_sigma=0.9",
+        *[arg for s in TINY for arg in ("--set", s)],
+    ]
     with pytest.raises(SystemExit) as exit_info:
         cli.run(evaluate_cli.main, argv)
     assert exit_info.value.code == 0

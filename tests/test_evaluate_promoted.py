@@ -23,8 +23,14 @@ from runner import evaluate, promote, search
 
 EXPERIMENT = "e2e-promote"
 MODEL = "af-e2e"
-EVALUATION_FILES = {"predictions.json", "metrics.json", "per_class_ap.csv", "map_per_tiou.png",
-                    "per_class_ap.png", "evaluation.json"}
+EVALUATION_FILES = {
+    "predictions.json",
+    "metrics.json",
+    "per_class_ap.csv",
+    "map_per_tiou.png",
+    "per_class_ap.png",
+    "evaluation.json",
+}
 
 
 def write_tiny_search(root: Path, tracking_uri: str, experiment: str, model_name: str) -> Path:
@@ -37,8 +43,15 @@ def write_tiny_search(root: Path, tracking_uri: str, experiment: str, model_name
     raw["train"].update(epochs=2, warmup_epochs=0, batch_size=4, ema_decay=0.9)
     raw.update(
         experiment=experiment,
-        search={"metric": "average_mAP", "mode": "max", "num_samples": 2, "seed": 0, "sampler": "random",
-                "scheduler": {"type": "fifo"}, "space": {"train.lr": {"loguniform": [1.0e-3, 4.0e-3]}}},
+        search={
+            "metric": "average_mAP",
+            "mode": "max",
+            "num_samples": 2,
+            "seed": 0,
+            "sampler": "random",
+            "scheduler": {"type": "fifo"},
+            "space": {"train.lr": {"loguniform": [1.0e-3, 4.0e-3]}},
+        },
         resources={"gpu": 0, "cpu": 1},
         tracking={"uri": tracking_uri, "model_name": model_name},
     )
@@ -77,8 +90,9 @@ def test_promotion_registers_version_1_of_the_best_trial(promoted: Promoted) -> 
     client = MlflowClient(promoted.uri, promoted.uri)
     version = client.get_model_version_by_alias(MODEL, "champion")
     assert str(version.version) == "1"
-    children = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{promoted.parent_id}'")
+    children = client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id], f"tags.`mlflow.parentRunId` = '{promoted.parent_id}'"
+    )
     assert len(children) == 2
     best = max(children, key=lambda run: run.data.metrics["best_average_mAP"])
     assert version.run_id == best.info.run_id == promoted.best_run_id
@@ -87,10 +101,10 @@ def test_promotion_registers_version_1_of_the_best_trial(promoted: Promoted) -> 
 
 
 def test_evaluation_reproduces_the_logged_map_and_is_in_mlflow(
-        promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "eval"
-    argv = [f"models:/{MODEL}@champion", "--subset", "validation", "--out", str(out),
-            "--tracking-uri", promoted.uri]
+    argv = [f"models:/{MODEL}@champion", "--subset", "validation", "--out", str(out), "--tracking-uri", promoted.uri]
     assert run_cli(evaluate.main, argv) == 0
     captured = capsys.readouterr()
     assert "selected on: the whole 'validation' subset" in captured.out
@@ -120,15 +134,29 @@ def test_evaluation_reproduces_the_logged_map_and_is_in_mlflow(
     lines = (out / "per_class_ap.csv").read_text().splitlines()
     assert lines[0].startswith("class,AP@0.50,") and len(lines) == 1 + len(metrics["per_class_AP"])
 
-    mine = ("tags.`runner.role` = 'evaluation' and tags.`runner.model_alias` = 'champion' "
-            "and tags.`runner.subset` = 'validation'")
+    mine = (
+        "tags.`runner.role` = 'evaluation' and tags.`runner.model_alias` = 'champion' "
+        "and tags.`runner.subset` = 'validation'"
+    )
     runs = client.search_runs([trial.info.experiment_id], mine)
     assert len(runs) == 1
     run = runs[0]
-    assert {k: run.data.tags[k] for k in ("runner.model_name", "runner.model_version", "runner.model_alias",
-                                          "runner.subset", "runner.selection_subset")} == {
-        "runner.model_name": MODEL, "runner.model_version": "1", "runner.model_alias": "champion",
-        "runner.subset": "validation", "runner.selection_subset": "validation"}
+    assert {
+        k: run.data.tags[k]
+        for k in (
+            "runner.model_name",
+            "runner.model_version",
+            "runner.model_alias",
+            "runner.subset",
+            "runner.selection_subset",
+        )
+    } == {
+        "runner.model_name": MODEL,
+        "runner.model_version": "1",
+        "runner.model_alias": "champion",
+        "runner.subset": "validation",
+        "runner.selection_subset": "validation",
+    }
     assert run.data.metrics["average_mAP"] == pytest.approx(metrics["average_mAP"], abs=1e-9)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == EVALUATION_FILES
 
@@ -141,18 +169,21 @@ def test_version_and_run_uris_load_the_same_model(promoted: Promoted, tmp_path: 
         assert run_cli(evaluate.main, [uri, "--out", str(out), "--tracking-uri", promoted.uri]) == 0
         results.append(json.loads((out / "metrics.json").read_text())["average_mAP"])
     assert results[0] == results[1]
-    assert results[0] == pytest.approx(
-        client.get_run(promoted.best_run_id).data.metrics["best_average_mAP"], abs=1e-6)
+    assert results[0] == pytest.approx(client.get_run(promoted.best_run_id).data.metrics["best_average_mAP"], abs=1e-6)
 
 
-@pytest.mark.parametrize(("uri", "message"), [
-    (f"models:/{MODEL}@nope", f"model '{MODEL}' has no alias 'nope' (aliases: ['champion'])"),
-    (f"models:/{MODEL}/7", f"model '{MODEL}' has no version 7"),
-    ("models:/no-such-model@champion", "no registered model named 'no-such-model'"),
-    ("champion", "not a model URI"),
-])
-def test_unknown_models_are_refused(promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                    uri: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (f"models:/{MODEL}@nope", f"model '{MODEL}' has no alias 'nope' (aliases: ['champion'])"),
+        (f"models:/{MODEL}/7", f"model '{MODEL}' has no version 7"),
+        ("models:/no-such-model@champion", "no registered model named 'no-such-model'"),
+        ("champion", "not a model URI"),
+    ],
+)
+def test_unknown_models_are_refused(
+    promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str], uri: str, message: str
+) -> None:
     out = tmp_path / "never"
     assert run_cli(evaluate.main, [uri, "--out", str(out), "--tracking-uri", promoted.uri]) == 2
     err = capsys.readouterr().err.strip()
@@ -160,16 +191,25 @@ def test_unknown_models_are_refused(promoted: Promoted, tmp_path: Path, capsys: 
     assert not out.exists()
 
 
-def test_overrides_may_not_change_the_architecture(promoted: Promoted, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [f"models:/{MODEL}@champion", "--set", "model.head_num_layers=2", "--out", str(tmp_path / "never"),
-            "--tracking-uri", promoted.uri]
+def test_overrides_may_not_change_the_architecture(
+    promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        f"models:/{MODEL}@champion",
+        "--set",
+        "model.head_num_layers=2",
+        "--out",
+        str(tmp_path / "never"),
+        "--tracking-uri",
+        promoted.uri,
+    ]
     assert run_cli(evaluate.main, argv) == 2
     assert "the model section cannot change" in capsys.readouterr().err
 
 
 def test_subset_without_labels_gives_the_submission_only(
-        promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """FineAction's test subset has no labels: relabel some validation videos as such a subset."""
     annotations = json.loads((promoted.root / "synthetic" / "annotations_gt.json").read_text())
     database = annotations["database"]
@@ -180,8 +220,17 @@ def test_subset_without_labels_gives_the_submission_only(
     path.write_text(json.dumps(annotations))
 
     out = tmp_path / "test-eval"
-    argv = [f"models:/{MODEL}@champion", "--subset", "testing", "--set", f"data.annotations={path}",
-            "--out", str(out), "--tracking-uri", promoted.uri]
+    argv = [
+        f"models:/{MODEL}@champion",
+        "--subset",
+        "testing",
+        "--set",
+        f"data.annotations={path}",
+        "--out",
+        str(out),
+        "--tracking-uri",
+        promoted.uri,
+    ]
     assert run_cli(evaluate.main, argv) == 0
     captured = capsys.readouterr()
     assert "'testing' has no labelled instances" in captured.out and "no mAP can be computed" in captured.out
@@ -191,6 +240,7 @@ def test_subset_without_labels_gives_the_submission_only(
     assert {"version", "external_data"} <= submission.keys()
     assert set(path.name for path in out.iterdir()) == {"predictions.json", "evaluation.json"}
     client = MlflowClient(promoted.uri, promoted.uri)
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
-                              "tags.`runner.subset` = 'testing'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`runner.subset` = 'testing'"
+    )
     assert len(runs) == 1 and not runs[0].data.metrics

@@ -49,11 +49,20 @@ def search_file(root: Path, data: Path, experiment: str, **search_options: objec
     raw = yaml.safe_load((data / "config.yaml").read_text())
     raw["model"].update(embd_dim=16, fpn_dim=16, head_dim=16)
     raw["train"].update(epochs=EPOCHS, warmup_epochs=0, batch_size=4, eval_every=10, ema_decay=0.9)
-    raw.update(experiment=experiment, resources={"cpu": 1, "gpu": 0},
-               tracking={"uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"},
-               search={"num_samples": 1, "max_concurrent": 2, "sampler": "random", "max_failures": 2,
-                       "scheduler": {"type": "fifo"}, "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-3]}},
-                       **search_options})
+    raw.update(
+        experiment=experiment,
+        resources={"cpu": 1, "gpu": 0},
+        tracking={"uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"},
+        search={
+            "num_samples": 1,
+            "max_concurrent": 2,
+            "sampler": "random",
+            "max_failures": 2,
+            "scheduler": {"type": "fifo"},
+            "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-3]}},
+            **search_options,
+        },
+    )
     path = root / "search.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -63,8 +72,11 @@ def children(client: MlflowClient, experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    return [r for r in client.search_runs([found.experiment_id], max_results=100)
-            if r.data.tags.get("runner.role") == "trial"]
+    return [
+        r
+        for r in client.search_runs([found.experiment_id], max_results=100)
+        if r.data.tags.get("runner.role") == "trial"
+    ]
 
 
 def reported_epochs(storage: Path) -> dict[str, list[int]]:
@@ -139,12 +151,17 @@ def test_driver_killed_then_resume_completes_one_run_per_trial(ray_cluster, data
     path = search_file(tmp_path, data, "driver-kill", num_samples=2)
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
-    proc = subprocess.Popen([sys.executable, "-m", "runner.search", str(path)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.search", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # a trial's 3rd epoch is in MLflow
         if (tmp_path / "mlflow" / "mlflow.db").exists() and any(
-                len(client.get_metric_history(r.info.run_id, "loss")) >= 3 for r in children(client, "driver-kill")):
+            len(client.get_metric_history(r.info.run_id, "loss")) >= 3 for r in children(client, "driver-kill")
+        ):
             break
         time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
@@ -167,12 +184,17 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(ray_clu
     for file in nan_dir.glob("*.npy"):
         np.save(file, np.full_like(np.load(file), np.nan))
     good_dir = str(data / "features" / "i3d")
-    options = {"num_samples": 2, "max_failures": 1, "space": {
-        "data.streams.i3d.dir": {"choice": [good_dir, str(nan_dir)]}}}
+    options = {
+        "num_samples": 2,
+        "max_failures": 1,
+        "space": {"data.streams.i3d.dir": {"choice": [good_dir, str(nan_dir)]}},
+    }
     for seed in range(50):  # a seed whose two trials take different folders
         path = search_file(tmp_path, data, "nan", seed=seed, **options)
-        dirs = [v["data.streams.i3d.dir"] for v in sample_configs(load_search_file(path).space,
-                                                                  make_sampler("random", seed), 2)]
+        dirs = [
+            v["data.streams.i3d.dir"]
+            for v in sample_configs(load_search_file(path).space, make_sampler("random", seed), 2)
+        ]
         if len(set(dirs)) == 2:
             break
     raw = yaml.safe_load(path.read_text())
@@ -202,10 +224,27 @@ def start_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
     """``mlflow server`` on 127.0.0.1:port over ``backend``, light (no job runner, 1 worker)."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -225,8 +264,7 @@ def stop_server(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def test_tracking_store_lost_mid_search_then_resume_completes_the_record(ray_cluster, data, tmp_path,
-                                                                         monkeypatch):
+def test_tracking_store_lost_mid_search_then_resume_completes_the_record(ray_cluster, data, tmp_path, monkeypatch):
     server_root = tmp_path / "server"
     server_root.mkdir()
     with socket.socket() as sock:
@@ -244,12 +282,16 @@ def test_tracking_store_lost_mid_search_then_resume_completes_the_record(ray_clu
 
     server = start_server(backend, server_root / "artifacts", port)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "runner.search", str(path)], cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner.search", str(path)],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:  # a trial's 3rd epoch is recorded
-            if any(len(client.get_metric_history(r.info.run_id, "loss")) >= 3
-                   for r in children(client, "store-lost")):
+            if any(len(client.get_metric_history(r.info.run_id, "loss")) >= 3 for r in children(client, "store-lost")):
                 break
             time.sleep(0.3)
         before = {r.data.tags["runner.trial_id"]: r.info.run_id for r in children(client, "store-lost")}

@@ -131,8 +131,10 @@ def two_level_batch(logit_dtype=torch.float32):
     """
     output = SimpleNamespace(
         cls_logits=[torch.zeros(1, 2, 1, dtype=logit_dtype), torch.full((1, 1, 1), 9.0, dtype=logit_dtype)],
-        offsets=[torch.tensor([[[1.0, 1.0], [3.0, 3.0]]], dtype=logit_dtype),
-                 torch.tensor([[[0.0, 9.0]]], dtype=logit_dtype)],
+        offsets=[
+            torch.tensor([[[1.0, 1.0], [3.0, 3.0]]], dtype=logit_dtype),
+            torch.tensor([[[0.0, 9.0]]], dtype=logit_dtype),
+        ],
         masks=[torch.tensor([[True, True]]), torch.tensor([[False]])],
     )
     cls_targets = torch.tensor([[[1.0], [0.0], [1.0]]])  # (B, P, K)
@@ -162,6 +164,7 @@ def test_label_smoothing_softens_targets_over_k_plus_1():
     output.cls_logits[0] = torch.tensor([[[LN3], [LN3]]])  # p = 3/4 at both valid points
     eps = 0.2
     losses = compute_losses(output, cls_t, reg_t, LossNormalizer(10.0), model_cfg(label_smoothing=eps))
+
     # K = 1: positive target 1 * 0.8 + 0.2 / 2 = 0.9, negative target 0.1.
     def focal(x: float, y: float) -> float:
         p = 1 / (1 + math.exp(-x))

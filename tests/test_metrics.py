@@ -36,9 +36,11 @@ def ref_segment_iou(target_segment, candidate_segments):
     tt1 = np.maximum(target_segment[0], candidate_segments[:, 0])
     tt2 = np.minimum(target_segment[1], candidate_segments[:, 1])
     segments_intersection = (tt2 - tt1).clip(0)
-    segments_union = (candidate_segments[:, 1] - candidate_segments[:, 0]) + (
-        target_segment[1] - target_segment[0]
-    ) - segments_intersection
+    segments_union = (
+        (candidate_segments[:, 1] - candidate_segments[:, 0])
+        + (target_segment[1] - target_segment[0])
+        - segments_intersection
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         return segments_intersection.astype(float) / segments_union
 
@@ -153,8 +155,10 @@ def make_gt(rows, video_ids=None, gt_filter="none"):
     for v, s, e, lab in rows:
         videos[v][0].append((s, e))
         videos[v][1].append(names.index(lab))
-    arrays = {v: (np.array(segs, dtype=float).reshape(-1, 2), np.array(labs, dtype=np.int64))
-              for v, (segs, labs) in videos.items()}
+    arrays = {
+        v: (np.array(segs, dtype=float).reshape(-1, 2), np.array(labs, dtype=np.int64))
+        for v, (segs, labs) in videos.items()
+    }
     return ground_truth_from_arrays(arrays, names, subset="validation", gt_filter=gt_filter)
 
 
@@ -163,10 +167,12 @@ def make_pred(rows):
     videos: dict[str, list] = {}
     for v, s, e, lab, score in rows:
         videos.setdefault(v, []).append((s, e, lab, score))
-    return predictions_from_arrays({
-        v: (np.array([d[:2] for d in ds], float), np.array([d[3] for d in ds]), np.array([d[2] for d in ds]))
-        for v, ds in videos.items()
-    })
+    return predictions_from_arrays(
+        {
+            v: (np.array([d[:2] for d in ds], float), np.array([d[3] for d in ds]), np.array([d[2] for d in ds]))
+            for v, ds in videos.items()
+        }
+    )
 
 
 def ap_of(gt_rows, pred_rows, thresholds=(0.5,), cls="a", **gt_kw):
@@ -352,9 +358,10 @@ def test_fast_equals_reference_on_dense_overlaps():
     rng = np.random.default_rng(123)
     thresholds = np.array(DEFAULT_TIOU_THRESHOLDS)
     gt_rows = [("v", float(s), float(s) + 4.0, "a") for s in rng.integers(0, 20, size=12)]
-    pred_rows = [("v", float(s), float(s) + float(w), "a", float(sc))
-                 for s, w, sc in zip(rng.integers(0, 20, 300), rng.integers(2, 7, 300),
-                                     rng.integers(0, 5, 300), strict=True)]
+    pred_rows = [
+        ("v", float(s), float(s) + float(w), "a", float(sc))
+        for s, w, sc in zip(rng.integers(0, 20, 300), rng.integers(2, 7, 300), rng.integers(0, 5, 300), strict=True)
+    ]
     m = evaluate_detections(make_gt(gt_rows), make_pred(pred_rows), thresholds)
     ap, recall, _ = reference_evaluate(gt_rows, pred_rows, thresholds)["a"]
     np.testing.assert_allclose(m.ap[0], ap, rtol=0, atol=1e-12)
@@ -374,21 +381,33 @@ def write_json(path: Path, data) -> Path:
 
 DATABASE = {
     "database": {
-        "v_1": {"subset": "validation", "duration": 20.0, "annotations": [
-            {"segment": [1.0, 3.0], "label": "jump", "label_id": 1},
-            {"segment": [5.0, 9.0], "label": "run", "label_id": 0},
-        ]},
+        "v_1": {
+            "subset": "validation",
+            "duration": 20.0,
+            "annotations": [
+                {"segment": [1.0, 3.0], "label": "jump", "label_id": 1},
+                {"segment": [5.0, 9.0], "label": "run", "label_id": 0},
+            ],
+        },
         "v_2": {"subset": "validation", "duration": 10.0, "annotations": []},
-        "v_3": {"subset": "training", "duration": 10.0, "annotations": [
-            {"segment": [1.0, 2.0], "label": "swim", "label_id": 2},
-        ]},
+        "v_3": {
+            "subset": "training",
+            "duration": 10.0,
+            "annotations": [
+                {"segment": [1.0, 2.0], "label": "swim", "label_id": 2},
+            ],
+        },
     }
 }
-RESULTS = {"results": {
-    "v_1": [{"segment": [1.0, 3.0], "label": "jump", "score": 0.9},
-            {"segment": [5.0, 8.0], "label": "run", "score": 0.8}],
-    "v_2": [{"segment": [0.0, 1.0], "label": "run", "score": 0.1}],
-}}
+RESULTS = {
+    "results": {
+        "v_1": [
+            {"segment": [1.0, 3.0], "label": "jump", "score": 0.9},
+            {"segment": [5.0, 8.0], "label": "run", "score": 0.8},
+        ],
+        "v_2": [{"segment": [0.0, 1.0], "label": "run", "score": 0.1}],
+    }
+}
 
 
 def test_load_ground_truth_keeps_subset_videos_and_orders_classes_by_label_id(tmp_path):
@@ -422,19 +441,31 @@ def test_predictions_from_objects_with_array_attributes():
         labels: np.ndarray
 
     gt = make_gt([("v1", 0.0, 2.0, "a"), ("v1", 4.0, 6.0, "b")])
-    dets = {"v1": Candidates(np.array([[4.0, 6.0], [0.0, 2.0]], np.float32),
-                             np.array([0.3, 0.2], np.float32), np.array([1, 0]))}
+    dets = {
+        "v1": Candidates(
+            np.array([[4.0, 6.0], [0.0, 2.0]], np.float32), np.array([0.3, 0.2], np.float32), np.array([1, 0])
+        )
+    }
     assert evaluate_detections(gt, predictions_from_arrays(dets, ["a", "b"])).average_mAP == 100.0
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda: predictions_from_arrays({"v1": (np.zeros((2, 2)), np.zeros(2), np.array([0, 3]))}, ["a"]),
-     "'v1'.labels: label ids must lie in [0, 1)"),
-    (lambda: predictions_from_arrays({"v1": (np.zeros((1, 3)), np.zeros(1), np.array([0]))}, ["a"]),
-     "'v1'.segments"),
-    (lambda: predictions_from_arrays({"v1": (np.zeros((1, 2)), np.array([np.nan]), np.array([0]))}, ["a"]),
-     "'v1'.scores"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: predictions_from_arrays({"v1": (np.zeros((2, 2)), np.zeros(2), np.array([0, 3]))}, ["a"]),
+            "'v1'.labels: label ids must lie in [0, 1)",
+        ),
+        (
+            lambda: predictions_from_arrays({"v1": (np.zeros((1, 3)), np.zeros(1), np.array([0]))}, ["a"]),
+            "'v1'.segments",
+        ),
+        (
+            lambda: predictions_from_arrays({"v1": (np.zeros((1, 2)), np.array([np.nan]), np.array([0]))}, ["a"]),
+            "'v1'.scores",
+        ),
+    ],
+)
 def test_in_memory_input_errors(make, message):
     with pytest.raises(DataError, match=re.escape(message)):
         make()
@@ -462,8 +493,12 @@ def test_bad_options_and_empty_ground_truth():
 
 def test_cli_json_output(tmp_path):
     gt, pred = write_json(tmp_path / "gt.json", DATABASE), write_json(tmp_path / "p.json", RESULTS)
-    proc = subprocess.run([sys.executable, "-m", "localization.metrics", str(gt), str(pred), "--json"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "localization.metrics", str(gt), str(pred), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["average_mAP"] == pytest.approx(80.0)  # jump 100; run 100 at 0.50..0.75, 0 above

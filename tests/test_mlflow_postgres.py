@@ -62,8 +62,9 @@ def database() -> Iterator[str]:
         connection.close()
 
 
-def test_search_recorded_in_a_postgres_backed_mlflow_server(database: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_recorded_in_a_postgres_backed_mlflow_server(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import psycopg2
 
     with socket.socket() as sock:

@@ -45,8 +45,9 @@ def get(base: str, endpoint: str, **query: str) -> Any:
 
 def post(base: str, endpoint: str, body: dict[str, Any]) -> Any:
     """POST a REST endpoint that only takes POST (runs/search); JSON answer."""
-    request = urllib.request.Request(f"{base}{endpoint}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        f"{base}{endpoint}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -59,17 +60,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(root / "server.log", "w")  # noqa: SIM115  (closed in teardown)
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # own process group
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'db.sqlite'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )  # own process group
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {process.returncode}: "
-                                   f"{(root / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited with {process.returncode}: {(root / 'server.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
                     if response.status == 200:
@@ -100,8 +119,9 @@ def test_search_and_promotion_over_http(server: str, tmp_path: Path, monkeypatch
 
     api = "/api/2.0/mlflow"
     experiment = get(server, f"{api}/experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
-    runs = post(server, f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]],
-                                               "max_results": 100})["runs"]
+    runs = post(server, f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})[
+        "runs"
+    ]
 
     def tags(run: dict[str, Any]) -> dict[str, str]:
         return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
@@ -141,10 +161,15 @@ def test_search_and_promotion_over_http(server: str, tmp_path: Path, monkeypatch
     assert logged["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
 
     # the final evaluation works over HTTP too, and its files land on the server
-    assert run_cli(evaluate.main, [f"models:/{MODEL}@champion", "--out", str(tmp_path / "eval"),
-                                   "--tracking-uri", server]) == 0
-    evaluations = post(server, f"{api}/runs/search", {
-        "experiment_ids": [experiment["experiment_id"]], "filter": "tags.`runner.role` = 'evaluation'"})["runs"]
+    assert (
+        run_cli(evaluate.main, [f"models:/{MODEL}@champion", "--out", str(tmp_path / "eval"), "--tracking-uri", server])
+        == 0
+    )
+    evaluations = post(
+        server,
+        f"{api}/runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "filter": "tags.`runner.role` = 'evaluation'"},
+    )["runs"]
     assert len(evaluations) == 1 and tags(evaluations[0])["runner.model_version"] == "1"
     files = get(server, f"{api}/artifacts/list", run_id=evaluations[0]["info"]["run_id"])["files"]
     assert {"metrics.json", "predictions.json", "per_class_ap.csv"} <= {f["path"] for f in files}

@@ -55,8 +55,9 @@ def count(model: torch.nn.Module) -> int:
     [(2048, 20, 0.1, 29_251_612), (2048, 20, 0.0, 29_244_444), (1408, 106, 0.1, 28_400_754)],
 )
 def test_parameter_count_matches_reference(input_dim, num_classes, droppath, expected):
-    cfg = ModelConfig(embd_dim=512, fpn_dim=512, head_dim=512, backbone_arch=[2, 2, 5],
-                      n_mha_win_size=19, droppath=droppath)
+    cfg = ModelConfig(
+        embd_dim=512, fpn_dim=512, head_dim=512, backbone_arch=[2, 2, 5], n_mha_win_size=19, droppath=droppath
+    )
     model = ActionFormer(cfg, input_dim, num_classes, max_seq_len=2304)
     assert count(model) == expected
     if (input_dim, num_classes, droppath) == (2048, 20, 0.1):
@@ -167,8 +168,9 @@ def test_rejects_length_not_divisible_by_coarsest_stride():
 
 
 def assert_same_valid_outputs(a, b, index_a=0, index_b=0):
-    for m_a, m_b, la, lb, oa, ob in zip(a.masks, b.masks, a.cls_logits, b.cls_logits, a.offsets,
-                                        b.offsets, strict=True):
+    for m_a, m_b, la, lb, oa, ob in zip(
+        a.masks, b.masks, a.cls_logits, b.cls_logits, a.offsets, b.offsets, strict=True
+    ):
         n = int(m_a[index_a].sum())
         assert n == int(m_b[index_b].sum())
         assert m_a[index_a, :n].all() and m_b[index_b, :n].all()
@@ -215,7 +217,7 @@ def test_heads_packed_levels_equal_one_level_at_a_time():
     masks = [lengths_mask([n, n // 2], n)[:, None, :] for n in (64, 32, 16)]
     together = model.cls_head(pack_levels(feats, masks, gap=1))
     for level in range(3):
-        alone = model.cls_head(pack_levels(feats[level:level + 1], masks[level:level + 1], gap=1))
+        alone = model.cls_head(pack_levels(feats[level : level + 1], masks[level : level + 1], gap=1))
         assert torch.allclose(together[level], alone[0], atol=1e-6)
 
 
@@ -245,11 +247,18 @@ def test_bf16_autocast_forward_is_finite():
 
 def test_make_points_hand_case():
     points = make_points([4, 2, 1], [1, 2, 4], [[0, 4], [4, 8], [8, 10000]], "cpu")
-    expected = torch.tensor([
-        [0, 0, 4, 1], [1, 0, 4, 1], [2, 0, 4, 1], [3, 0, 4, 1],
-        [0, 4, 8, 2], [2, 4, 8, 2],
-        [0, 8, 10000, 4],
-    ], dtype=torch.float32)
+    expected = torch.tensor(
+        [
+            [0, 0, 4, 1],
+            [1, 0, 4, 1],
+            [2, 0, 4, 1],
+            [3, 0, 4, 1],
+            [0, 4, 8, 2],
+            [2, 4, 8, 2],
+            [0, 8, 10000, 4],
+        ],
+        dtype=torch.float32,
+    )
     assert torch.equal(points, expected)
 
 
@@ -273,9 +282,14 @@ def test_param_groups_split():
     assert "backbone.stem.0.attn.query_conv.conv.weight" in decay  # depthwise conv
     assert "backbone.stem.0.mlp.0.weight" in decay
     assert "cls_head.cls_head.conv.weight" in decay
-    assert {"backbone.stem.0.ln1.weight", "backbone.stem.0.mlp.0.bias", "neck.fpn_norms.0.weight",
-            "backbone.stem.0.drop_path_attn.scale", "reg_head.scale.0.scale",
-            "cls_head.cls_head.conv.bias"} <= no_decay
+    assert {
+        "backbone.stem.0.ln1.weight",
+        "backbone.stem.0.mlp.0.bias",
+        "neck.fpn_norms.0.weight",
+        "backbone.stem.0.drop_path_attn.scale",
+        "reg_head.scale.0.scale",
+        "cls_head.cls_head.conv.bias",
+    } <= no_decay
     assert all(n.endswith("weight") for n in decay)
     assert "backbone.pos_embd" in dict(model.named_buffers())  # a buffer, not optimised
     torch.optim.AdamW(groups, lr=1e-4)

@@ -126,22 +126,19 @@ def test_multiclass_nms_does_not_suppress_across_classes(method):
     out = batched_nms(c, cfg(nms_method=method, multiclass_nms=True, iou_threshold=0.5))
     np.testing.assert_array_equal(out.scores, np.float32([0.9, 0.8, 0.3]))
     assert out.labels.tolist() == [0, 1, 0]
-    agnostic = batched_nms(c, cfg(nms_method=method, multiclass_nms=False, voting_thresh=0,
-                                  iou_threshold=0.5))
+    agnostic = batched_nms(c, cfg(nms_method=method, multiclass_nms=False, voting_thresh=0, iou_threshold=0.5))
     if method == "hard":
         assert agnostic.scores.tolist() == pytest.approx([0.9, 0.3])
     else:
         # the decayed copy (0.113) now ranks below the far-away 0.3
-        np.testing.assert_allclose(agnostic.scores, [0.9, 0.3, 0.8 * math.exp(-((10 / 10.1) ** 2) / 0.5)],
-                                   rtol=1e-5)
+        np.testing.assert_allclose(agnostic.scores, [0.9, 0.3, 0.8 * math.exp(-((10 / 10.1) ** 2) / 0.5)], rtol=1e-5)
         assert agnostic.labels.tolist() == [0, 0, 1]
 
 
 def test_batched_nms_sorts_by_score_and_keeps_max_seg_num():
     rng = np.random.default_rng(0)
     starts = rng.uniform(0, 100, 60)
-    c = cands(np.stack([starts, starts + rng.uniform(1, 10, 60)], 1), rng.uniform(0.01, 1, 60),
-              rng.integers(0, 5, 60))
+    c = cands(np.stack([starts, starts + rng.uniform(1, 10, 60)], 1), rng.uniform(0.01, 1, 60), rng.integers(0, 5, 60))
     out = batched_nms(c, cfg(max_seg_num=7))
     assert len(out) == 7
     assert np.all(np.diff(out.scores) <= 0)
@@ -154,8 +151,7 @@ def test_score_voting_hand_case():
     w_b = 0.6 * 10 / 11  # score * IoU; A votes for itself with 0.9 * 1
     np.testing.assert_allclose(out.segments, [[0, (0.9 * 10 + w_b * 11) / (0.9 + w_b)], [30, 40]], rtol=1e-6)
     np.testing.assert_array_equal(out.scores, np.float32([0.9, 0.5]))  # scores are not voted
-    stricter = batched_nms(c, cfg(nms_method="hard", multiclass_nms=False, iou_threshold=0.5,
-                                  voting_thresh=0.95))
+    stricter = batched_nms(c, cfg(nms_method="hard", multiclass_nms=False, iou_threshold=0.5, voting_thresh=0.95))
     np.testing.assert_array_equal(stricter.segments, [[0, 10], [30, 40]])
 
 
@@ -184,8 +180,11 @@ def test_score_voting_matches_dense_reference(voting_thresh):
     rng = np.random.default_rng(11)
     c = random_candidates(rng, 400, 1)
     kept = c.segments[rng.choice(len(c), 30, replace=False)]
-    np.testing.assert_allclose(score_voting(kept, c.segments, c.scores, voting_thresh),
-                               reference_seg_voting(kept, c.segments, c.scores, voting_thresh), rtol=1e-5)
+    np.testing.assert_allclose(
+        score_voting(kept, c.segments, c.scores, voting_thresh),
+        reference_seg_voting(kept, c.segments, c.scores, voting_thresh),
+        rtol=1e-5,
+    )
     assert score_voting(kept[:0], c.segments, c.scores, voting_thresh).shape == (0, 2)
 
 
@@ -268,8 +267,7 @@ def reference_nms(segs, scores, iou_threshold):
 
 def reference_batched_nms(segs, scores, labels, c: PostConfig):
     """batched_nms of nms.py without voting: per class (or all), cap, concatenate, sort, cap."""
-    groups = [np.flatnonzero(labels == k) for k in np.unique(labels)] if c.multiclass_nms \
-        else [np.arange(len(scores))]
+    groups = [np.flatnonzero(labels == k) for k in np.unique(labels)] if c.multiclass_nms else [np.arange(len(scores))]
     out_idx, out_scores = [], []
     for idx in groups:
         if c.nms_method == "soft":
@@ -312,8 +310,15 @@ def test_batched_nms_matches_reference(method, multiclass):
     rng = np.random.default_rng(7)
     for max_seg_num, min_score, iou_threshold in [(100, 0.001, 0.4), (15, 0.3, 0.1), (100, 0.0, 0.0)]:
         c = random_candidates(rng, 200, 5)
-        t = cfg(nms_method=method, multiclass_nms=multiclass, max_seg_num=max_seg_num, min_score=min_score,
-                iou_threshold=iou_threshold, nms_sigma=0.5, voting_thresh=0)
+        t = cfg(
+            nms_method=method,
+            multiclass_nms=multiclass,
+            max_seg_num=max_seg_num,
+            min_score=min_score,
+            iou_threshold=iou_threshold,
+            nms_sigma=0.5,
+            voting_thresh=0,
+        )
         ref_idx, ref_scores = reference_batched_nms(c.segments, c.scores, c.labels, t)
         out = batched_nms(c, t)
         np.testing.assert_array_equal(out.scores, ref_scores)
@@ -332,15 +337,15 @@ def logit(p: float) -> float:
 
 def test_select_candidates_threshold_topk_decoding_and_duration():
     # level 0: stride 1, 3 points, 2 classes; level 1: stride 2, 2 points
-    points = torch.tensor([[0, 0, 4, 1], [1, 0, 4, 1], [2, 0, 4, 1], [0, 4, 99, 2], [2, 4, 99, 2]],
-                          dtype=torch.float32)
+    points = torch.tensor([[0, 0, 4, 1], [1, 0, 4, 1], [2, 0, 4, 1], [0, 4, 99, 2], [2, 4, 99, 2]], dtype=torch.float32)
     probs0 = torch.tensor([[0.9, 0.0005], [0.8, 0.7], [0.95, 0.6]])
     probs1 = torch.tensor([[0.3, 0.4], [0.5, 0.2]])
     logits = [probs0.logit(), probs1.logit()]
     offsets = [torch.tensor([[1.0, 2.0], [0.5, 0.5], [0.02, 0.01]]), torch.tensor([[1.0, 1.0], [3.0, 0.5]])]
     masks = [torch.tensor([True, True, True]), torch.tensor([True, False])]  # level 1, point 1 padded
-    out = select_candidates(logits, offsets, masks, points,
-                            cfg(pre_nms_thresh=0.001, pre_nms_topk=3, duration_thresh=0.05))
+    out = select_candidates(
+        logits, offsets, masks, points, cfg(pre_nms_thresh=0.001, pre_nms_topk=3, duration_thresh=0.05)
+    )
     # level 0 top-3 by prob: (p2,c0) 0.95, (p0,c0) 0.9, (p1,c0) 0.8; (p2,c0) is 0.03 long -> dropped
     # level 1: point 1 masked -> probs 0.3 (c0), 0.4 (c1) of point 0 -> [0 - 1*2, 0 + 1*2]
     np.testing.assert_allclose(out.scores, [0.9, 0.8, 0.4, 0.3], rtol=1e-6)
@@ -356,8 +361,9 @@ def test_select_candidates_threshold_topk_decoding_and_duration():
 
 def test_select_candidates_rejects_mismatched_points():
     with pytest.raises(ValueError, match="points"):
-        select_candidates([torch.zeros(3, 2)], [torch.zeros(3, 2)], [torch.ones(3, dtype=torch.bool)],
-                          torch.zeros(4, 4), cfg())
+        select_candidates(
+            [torch.zeros(3, 2)], [torch.zeros(3, 2)], [torch.ones(3, dtype=torch.bool)], torch.zeros(4, 4), cfg()
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,8 +35,14 @@ from runner.selection import describe_selection, holdout_split, write_selection
 EXPERIMENT = "promote-test"
 MODEL = "af-test"
 # ema_decay 0.9: with the recipe's 0.999 the EMA weights barely move in a few steps (mAP 0).
-TINY = ["train.epochs=2", "train.warmup_epochs=0", "train.num_threads=1", "train.batch_size=4",
-        "train.lr=3.0e-3", "train.ema_decay=0.9"]
+TINY = [
+    "train.epochs=2",
+    "train.warmup_epochs=0",
+    "train.num_threads=1",
+    "train.batch_size=4",
+    "train.lr=3.0e-3",
+    "train.ema_decay=0.9",
+]
 
 
 @dataclass
@@ -84,18 +90,27 @@ def store(tmp_path: Path, trained: Trained, empty_database: Path, monkeypatch: p
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     raw = yaml.safe_load(trained.config_path.read_text())
     space = {"train.lr": {"loguniform": [5.0e-4, 3.0e-3]}}
-    raw.update(experiment=EXPERIMENT, search={"metric": "average_mAP", "mode": "max", "num_samples": 3,
-                                              "space": space},
-               tracking={"uri": uri, "model_name": MODEL})
+    raw.update(
+        experiment=EXPERIMENT,
+        search={"metric": "average_mAP", "mode": "max", "num_samples": 3, "space": space},
+        tracking={"uri": uri, "model_name": MODEL},
+    )
     search_file = tmp_path / "search.yaml"
     search_file.write_text(yaml.safe_dump(raw))
     return Store(uri, search_file)
 
 
-def record_search(store: Store, trained: Trained, trials: list[tuple[str, float | None]], *,
-                  parent_status: str = "FINISHED", search_status: str = "finished", num_samples: int = 3,
-                  params: dict[str, str] | None = None, parent_tags: dict[str, str] | None = None,
-                  ) -> tuple[str, list[str]]:
+def record_search(
+    store: Store,
+    trained: Trained,
+    trials: list[tuple[str, float | None]],
+    *,
+    parent_status: str = "FINISHED",
+    search_status: str = "finished",
+    num_samples: int = 3,
+    params: dict[str, str] | None = None,
+    parent_tags: dict[str, str] | None = None,
+) -> tuple[str, list[str]]:
     """Write one search per the layout contract; ``trials`` are (runner.status, best value).
 
     runner.status "running" leaves the trial's MLflow run RUNNING; "failed" ends it FAILED,
@@ -104,21 +119,39 @@ def record_search(store: Store, trained: Trained, trials: list[tuple[str, float 
     client = MlflowClient(store.uri, store.uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     artifacts = Path(store.uri.removeprefix("sqlite:///")).parent / "artifacts"
-    exp_id = experiment.experiment_id if experiment else client.create_experiment(
-        EXPERIMENT, artifact_location=artifacts.as_uri())
-    parent = client.create_run(exp_id, tags={
-        "runner.role": "search", "runner.metric": "average_mAP", "runner.mode": "max",
-        "runner.num_samples": str(num_samples), "runner.status": search_status,
-        "runner.search_file": str(store.search_file), **(parent_tags or {})}).info.run_id
+    exp_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    )
+    parent = client.create_run(
+        exp_id,
+        tags={
+            "runner.role": "search",
+            "runner.metric": "average_mAP",
+            "runner.mode": "max",
+            "runner.num_samples": str(num_samples),
+            "runner.status": search_status,
+            "runner.search_file": str(store.search_file),
+            **(parent_tags or {}),
+        },
+    ).info.run_id
     children = []
     for index, (status, value) in enumerate(trials):
-        run_id = client.create_run(exp_id, tags={
-            "mlflow.parentRunId": parent, "runner.role": "trial", "runner.trial_id": f"trial_{index}",
-            "runner.status": status, "runner.best_epoch": "2"}).info.run_id
+        run_id = client.create_run(
+            exp_id,
+            tags={
+                "mlflow.parentRunId": parent,
+                "runner.role": "trial",
+                "runner.trial_id": f"trial_{index}",
+                "runner.status": status,
+                "runner.best_epoch": "2",
+            },
+        ).info.run_id
         values = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flatten(trained.cfg).items()}
         logged = [Param(k, v) for k, v in {**values, **(params or {})}.items()]
         for start in range(0, len(logged), 100):
-            client.log_batch(run_id, params=logged[start:start + 100])
+            client.log_batch(run_id, params=logged[start : start + 100])
         if value is not None:
             client.log_metric(run_id, "best_average_mAP", value)
             client.log_artifact(run_id, str(trained.checkpoint), "checkpoints/best")
@@ -161,15 +194,22 @@ def test_refuses_when_there_are_no_runs(store: Store, capsys: pytest.CaptureFixt
     assert "has no search run" in refusal(store, capsys)  # the experiment holds no search
     client = MlflowClient(store.uri, store.uri)
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    empty = client.create_run(exp_id, tags={"runner.role": "search", "runner.status": "finished",
-                                            "runner.num_samples": "0"})
+    empty = client.create_run(
+        exp_id, tags={"runner.role": "search", "runner.status": "finished", "runner.num_samples": "0"}
+    )
     client.set_terminated(empty.info.run_id)
     assert "no finished trial has the metric best_average_mAP" in refusal(store, capsys)
 
 
 def test_refuses_a_running_search(store: Store, trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
-    record_search(store, trained, [("finished", 10.0), ("running", None)], parent_status="RUNNING",
-                  search_status="running", num_samples=3)
+    record_search(
+        store,
+        trained,
+        [("finished", 10.0), ("running", None)],
+        parent_status="RUNNING",
+        search_status="running",
+        num_samples=3,
+    )
     err = refusal(store, capsys)
     assert "the search is still running" in err
     assert "1 trial(s) still running (trial_1)" in err
@@ -178,9 +218,16 @@ def test_refuses_a_running_search(store: Store, trained: Trained, capsys: pytest
 
 
 def test_refuses_missing_and_failed_trials_unless_allowed(
-        store: Store, trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
-    _, children = record_search(store, trained, [("finished", 10.0), ("failed", None), ("interrupted", None)],
-                                search_status="interrupted", parent_status="KILLED", num_samples=4)
+    store: Store, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, children = record_search(
+        store,
+        trained,
+        [("finished", 10.0), ("failed", None), ("interrupted", None)],
+        search_status="interrupted",
+        parent_status="KILLED",
+        num_samples=4,
+    )
     client = MlflowClient(store.uri, store.uri)
     client.set_tag(children[1], "runner.failure", "loss became nan at epoch 1")
     err = refusal(store, capsys)
@@ -205,7 +252,8 @@ def test_refuses_missing_and_failed_trials_unless_allowed(
 
 
 def test_promotes_the_best_trial_with_lineage_tags(
-        store: Store, trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
+    store: Store, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
     trials = [("finished", 12.5), ("pruned", 31.25), ("finished", 20.0)]
     parent, children = record_search(store, trained, trials)
     assert run_promote(store) == 0
@@ -219,13 +267,21 @@ def test_promotes_the_best_trial_with_lineage_tags(
     experiment = client.get_experiment_by_name(EXPERIMENT)
     annotations = Path(trained.cfg.data.annotations)
     assert version.tags == {
-        "experiment_id": experiment.experiment_id, "experiment_name": EXPERIMENT,
-        "parent_run_id": parent, "child_run_id": children[1], "trial_id": "trial_1",
-        "metric": "best_average_mAP", "metric_value": "31.25", "best_epoch": "2",
-        "data.features": json.dumps(trained.cfg.data.features), "data.annotations": str(annotations),
+        "experiment_id": experiment.experiment_id,
+        "experiment_name": EXPERIMENT,
+        "parent_run_id": parent,
+        "child_run_id": children[1],
+        "trial_id": "trial_1",
+        "metric": "best_average_mAP",
+        "metric_value": "31.25",
+        "best_epoch": "2",
+        "data.features": json.dumps(trained.cfg.data.features),
+        "data.annotations": str(annotations),
         "data.annotations_sha256": hashlib.sha256(annotations.read_bytes()).hexdigest(),
-        "selection_subset": "validation", "selection": "the whole 'validation' subset",
-        "search_file": str(store.search_file), "search_complete": "true",
+        "selection_subset": "validation",
+        "selection": "the whole 'validation' subset",
+        "search_file": str(store.search_file),
+        "search_complete": "true",
     }
     # the trial run lists the model among its outputs and is still FINISHED
     child = client.get_run(children[1])
@@ -244,8 +300,13 @@ def test_promotes_the_best_trial_with_lineage_tags(
 
 def test_lineage_records_a_holdout_selection(store: Store, trained: Trained) -> None:
     params = {"data.val_subset": "training", "data.val_videos": "/runs/selection/val_videos.txt"}
-    record_search(store, trained, [("finished", 1.0), ("finished", 2.0), ("finished", 3.0)], params=params,
-                  parent_tags={"runner.selection": json.dumps({"holdout_fraction": 0.1, "seed": 0})})
+    record_search(
+        store,
+        trained,
+        [("finished", 1.0), ("finished", 2.0), ("finished", 3.0)],
+        params=params,
+        parent_tags={"runner.selection": json.dumps({"holdout_fraction": 0.1, "seed": 0})},
+    )
     assert run_promote(store) == 0
     version = MlflowClient(store.uri, store.uri).get_model_version_by_alias(MODEL, "champion")
     assert version.tags["selection_subset"] == "training"
@@ -282,8 +343,9 @@ def _only_plain_values(value: object) -> bool:
     return isinstance(value, torch.Tensor | int | float | str | bool | type(None))
 
 
-def test_model_loads_without_pickle(store: Store, trained: Trained, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_loads_without_pickle(
+    store: Store, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     record_search(store, trained, [("finished", 1.0), ("finished", 2.0), ("finished", 3.0)])
     assert run_promote(store) == 0
     mlflow.set_tracking_uri(store.uri)
@@ -356,9 +418,11 @@ def test_write_selection_splits_the_training_subset(trained: Trained, tmp_path: 
     training = [vid for vid, entry in annotations.items() if entry["subset"] == "training"]
     assert (train_ids, holdout) == holdout_split(training, 0.25, seed=3)
     assert len(holdout) == round(0.25 * len(training)) and not set(holdout) & set(train_ids)
-    assert overrides == ["data.val_subset=training",
-                         f"data.train_videos={(tmp_path / 'selection' / 'train_videos.txt').resolve()}",
-                         f"data.val_videos={(tmp_path / 'selection' / 'val_videos.txt').resolve()}"]
+    assert overrides == [
+        "data.val_subset=training",
+        f"data.train_videos={(tmp_path / 'selection' / 'train_videos.txt').resolve()}",
+        f"data.val_videos={(tmp_path / 'selection' / 'val_videos.txt').resolve()}",
+    ]
     # the engine trains on the one list and selects on the other
     cfg = load_config(trained.config_path, overrides)
     assert [v.video_id for v in load_training_subset(cfg).videos] == train_ids
@@ -369,8 +433,10 @@ def test_selection_description_and_warnings() -> None:
     plain = describe_selection({"data.val_subset": "validation"}, {})
     assert plain.warning_for("validation") is not None and "optimistic" in plain.warning_for("validation")
     assert plain.warning_for("test") is None
-    honest = describe_selection({"data.val_subset": "training", "data.val_videos": "/x/val_videos.txt"},
-                                {"runner.selection": json.dumps({"holdout_fraction": 0.1, "seed": 0})})
+    honest = describe_selection(
+        {"data.val_subset": "training", "data.val_videos": "/x/val_videos.txt"},
+        {"runner.selection": json.dumps({"holdout_fraction": 0.1, "seed": 0})},
+    )
     assert honest.holdout
     assert honest.description == "a held-out slice of 'training' (10%, seed 0), not trained on"
     assert honest.warning_for("validation") is None

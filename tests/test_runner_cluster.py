@@ -50,9 +50,19 @@ def test_unreachable_address_fails_fast_without_starting_ray():
 def test_space_and_recorder_survive_plain_pickle(tmp_path: Path):
     """OptunaSearch.save pickles the space, and Ray pickles callbacks into its experiment state."""
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"experiment": "p", "search": {"space": {
-        "test.nms_method": {"choice": ["soft", "hard"]},
-        "test.nms_sigma": {"uniform": [0.3, 0.9], "when": {"test.nms_method": "soft"}}}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "p",
+                "search": {
+                    "space": {
+                        "test.nms_method": {"choice": ["soft", "hard"]},
+                        "test.nms_sigma": {"uniform": [0.3, 0.9], "when": {"test.nms_method": "soft"}},
+                    }
+                },
+            }
+        )
+    )
     spec = load_search_file(path)
     space = pickle.loads(pickle.dumps(spec.space))
     expected = sample_configs(spec.space, make_sampler("tpe", 0), 4)

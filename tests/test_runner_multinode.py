@@ -34,10 +34,18 @@ def write_search(root: Path, gpus: float) -> Path:
     raw = yaml.safe_load(generate(root / "data", seed=0, videos=12).read_text())
     raw["model"].update(embd_dim=16, fpn_dim=16, head_dim=16)
     raw["train"].update(epochs=4, warmup_epochs=0, batch_size=4, eval_every=4)
-    raw.update(experiment="multinode", resources={"gpu": gpus, "cpu": 0.5},
-               tracking={"uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"},
-               search={"num_samples": NUM_TRIALS, "max_concurrent": NUM_TRIALS, "sampler": "random",
-                       "scheduler": {"type": "fifo"}, "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-3]}}})
+    raw.update(
+        experiment="multinode",
+        resources={"gpu": gpus, "cpu": 0.5},
+        tracking={"uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"},
+        search={
+            "num_samples": NUM_TRIALS,
+            "max_concurrent": NUM_TRIALS,
+            "sampler": "random",
+            "scheduler": {"type": "fifo"},
+            "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-3]}},
+        },
+    )
     path = root / "search.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -45,14 +53,14 @@ def write_search(root: Path, gpus: float) -> Path:
 
 def test_trials_spread_over_both_nodes_one_gpu_each_at_the_same_time(two_nodes, tmp_path):
     path = write_search(tmp_path, gpus=1)
-    outcome = search.run(path, address=two_nodes.address, storage_path=tmp_path / "ray_results",
-                         echo=lambda _: None)
+    outcome = search.run(path, address=two_nodes.address, storage_path=tmp_path / "ray_results", echo=lambda _: None)
     assert outcome.status == "finished" and outcome.concurrency == NUM_TRIALS
     assert not ray.is_initialized()  # the driver left the cluster it joined
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("multinode").experiment_id],
-                              "tags.`runner.role` = 'trial'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("multinode").experiment_id], "tags.`runner.role` = 'trial'"
+    )
     assert len(runs) == NUM_TRIALS and all(r.data.tags["runner.status"] == "finished" for r in runs)
     placed = {(r.data.tags["runner.ray_node_id"], r.data.tags["runner.cuda_visible_devices"]) for r in runs}
     assert len(placed) == NUM_TRIALS  # no GPU of any node was given to two trials

@@ -27,11 +27,23 @@ def tiny_search(data: Path) -> dict:
     return {
         "experiment": "resume",
         "data": synthetic_data_section(data),
-        "model": {"embd_dim": 16, "fpn_dim": 16, "head_dim": 16, "n_head": 4, "n_mha_win_size": 9,
-                  "backbone_arch": [2, 1, 3], "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]]},
+        "model": {
+            "embd_dim": 16,
+            "fpn_dim": 16,
+            "head_dim": 16,
+            "n_head": 4,
+            "n_mha_win_size": 9,
+            "backbone_arch": [2, 1, 3],
+            "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]],
+        },
         "train": {"epochs": EPOCHS, "warmup_epochs": 0, "batch_size": 4, "lr": 1.0e-3, "eval_every": 5},
-        "search": {"num_samples": NUM_TRIALS, "max_concurrent": 2, "seed": 0, "scheduler": {"type": "fifo"},
-                   "space": {"train.lr": {"loguniform": [5.0e-4, 3.0e-3]}}},
+        "search": {
+            "num_samples": NUM_TRIALS,
+            "max_concurrent": 2,
+            "seed": 0,
+            "scheduler": {"type": "fifo"},
+            "space": {"train.lr": {"loguniform": [5.0e-4, 3.0e-3]}},
+        },
         "resources": {"cpu": 1},
     }
 
@@ -60,12 +72,18 @@ def test_interrupted_search_resumes_into_the_same_runs(ray_cluster, tmp_path, mo
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
 
-    proc = subprocess.Popen([sys.executable, "-m", "runner.search", str(path)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.search", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # wait for a trial's 2nd epoch
         if (tmp_path / "mlflow" / "mlflow.db").exists() and any(
-                len(client.get_metric_history(r.info.run_id, "loss")) >= 2 for r in children(client)):
+            len(client.get_metric_history(r.info.run_id, "loss")) >= 2 for r in children(client)
+        ):
             break
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -91,5 +109,7 @@ def test_interrupted_search_resumes_into_the_same_runs(ray_cluster, tmp_path, mo
             assert run.info.run_id == before[run.data.tags["runner.trial_id"]].info.run_id
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["runner.status"] == "finished"
-    assert len([r for r in client.search_runs([parent.info.experiment_id])
-                if r.data.tags.get("runner.role") == "search"]) == 1
+    assert (
+        len([r for r in client.search_runs([parent.info.experiment_id]) if r.data.tags.get("runner.role") == "search"])
+        == 1
+    )

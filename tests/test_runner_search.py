@@ -28,16 +28,36 @@ def search_file(data: Path, seed: int) -> dict:
     return {
         "experiment": "e2e",
         "data": synthetic_data_section(data),
-        "model": {"embd_dim": 32, "fpn_dim": 32, "head_dim": 32, "n_head": 4, "n_mha_win_size": 9,
-                  "backbone_arch": [2, 1, 3], "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]]},
-        "train": {"epochs": EPOCHS, "warmup_epochs": 0, "batch_size": 4, "lr": 1.0e-3, "ema_decay": 0.9,
-                  "eval_every": 1},
-        "search": {"num_samples": NUM_TRIALS, "max_concurrent": 2, "seed": seed, "max_failures": 0,
-                   "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-                   "space": {"data.features": {"choice": [["i3d"], ["i3d", "slowfast"]]},
-                             "train.lr": {"loguniform": [5.0e-4, 3.0e-3]},
-                             "test.nms_sigma": {"uniform": [0.3, 0.9]},
-                             "data.val_subset": {"choice": ["validation", BROKEN_SUBSET]}}},
+        "model": {
+            "embd_dim": 32,
+            "fpn_dim": 32,
+            "head_dim": 32,
+            "n_head": 4,
+            "n_mha_win_size": 9,
+            "backbone_arch": [2, 1, 3],
+            "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]],
+        },
+        "train": {
+            "epochs": EPOCHS,
+            "warmup_epochs": 0,
+            "batch_size": 4,
+            "lr": 1.0e-3,
+            "ema_decay": 0.9,
+            "eval_every": 1,
+        },
+        "search": {
+            "num_samples": NUM_TRIALS,
+            "max_concurrent": 2,
+            "seed": seed,
+            "max_failures": 0,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            "space": {
+                "data.features": {"choice": [["i3d"], ["i3d", "slowfast"]]},
+                "train.lr": {"loguniform": [5.0e-4, 3.0e-3]},
+                "test.nms_sigma": {"uniform": [0.3, 0.9]},
+                "data.val_subset": {"choice": ["validation", BROKEN_SUBSET]},
+            },
+        },
         "resources": {"cpu": 1, "gpu": 1},
     }
 
@@ -78,8 +98,15 @@ def finished_search(ray_cluster, tmp_path_factory):
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("e2e")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
-    return {"root": root, "outcome": outcome, "out": "\n".join(lines), "client": client,
-            "experiment": experiment, "runs": runs, "spec": load_search_file(path)}
+    return {
+        "root": root,
+        "outcome": outcome,
+        "out": "\n".join(lines),
+        "client": client,
+        "experiment": experiment,
+        "runs": runs,
+        "spec": load_search_file(path),
+    }
 
 
 def parent_and_children(result: dict) -> tuple:
@@ -112,8 +139,15 @@ def test_one_parent_one_child_per_trial_none_running(finished_search):
     assert all(r.info.status != "RUNNING" for r in finished_search["runs"])
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["runner.status"] == "finished"
-    for tag in ("runner.search_file", "runner.ray_experiment_path", "runner.searcher", "runner.metric",
-                "runner.mode", "runner.num_samples", "runner.best_trial_id"):
+    for tag in (
+        "runner.search_file",
+        "runner.ray_experiment_path",
+        "runner.searcher",
+        "runner.metric",
+        "runner.mode",
+        "runner.num_samples",
+        "runner.best_trial_id",
+    ):
         assert parent.data.tags.get(tag), tag
     assert Path(parent.data.tags["runner.ray_experiment_path"]).is_dir()
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
@@ -176,8 +210,10 @@ def test_child_runs_hold_params_metric_history_and_best_checkpoint(finished_sear
         assert ckpt["epoch"] == best.step
         assert ckpt["config"]["train"]["lr"] == float(params["train.lr"])
         assert params["train.num_threads"] == str(ckpt["config"]["train"]["num_threads"]) == "1"  # 1 CPU
-        assert yaml.safe_load((local / "checkpoints/best/config.yaml").read_text())["train"]["lr"] == ckpt[
-            "config"]["train"]["lr"]
+        assert (
+            yaml.safe_load((local / "checkpoints/best/config.yaml").read_text())["train"]["lr"]
+            == ckpt["config"]["train"]["lr"]
+        )
         predictions = json.loads((local / "predictions/validation_best.json").read_text())
         assert predictions["results"]
 

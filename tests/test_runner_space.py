@@ -19,16 +19,20 @@ from runner.spec import load_search_file
 BASE = {
     "experiment": "unit",
     "train": {"epochs": 6, "warmup_epochs": 1, "lr": "1e-4"},
-    "search": {"num_samples": 4, "seed": 3, "scheduler": {"type": "asha", "grace_period": 2},
-               "space": {
-                   "data.features": {"choice": [["i3d"], ["slowfast"], ["i3d", "slowfast"]]},
-                   "train.lr": {"loguniform": ["1e-5", 1.0e-3]},
-                   "model.droppath": {"uniform": [0.0, 0.3], "when": {"data.features": [["i3d"]]}},
-                   "test.nms_sigma": {"uniform": [0.3, 0.9], "step": 0.1},
-                   "train.batch_size": {"int": [2, 8], "step": 2},
-                   "test.max_seg_num": {"int": [10, 1000], "log": True},
-                   "test.nms_method": {"value": "soft"},
-               }},
+    "search": {
+        "num_samples": 4,
+        "seed": 3,
+        "scheduler": {"type": "asha", "grace_period": 2},
+        "space": {
+            "data.features": {"choice": [["i3d"], ["slowfast"], ["i3d", "slowfast"]]},
+            "train.lr": {"loguniform": ["1e-5", 1.0e-3]},
+            "model.droppath": {"uniform": [0.0, 0.3], "when": {"data.features": [["i3d"]]}},
+            "test.nms_sigma": {"uniform": [0.3, 0.9], "step": 0.1},
+            "train.batch_size": {"int": [2, 8], "step": 2},
+            "test.max_seg_num": {"int": [10, 1000], "log": True},
+            "test.nms_method": {"value": "soft"},
+        },
+    },
 }
 
 
@@ -95,8 +99,13 @@ def test_conditional_parameter_only_when_its_condition_holds(tmp_path):
 
 
 def test_when_accepts_a_single_scalar_value():
-    space = parse_space({"test.nms_method": {"choice": ["soft", "hard"]},
-                         "test.nms_sigma": {"uniform": [0.3, 0.9], "when": {"test.nms_method": "soft"}}}, "f")
+    space = parse_space(
+        {
+            "test.nms_method": {"choice": ["soft", "hard"]},
+            "test.nms_sigma": {"uniform": [0.3, 0.9], "when": {"test.nms_method": "soft"}},
+        },
+        "f",
+    )
     samples = sample_configs(space, make_sampler("random", 0), 20)
     assert all(("test.nms_sigma" in s) == (s["test.nms_method"] == "soft") for s in samples)
 
@@ -129,8 +138,9 @@ def test_dry_run_prints_base_and_the_searchs_first_configs_and_starts_nothing(tm
 
 
 def test_set_overrides_base_keys_search_options_and_space_entries(tmp_path):
-    spec = load_search_file(write(tmp_path, BASE), ["train.epochs=8", "search.seed=11",
-                                                    "search.space.train.lr={value: 2.0e-4}"])
+    spec = load_search_file(
+        write(tmp_path, BASE), ["train.epochs=8", "search.seed=11", "search.space.train.lr={value: 2.0e-4}"]
+    )
     assert spec.base.train.epochs == 8 and spec.search.seed == 11
     assert spec.space["train.lr"].kind == "value"
     assert all(s["train.lr"] == 2e-4 for s in sample_configs(spec.space, make_sampler("random", 0), 5))
@@ -146,15 +156,18 @@ BAD_INPUTS = [
     ({"search/space/train.lr": {"uniform": [0.1, 0.2], "log": True}}, "search.space.train.lr"),
     ({"search/space/train.lr": {"uniform": [0.1, 0.2], "choice": [1]}}, "search.space.train.lr"),
     ({"search/space/train.batch_size": {"int": [1.5, 4]}}, "search.space.train.batch_size"),
-    ({"search/space/train.batch_size": {"int": [1, 8], "step": 2, "log": True}},
-     "search.space.train.batch_size"),
+    ({"search/space/train.batch_size": {"int": [1, 8], "step": 2, "log": True}}, "search.space.train.batch_size"),
     ({"search/space/train.batch_size": {"choice": []}}, "search.space.train.batch_size"),
     ({"search/space/train.epochs": {"choice": ["many"]}}, "search.space.train.epochs"),
     ({"search/space/data.features": {"choice": [["i3d"], ["c3d"]]}}, "search.space.data.features"),
-    ({"search/space/model.droppath": {"uniform": [0.0, 0.3], "when": {"data.feature": ["i3d"]}}},
-     "search.space.model.droppath"),
-    ({"search/space/model.droppath": {"uniform": [0.0, 0.3], "when": {"data.features": ["i3d"]}}},
-     "search.space.model.droppath"),
+    (
+        {"search/space/model.droppath": {"uniform": [0.0, 0.3], "when": {"data.feature": ["i3d"]}}},
+        "search.space.model.droppath",
+    ),
+    (
+        {"search/space/model.droppath": {"uniform": [0.0, 0.3], "when": {"data.features": ["i3d"]}}},
+        "search.space.model.droppath",
+    ),
     ({"search/space/train.lr": {"uniform": [1.0e-9, 1.0e-3]}, "train/eta_min": 1.0e-6}, "search.space"),
     ({"search/metric": "mAP_0.42"}, "search.metric"),
     ({"search/num_samples": 0}, "search.num_samples"),

@@ -25,16 +25,31 @@ def selected(tmp_path_factory: pytest.TempPathFactory) -> dict:
     raw["model"].update(embd_dim=16, fpn_dim=16, head_dim=16)
     raw["train"].update(epochs=2, warmup_epochs=0, batch_size=4, ema_decay=0.9)
     uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
-    raw.update(experiment="selection", resources={"cpu": 1, "gpu": 0},
-               tracking={"uri": uri, "model_name": "af-selection"},
-               search={"num_samples": 2, "max_concurrent": 2, "sampler": "random", "scheduler": {"type": "fifo"},
-                       "selection": SELECTION, "space": {"train.lr": {"loguniform": [1.0e-3, 4.0e-3]}}})
+    raw.update(
+        experiment="selection",
+        resources={"cpu": 1, "gpu": 0},
+        tracking={"uri": uri, "model_name": "af-selection"},
+        search={
+            "num_samples": 2,
+            "max_concurrent": 2,
+            "sampler": "random",
+            "scheduler": {"type": "fifo"},
+            "selection": SELECTION,
+            "space": {"train.lr": {"loguniform": [1.0e-3, 4.0e-3]}},
+        },
+    )
     path = root / "search.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     lines: list[str] = []
     outcome = search.run(path, storage_path=root / "ray_results", echo=lines.append)
-    return {"root": root, "path": path, "uri": uri, "outcome": outcome, "out": "\n".join(lines),
-            "annotations": Path(raw["data"]["annotations"])}
+    return {
+        "root": root,
+        "path": path,
+        "uri": uri,
+        "outcome": outcome,
+        "out": "\n".join(lines),
+        "annotations": Path(raw["data"]["annotations"]),
+    }
 
 
 def test_trials_train_on_the_rest_and_are_scored_on_the_held_out_slice(selected: dict) -> None:
@@ -47,8 +62,7 @@ def test_trials_train_on_the_rest_and_are_scored_on_the_held_out_slice(selected:
     client = MlflowClient(selected["uri"])
     parent = client.get_run(outcome.parent_run_id)
     assert json.loads(parent.data.tags["runner.selection"]) == SELECTION
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
     assert len(children) == 2
     folder = outcome.ray_path / "selection"
     for child in children:
@@ -64,8 +78,9 @@ def test_trials_train_on_the_rest_and_are_scored_on_the_held_out_slice(selected:
     assert "selection: trials are scored on 25% of 'training' held out" in selected["out"]
 
 
-def test_promotion_and_evaluation_state_the_selection(selected: dict, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_promotion_and_evaluation_state_the_selection(
+    selected: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli(promote.main, [str(selected["path"])]) == 0
     client = MlflowClient(selected["uri"], selected["uri"])
     version = client.get_model_version_by_alias("af-selection", "champion")
@@ -73,14 +88,28 @@ def test_promotion_and_evaluation_state_the_selection(selected: dict, tmp_path: 
     assert version.tags["selection"] == "a held-out slice of 'training' (25%, seed 3), not trained on"
     capsys.readouterr()
 
-    argv = ["models:/af-selection@champion", "--subset", "validation", "--out", str(tmp_path / "val"),
-            "--tracking-uri", selected["uri"]]
+    argv = [
+        "models:/af-selection@champion",
+        "--subset",
+        "validation",
+        "--out",
+        str(tmp_path / "val"),
+        "--tracking-uri",
+        selected["uri"],
+    ]
     assert run_cli(evaluate.main, argv) == 0
     captured = capsys.readouterr()
     assert "selected on: a held-out slice of 'training' (25%, seed 3), not trained on" in captured.out
     assert "warning" not in captured.err  # validation was left untouched by the selection
 
-    argv = ["models:/af-selection@champion", "--subset", "training", "--out", str(tmp_path / "train"),
-            "--tracking-uri", selected["uri"]]
+    argv = [
+        "models:/af-selection@champion",
+        "--subset",
+        "training",
+        "--out",
+        str(tmp_path / "train"),
+        "--tracking-uri",
+        selected["uri"],
+    ]
     assert run_cli(evaluate.main, argv) == 0
     assert "the videos being evaluated: this mAP is optimistic" in capsys.readouterr().err

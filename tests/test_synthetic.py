@@ -45,10 +45,10 @@ def test_generate_writes_a_consistent_dataset(tmp_path):
 
 
 def test_generate_is_seeded(tmp_path):
-    first, again, other = (generate(tmp_path / name, seed=seed, videos=6).parent
-                           for name, seed in (("a", 1), ("b", 1), ("c", 2)))
-    for relative in ("annotations_gt.json", "features/i3d/v_00000003.npy",
-                     "features/slowfast/v_00000005.npy"):
+    first, again, other = (
+        generate(tmp_path / name, seed=seed, videos=6).parent for name, seed in (("a", 1), ("b", 1), ("c", 2))
+    )
+    for relative in ("annotations_gt.json", "features/i3d/v_00000003.npy", "features/slowfast/v_00000005.npy"):
         assert (first / relative).read_bytes() == (again / relative).read_bytes()
     assert (first / "annotations_gt.json").read_bytes() != (other / "annotations_gt.json").read_bytes()
 
@@ -62,15 +62,21 @@ def test_streams_carry_complementary_class_information(synthetic_dataset):
         item = dataset[index]
         feats = item["feats"].numpy()  # (80, T)
         for (start, end), label in zip(item["segments"].numpy(), item["labels"].tolist(), strict=True):
-            inside = feats[:, int(np.ceil(start)) + 1:int(np.floor(end))]  # steps well inside the action
+            inside = feats[:, int(np.ceil(start)) + 1 : int(np.floor(end))]  # steps well inside the action
             sums[label] += inside.sum(1)
             counts[label] += inside.shape[1]
     means = (sums / counts[:, None]).reshape(4, 2, 80)  # (group, subtype, C)
 
     def spread(part: slice) -> tuple[float, float]:
         within_group = np.linalg.norm(means[:, 0, part] - means[:, 1, part], axis=-1).mean()
-        across_groups = np.mean([np.linalg.norm(means[g, :, part] - means[k, :, part], axis=-1).mean()
-                                 for g in range(4) for k in range(4) if g != k])
+        across_groups = np.mean(
+            [
+                np.linalg.norm(means[g, :, part] - means[k, :, part], axis=-1).mean()
+                for g in range(4)
+                for k in range(4)
+                if g != k
+            ]
+        )
         return within_group, across_groups
 
     i3d_subtype, i3d_group = spread(slice(0, 32))
@@ -112,8 +118,7 @@ def test_data_cli_bad_input_is_one_line_and_exit_2(synthetic_dataset, tmp_path, 
 
 
 def test_synthetic_cli(tmp_path):
-    result = run_module("localization.data.synthetic", "--out", str(tmp_path / "s"), "--videos", "8",
-                        "--seed", "4")
+    result = run_module("localization.data.synthetic", "--out", str(tmp_path / "s"), "--videos", "8", "--seed", "4")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str((tmp_path / "s" / "config.yaml").resolve())
     assert len(list((tmp_path / "s" / "features" / "slowfast").glob("*.npy"))) == 8

@@ -45,8 +45,13 @@ def test_centre_sampling_positive_set_at_strides_1_and_2():
     cls, reg = assign_one(points, [[2.0, 9.0]], [0])
     # mid 5.5, r 1.5: stride 1 -> (4, 7) strict -> t 5, 6; stride 2 -> (2.5, 8.5) -> t 4, 6, 8.
     assert positives(points, cls) == {(1, 5.0), (1, 6.0), (2, 4.0), (2, 6.0), (2, 8.0)}
-    expected = {(1, 5.0): (3, 4), (1, 6.0): (4, 3),  # stride 1: (t - 2, 9 - t)
-                (2, 4.0): (1, 2.5), (2, 6.0): (2, 1.5), (2, 8.0): (3, 0.5)}  # stride 2: halved
+    expected = {
+        (1, 5.0): (3, 4),
+        (1, 6.0): (4, 3),  # stride 1: (t - 2, 9 - t)
+        (2, 4.0): (1, 2.5),
+        (2, 6.0): (2, 1.5),
+        (2, 8.0): (3, 0.5),
+    }  # stride 2: halved
     for i in range(points.shape[0]):
         key = (int(points[i, 3]), float(points[i, 0]))
         assert reg[i].tolist() == list(expected.get(key, (0.0, 0.0)))
@@ -94,8 +99,7 @@ def test_shortest_action_wins_where_two_overlap():
 
 def test_identical_segments_with_different_labels_give_multi_hot():
     points = make_points([12], [1], [WIDE])
-    cls, reg = assign_one(points, [[2.0, 8.0], [2.0, 8.0], [2.0, 8.0]], [0, 2, 2], num_classes=3,
-                          center_sample="none")
+    cls, reg = assign_one(points, [[2.0, 8.0], [2.0, 8.0], [2.0, 8.0]], [0, 2, 2], num_classes=3, center_sample="none")
     for t in range(3, 8):
         assert cls[t].tolist() == [1.0, 0.0, 1.0]  # the duplicate label 2 is clamped to 1
         assert reg[t].tolist() == [t - 2.0, 8.0 - t]

@@ -19,8 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ground_truth", help='annotation JSON with a "database" mapping')
     parser.add_argument("predictions", help='submission JSON: {"results": {video_id: [detections]}}')
     parser.add_argument("--subset", default="validation", help="subset string to evaluate (exact match)")
-    parser.add_argument("--gt-filter", choices=GT_FILTERS, default="none",
-                        help="none: official; actionformer: drop GT shorter than 1e-3 s and duplicates")
+    parser.add_argument(
+        "--gt-filter",
+        choices=GT_FILTERS,
+        default="none",
+        help="none: official; actionformer: drop GT shorter than 1e-3 s and duplicates",
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics.json object instead")
     args = parser.parse_args(argv)
     try:

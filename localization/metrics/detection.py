@@ -131,8 +131,7 @@ def evaluate_detections(
     rank_in_group = rank_within_groups(pred_key, num_keys)  # (P,)
     recalled = topkx_recalled(pair_pred, pair_gt, tiou, rank_in_group, gt_count, thresholds, top_k, num_gt)
     topk_recall = {
-        k: _per_class_sum(gt.labels, recalled[:, ki], num_classes) / positives[:, None]
-        for ki, k in enumerate(top_k)
+        k: _per_class_sum(gt.labels, recalled[:, ki], num_classes) / positives[:, None] for ki, k in enumerate(top_k)
     }
     return DetectionMetrics(
         tiou_thresholds=thresholds.tolist(),

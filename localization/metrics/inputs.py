@@ -130,7 +130,10 @@ def load_ground_truth(path: str | Path, subset: str, gt_filter: GtFilter = "none
         vocabulary = first_seen
     index = {n: i for i, n in enumerate(vocabulary)}
     return _build_ground_truth(
-        subset, src, video_ids, vocabulary,
+        subset,
+        src,
+        video_ids,
+        vocabulary,
         np.asarray(video, dtype=np.int64),
         np.asarray(segments, dtype=np.float64).reshape(-1, 2),
         np.asarray([index[n] for n in names], dtype=np.int64),
@@ -159,8 +162,14 @@ def ground_truth_from_arrays(
         lab_parts.append(labs)
         vid_parts.append(np.full(len(segs), v, dtype=np.int64))
     return _build_ground_truth(
-        subset, source, video_ids, names, _concat(vid_parts, (), np.int64),
-        _concat(seg_parts, (2,), np.float64), _concat(lab_parts, (), np.int64), gt_filter,
+        subset,
+        source,
+        video_ids,
+        names,
+        _concat(vid_parts, (), np.int64),
+        _concat(seg_parts, (2,), np.float64),
+        _concat(lab_parts, (), np.int64),
+        gt_filter,
     )
 
 
@@ -171,14 +180,21 @@ def restrict_to_videos(gt: GroundTruth, video_ids: Collection[str]) -> GroundTru
     position = {vid: i for i, vid in enumerate(kept)}
     new_video = np.array([position.get(vid, -1) for vid in gt.video_ids], dtype=np.int64)[gt.video]
     rows = new_video >= 0
-    restricted = _build_ground_truth(gt.subset, gt.source, kept, gt.class_names, new_video[rows],
-                                     gt.segments[rows], gt.labels[rows], "none")
+    restricted = _build_ground_truth(
+        gt.subset, gt.source, kept, gt.class_names, new_video[rows], gt.segments[rows], gt.labels[rows], "none"
+    )
     return replace(restricted, gt_filter=gt.gt_filter)
 
 
 def _build_ground_truth(
-    subset: str, source: str, video_ids: list[str], vocabulary: list[str],
-    video: np.ndarray, segments: np.ndarray, labels: np.ndarray, gt_filter: str,
+    subset: str,
+    source: str,
+    video_ids: list[str],
+    vocabulary: list[str],
+    video: np.ndarray,
+    segments: np.ndarray,
+    labels: np.ndarray,
+    gt_filter: str,
 ) -> GroundTruth:
     """Apply the filter, then keep only the classes that still have instances (ActionFormer order:
     filter at load time, then take the unique labels)."""
@@ -191,10 +207,15 @@ def _build_ground_truth(
     remap = np.full(len(vocabulary), -1, dtype=np.int64)
     remap[present] = np.arange(len(present))
     return GroundTruth(
-        subset=subset, source=source, video_ids=video_ids,
+        subset=subset,
+        source=source,
+        video_ids=video_ids,
         class_names=[vocabulary[i] for i in present],
-        video=video, segments=segments, labels=remap[labels],
-        gt_filter=gt_filter, num_filtered=num_filtered,
+        video=video,
+        segments=segments,
+        labels=remap[labels],
+        gt_filter=gt_filter,
+        num_filtered=num_filtered,
     )
 
 
@@ -247,7 +268,9 @@ def load_predictions(path: str | Path) -> Predictions:
             scores.append(_finite_number(det.get("score"), f"{at}.score"))
             video.append(v)
     return Predictions(
-        source=src, video_ids=list(results), class_names=list(names),
+        source=src,
+        video_ids=list(results),
+        class_names=list(names),
         video=np.asarray(video, dtype=np.int64),
         segments=np.asarray(segments, dtype=np.float64).reshape(-1, 2),
         scores=np.asarray(scores, dtype=np.float64),
@@ -269,9 +292,7 @@ def predictions_from_arrays(
     index = {n: i for i, n in enumerate(vocabulary)}
     seg_parts, score_parts, lab_parts, vid_parts = [], [], [], []
     for v, (vid, item) in enumerate(detections.items()):
-        seg_raw, score_raw, lab_raw = (
-            item if isinstance(item, tuple) else (item.segments, item.scores, item.labels)
-        )
+        seg_raw, score_raw, lab_raw = item if isinstance(item, tuple) else (item.segments, item.scores, item.labels)
         where = f"{source}: {vid!r}"
         segs = _segments_array(seg_raw, f"{where}.segments")
         scores = np.asarray(score_raw, dtype=np.float64).reshape(-1)  # (N,)
@@ -293,9 +314,13 @@ def predictions_from_arrays(
         lab_parts.append(labs)
         vid_parts.append(np.full(len(segs), v, dtype=np.int64))
     return Predictions(
-        source=source, video_ids=list(detections), class_names=vocabulary,
-        video=_concat(vid_parts, (), np.int64), segments=_concat(seg_parts, (2,), np.float64),
-        scores=_concat(score_parts, (), np.float64), labels=_concat(lab_parts, (), np.int64),
+        source=source,
+        video_ids=list(detections),
+        class_names=vocabulary,
+        video=_concat(vid_parts, (), np.int64),
+        segments=_concat(seg_parts, (2,), np.float64),
+        scores=_concat(score_parts, (), np.float64),
+        labels=_concat(lab_parts, (), np.int64),
     )
 
 

@@ -50,8 +50,12 @@ def segment_tiou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def greedy_match(
-    pair_pred: np.ndarray, pair_gt: np.ndarray, tiou: np.ndarray,
-    thresholds: np.ndarray, num_pred: int, num_gt: int,
+    pair_pred: np.ndarray,
+    pair_gt: np.ndarray,
+    tiou: np.ndarray,
+    thresholds: np.ndarray,
+    num_pred: int,
+    num_gt: int,
 ) -> np.ndarray:
     """True positives of the official greedy matching, for all thresholds at once: (T, num_pred) bool.
 
@@ -119,8 +123,14 @@ def rank_within_groups(keys: np.ndarray, num_keys: int) -> np.ndarray:
 
 
 def topkx_recalled(
-    pair_pred: np.ndarray, pair_gt: np.ndarray, tiou: np.ndarray, rank_in_group: np.ndarray,
-    gt_count: np.ndarray, thresholds: np.ndarray, top_k: Sequence[int], num_gt: int,
+    pair_pred: np.ndarray,
+    pair_gt: np.ndarray,
+    tiou: np.ndarray,
+    rank_in_group: np.ndarray,
+    gt_count: np.ndarray,
+    thresholds: np.ndarray,
+    top_k: Sequence[int],
+    num_gt: int,
 ) -> np.ndarray:
     """ActionFormer's Recall@kx hits: (T, len(top_k), num_gt) bool.
 

@@ -25,18 +25,14 @@ class ConvTransformerBackbone(nn.Module):
             MaskedConv1D(input_dim if i == 0 else dim, dim, cfg.embd_kernel_size, bias=not cfg.embd_with_ln)
             for i in range(n_embed)
         )
-        self.embd_norm = nn.ModuleList(
-            LayerNorm(dim) if cfg.embd_with_ln else nn.Identity() for _ in range(n_embed)
-        )
+        self.embd_norm = nn.ModuleList(LayerNorm(dim) if cfg.embd_with_ln else nn.Identity() for _ in range(n_embed))
         self.relu = nn.ReLU()
         self.use_abs_pe = cfg.use_abs_pe
         if cfg.use_abs_pe:
             # (1, D, max_seq_len), scaled by 1/sqrt(D); not saved in checkpoints (rebuilt here)
-            self.register_buffer("pos_embd", sinusoid_encoding(max_seq_len, dim) / dim**0.5,
-                                 persistent=False)
+            self.register_buffer("pos_embd", sinusoid_encoding(max_seq_len, dim) / dim**0.5, persistent=False)
         self.stem = nn.ModuleList(
-            TransformerBlock(dim, cfg.n_head, windows[0], 1, cfg.dropout, cfg.droppath)
-            for _ in range(n_stem)
+            TransformerBlock(dim, cfg.n_head, windows[0], 1, cfg.dropout, cfg.droppath) for _ in range(n_stem)
         )
         self.branch = nn.ModuleList(
             TransformerBlock(dim, cfg.n_head, windows[1 + i], cfg.scale_factor, cfg.dropout, cfg.droppath)

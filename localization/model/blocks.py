@@ -24,14 +24,16 @@ class MaskedConv1D(nn.Module):
     padding indistinguishable from the conv's own zero padding.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, bias: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1, bias: bool = True
+    ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"MaskedConv1D needs an odd kernel size, got {kernel_size}")
         self.stride = stride
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
-                              groups=groups, bias=bias)
+        self.conv = nn.Conv1d(
+            in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias
+        )
         if bias:
             nn.init.zeros_(self.conv.bias)
 
@@ -61,8 +63,9 @@ class LayerNorm(nn.Module):
         # x: (B, C, T) -> (B, T, C) for the fused kernel (4x faster than the reference's
         # hand-written mean/var on CPU, fp32 statistics under autocast) -> (B, C, T)
         channels = x.shape[1]
-        out = F.layer_norm(x.transpose(1, 2), (channels,), self.weight.view(channels),
-                           self.bias.view(channels), self.eps)  # (B, T, C)
+        out = F.layer_norm(
+            x.transpose(1, 2), (channels,), self.weight.view(channels), self.bias.view(channels), self.eps
+        )  # (B, T, C)
         return out.transpose(1, 2)  # (B, C, T)
 
 
@@ -124,8 +127,7 @@ def global_attention(q: Tensor, k: Tensor, v: Tensor, kv_mask: Tensor) -> Tensor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
 
 
-def local_attention(q: Tensor, k: Tensor, v: Tensor, kv_mask: Tensor, window: int,
-                    chunk: int = 32) -> Tensor:
+def local_attention(q: Tensor, k: Tensor, v: Tensor, kv_mask: Tensor, window: int, chunk: int = 32) -> Tensor:
     """Banded attention: query t sees the valid keys t - w//2 .. t + w//2, in O(T * w).
 
     Same result as dense attention with the band mask |i - j| <= w//2 plus the key padding mask
@@ -170,8 +172,7 @@ class MaskedMHCA(nn.Module):
     key/value stride (the two are always equal in ActionFormer, so one ``stride`` is taken here).
     """
 
-    def __init__(self, n_embd: int, n_head: int, window_size: int, stride: int = 1,
-                 proj_pdrop: float = 0.0) -> None:
+    def __init__(self, n_embd: int, n_head: int, window_size: int, stride: int = 1, proj_pdrop: float = 0.0) -> None:
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"embedding dim {n_embd} is not divisible by {n_head} heads")
@@ -226,14 +227,22 @@ class TransformerBlock(nn.Module):
     carries a LayerScale (init 1e-4); with droppath == 0 both disappear, exactly as the reference.
     """
 
-    def __init__(self, n_embd: int, n_head: int, window_size: int, stride: int = 1,
-                 proj_pdrop: float = 0.0, path_pdrop: float = 0.0) -> None:
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        window_size: int,
+        stride: int = 1,
+        proj_pdrop: float = 0.0,
+        path_pdrop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.ln1 = LayerNorm(n_embd)
         self.ln2 = LayerNorm(n_embd)
         self.attn = MaskedMHCA(n_embd, n_head, window_size, stride, proj_pdrop)
-        self.pool_skip = (nn.MaxPool1d(stride + 1, stride=stride, padding=(stride + 1) // 2)
-                          if stride > 1 else nn.Identity())
+        self.pool_skip = (
+            nn.MaxPool1d(stride + 1, stride=stride, padding=(stride + 1) // 2) if stride > 1 else nn.Identity()
+        )
         self.mlp = nn.Sequential(  # indices match the reference's state dict
             nn.Conv1d(n_embd, 4 * n_embd, 1),
             nn.GELU(),

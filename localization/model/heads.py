@@ -43,16 +43,13 @@ def unpack_levels(x: Tensor, packed: PackedLevels) -> list[Tensor]:
 class _ConvHead(nn.Module):
     """(num_layers - 1) x [MaskedConv1D (no bias with LN) -> LN -> ReLU]; subclasses add the predictor."""
 
-    def __init__(self, input_dim: int, feat_dim: int, num_layers: int, kernel_size: int,
-                 with_ln: bool) -> None:
+    def __init__(self, input_dim: int, feat_dim: int, num_layers: int, kernel_size: int, with_ln: bool) -> None:
         super().__init__()
         dims = [input_dim] + [feat_dim] * (num_layers - 1)
         self.head = nn.ModuleList(
             MaskedConv1D(dims[i], dims[i + 1], kernel_size, bias=not with_ln) for i in range(num_layers - 1)
         )
-        self.norm = nn.ModuleList(
-            LayerNorm(feat_dim) if with_ln else nn.Identity() for _ in range(num_layers - 1)
-        )
+        self.norm = nn.ModuleList(LayerNorm(feat_dim) if with_ln else nn.Identity() for _ in range(num_layers - 1))
         self.act = nn.ReLU()
         self.out_dim = dims[-1]  # input width of the predictor
 
@@ -67,8 +64,16 @@ class _ConvHead(nn.Module):
 class ClsHead(_ConvHead):
     """Per-class logits; the predictor bias starts at -log((1 - p) / p) (focal-loss prior)."""
 
-    def __init__(self, input_dim: int, feat_dim: int, num_classes: int, num_layers: int,
-                 kernel_size: int, with_ln: bool, prior_prob: float) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        feat_dim: int,
+        num_classes: int,
+        num_layers: int,
+        kernel_size: int,
+        with_ln: bool,
+        prior_prob: float,
+    ) -> None:
         super().__init__(input_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.cls_head = MaskedConv1D(self.out_dim, num_classes, kernel_size)
         nn.init.constant_(self.cls_head.conv.bias, -math.log((1 - prior_prob) / prior_prob))
@@ -81,8 +86,9 @@ class ClsHead(_ConvHead):
 class RegHead(_ConvHead):
     """Distances to the start and end, in units of the level stride: ReLU(Scale_l(conv))."""
 
-    def __init__(self, input_dim: int, feat_dim: int, num_levels: int, num_layers: int,
-                 kernel_size: int, with_ln: bool) -> None:
+    def __init__(
+        self, input_dim: int, feat_dim: int, num_levels: int, num_layers: int, kernel_size: int, with_ln: bool
+    ) -> None:
         super().__init__(input_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.scale = nn.ModuleList(Scale() for _ in range(num_levels))
         self.offset_head = MaskedConv1D(self.out_dim, 2, kernel_size)

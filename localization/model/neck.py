@@ -12,9 +12,7 @@ class IdentityNeck(nn.Module):
 
     def __init__(self, num_levels: int, dim: int, with_ln: bool) -> None:
         super().__init__()
-        self.fpn_norms = nn.ModuleList(
-            LayerNorm(dim) if with_ln else nn.Identity() for _ in range(num_levels)
-        )
+        self.fpn_norms = nn.ModuleList(LayerNorm(dim) if with_ln else nn.Identity() for _ in range(num_levels))
 
     def forward(self, feats: list[Tensor], masks: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         # feats: per level (B, D, T_l); masks: per level (B, 1, T_l) bool

@@ -6,8 +6,12 @@ import torch
 from torch import Tensor
 
 
-def make_points(lengths: list[int], strides: list[int], regression_range: list[list[float]],
-                device: torch.device | str | None = None) -> Tensor:
+def make_points(
+    lengths: list[int],
+    strides: list[int],
+    regression_range: list[list[float]],
+    device: torch.device | str | None = None,
+) -> Tensor:
     """(sum T_l, 4) float32 rows [t, lo, hi, stride] for every pyramid location, level by level.
 
     t = i * stride_l is in level-0 grid units (no half-stride offset, as the reference); lo/hi are
@@ -15,8 +19,10 @@ def make_points(lengths: list[int], strides: list[int], regression_range: list[l
     generator (max_seq_len * max_buffer_len_factor points), nothing caps the video length.
     """
     if not len(lengths) == len(strides) == len(regression_range):
-        raise ValueError(f"make_points: {len(lengths)} lengths, {len(strides)} strides and "
-                         f"{len(regression_range)} regression ranges must match")
+        raise ValueError(
+            f"make_points: {len(lengths)} lengths, {len(strides)} strides and "
+            f"{len(regression_range)} regression ranges must match"
+        )
     levels = []
     for length, stride, (lo, hi) in zip(lengths, strides, regression_range, strict=True):
         t = torch.arange(length, dtype=torch.float32, device=device) * stride  # (T_l,)
