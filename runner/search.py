@@ -134,7 +134,10 @@ def run(
         resources = cluster.trial_resources(spec.resources, info)
         concurrency = cluster.max_concurrent(spec.search, info, resources)
         outcome.concurrency = concurrency
-        searcher = f"optuna-{spec.search.sampler} seed={spec.search.seed} + {spec.search.scheduler.type}"
+        searcher = (
+            f"optuna-{spec.search.sampler} seed={spec.search.seed} startup={spec.search.startup_trials} "
+            f"seed_configs={len(spec.seed_configs)} + {spec.search.scheduler.type}"
+        )
         if parent_id is None:
             parent_id = tracking.start_parent(client, exp_id, spec, ray_path, searcher)
         else:
@@ -199,10 +202,11 @@ def build_tuner(
     recorder: tracking.TrialRecorder,
     resume: bool,
 ) -> Any:
-    """The Tuner: OptunaSearch (seeded sampler, define-by-run space), ASHA or FIFO, checkpoints."""
+    """The Tuner: Optuna (seeded sampler, define-by-run space, seed configs first), ASHA or FIFO, checkpoints."""
     from ray import tune  # Ray is imported only when a search runs
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from runner.searcher import MultiFidelityOptunaSearch
 
     spec = setup.spec
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
@@ -210,7 +214,13 @@ def build_tuner(
         return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     s = spec.search
     # metric/mode go to OptunaSearch and TuneConfig, never the scheduler (stack notes R6)
-    searcher = OptunaSearch(space=spec.space, metric=s.metric, mode=s.mode, sampler=make_sampler(s.sampler, s.seed))
+    searcher = MultiFidelityOptunaSearch(
+        space=spec.space,
+        metric=s.metric,
+        mode=s.mode,
+        sampler=make_sampler(s.sampler, s.seed, s.startup_trials),
+        seed_params=spec.seed_params(),
+    )
     scheduler = (
         ASHAScheduler(
             time_attr="epoch",
@@ -399,13 +409,18 @@ def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
     for param in spec.space.params:
         echo(f"  {param.key}: {param.describe()}")
     direction = "maximize" if s.mode == "max" else "minimize"
-    samples = sample_configs(
-        spec.space, make_sampler(s.sampler, s.seed), min(DRY_RUN_SAMPLES, s.num_samples), direction
+    queued = spec.seed_params()
+    known = s.startup_trials if s.sampler == "tpe" else s.num_samples  # later TPE picks depend on results
+    count = min(s.num_samples, max(len(queued), min(DRY_RUN_SAMPLES, known)))
+    samples = sample_configs(spec.space, make_sampler(s.sampler, s.seed, s.startup_trials), count, direction, queued)
+    startup = f", {s.startup_trials} start-up trials before TPE" if s.sampler == "tpe" else ""
+    echo(
+        f"# first {len(samples)} trial configs ({len(queued)} seed configs, "
+        f"then the seeded {s.sampler} sampler{startup})"
     )
-    echo(f"# first {len(samples)} trial configs (the seeded {s.sampler} sampler's opening proposals)")
     for i, values in enumerate(samples, start=1):
         shown = ", ".join(f"{k}={_compact(v)}" for k, v in values.items())
-        echo(f"  trial {i}: {shown}")
+        echo(f"  trial {i}{' (seed config)' if i <= len(queued) else ''}: {shown}")
     annotations = Path(spec.base.data.annotations)
     if annotations.exists():
         echo(f"# {check_data(spec)}")

@@ -3,7 +3,8 @@
 Every epoch is reported with ``tune.report(metrics, checkpoint=...)``. The reported metrics are
 the engine's epoch metrics plus:
 
-- ``epoch`` and ``evaluated`` (whether validation ran this epoch);
+- ``epoch``, ``evaluated`` (whether validation ran this epoch) and ``planned_epochs`` (the
+  trial's ``train.epochs``: a trial stopped before it was stopped early, runner.searcher);
 - on an epoch without validation, the last validation values are repeated so that ASHA and
   Optuna always find the search metric; before the first validation a mAP metric reads 0.0
   (the value of "no detections"). MLflow gets validation metrics only on evaluated epochs;
@@ -40,6 +41,7 @@ CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.json"
 PREDICTIONS_FILE = "predictions.json"
 SCORE_KEY = "checkpoint_score"
+PLANNED_EPOCHS_KEY = "planned_epochs"
 
 
 @dataclass
@@ -132,7 +134,8 @@ class EpochReporter:
         for key in self.validation_keys:
             metrics.setdefault(key, self.last_validation.get(key, 0.0))
         score = self.sign * metrics[self.metric] if fresh else -math.inf
-        metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **{SCORE_KEY: score}, **self.placement)
+        metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **self.placement)
+        metrics.update({SCORE_KEY: score, PLANNED_EPOCHS_KEY: self.cfg.train.epochs})
         with tempfile.TemporaryDirectory(prefix="report-") as tmp:
             out = Path(tmp)
             _link_or_copy(report.checkpoint, out / CHECKPOINT_FILE)
