@@ -94,8 +94,13 @@ class SavedSearch:
 
 
 def load_saved_search(ray_path: Path) -> SavedSearch | None:
-    """The searcher state Ray saved with the experiment at `ray_path` (the newest file), if any."""
-    states = sorted(ray_path.glob(STATE_GLOB), key=lambda p: p.stat().st_mtime)
+    """The searcher state Ray saved with the experiment at `ray_path`, if any.
+
+    Each session (the first run, every ``--resume``) writes its own file named by its start time;
+    the newest session's is the one that counts. File times do not tell: Ray syncs the files of
+    earlier sessions back into the folder at the end of a resumed run.
+    """
+    states = sorted(ray_path.glob(STATE_GLOB))
     if not states:
         return None
     with states[-1].open("rb") as handle:
