@@ -44,6 +44,13 @@ SOURCE_RUN_ID = "runner.source_run_id"
 SELECTION_SUBSET = "runner.selection_subset"
 SELECTION_WARNING = "runner.selection_warning"
 
+# On the experiment: what MLflow 3's UI shows for it. The value is the one the UI's own experiment-type
+# selector writes for "custom model development" (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT);
+# without it MLflow 3.17 opens the experiment on the GenAI overview (traces, latency, tokens).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"
+DATASET_CONTEXT = "mlflow.data.context"  # tag of a run's dataset input: "training"
+
 # Values of ROLE
 ROLE_SEARCH, ROLE_TRIAL, ROLE_EVALUATION = "search", "trial", "evaluation"
 

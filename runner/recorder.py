@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from localization.api import flatten
+from runner.dataset_input import dataset_input
 from runner.names import (
     BEST_CHECKPOINT_DIR,
     BEST_EPOCH,
@@ -233,6 +234,7 @@ class TrialRecorder(Callback):
         }
         run = self.client.create_run(self.exp_id, run_name=Path(trial.path).name, tags=tags)
         log_params(self.client, run.info.run_id, flatten(cfg))
+        self.client.log_inputs(run.info.run_id, datasets=[dataset_input(cfg.data)])
         return run.info.run_id
 
     def _finish(self, trial: Any, status: str, failure: str | None = None) -> None:

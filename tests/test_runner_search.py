@@ -223,3 +223,20 @@ def test_ray_keeps_best_and_latest_checkpoint_per_trial(finished_search):
     for trial_dir in ray_path.glob("trial_*"):
         kept = list(trial_dir.glob("checkpoint_*"))
         assert len(kept) <= 2
+
+
+def test_experiment_is_model_training_and_trials_name_their_data(finished_search):
+    """What MLflow 3's UI reads: the experiment kind, and a dataset input per trial."""
+    assert finished_search["experiment"].tags["mlflow.experimentKind"] == "custom_model_development"
+    _, children = parent_and_children(finished_search)
+    digests = {}
+    for child in children:
+        (given,) = child.inputs.dataset_inputs
+        features = json.loads(child.data.params["data.features"])
+        assert given.dataset.name == f"data[{'+'.join(features)}]"
+        assert json.loads(given.dataset.profile)["features"] == features
+        assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "training"}
+        digests.setdefault(given.dataset.name, set()).add(given.dataset.digest)
+    assert all(len(d) == 1 for d in digests.values())  # the same data, the same digest
+    if len(digests) > 1:  # other features, other files: another digest
+        assert len({next(iter(d)) for d in digests.values()}) == len(digests)
