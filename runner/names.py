@@ -19,6 +19,7 @@ SEARCHED_KEYS = "runner.searched_keys"  # comma-separated dotted keys the sample
 BEST_EPOCH = "runner.best_epoch"
 RETRIES = "runner.retries"
 LAST_ERROR = "runner.last_error"
+REPEAT_OF = "runner.repeat_of"  # a search.repeat_top run: the trial id whose config it re-trains
 PLACEMENT_PREFIX = "runner."  # + each key of PLACEMENT: where a trial's worker ran
 PLACEMENT = ("ray_node_id", "cuda_visible_devices")  # reported by each trial
 
@@ -79,6 +80,7 @@ def best_metric(metric: str) -> str:
 SEARCH_SPACE_DIR = "search_space"  # the parent run's copy of the search file
 BEST_CHECKPOINT_DIR = "checkpoints/best"  # a trial's best checkpoint.pt and config.yaml
 PREDICTIONS_DIR = "predictions"
+IMPORTANCE_DIR = "importance"  # the parent run's param_importance.json and .png (runner.importance)
 BEST_PREDICTIONS_FILE = "validation_best.json"  # predictions/validation_best.json
 
 # Files in a trial's checkpoint folder (Ray's checkpoint_NNNNNN/) and in checkpoints/best

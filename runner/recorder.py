@@ -46,6 +46,7 @@ from runner.names import (
     PLACEMENT_PREFIX,
     PREDICTIONS_DIR,
     PREDICTIONS_FILE,
+    REPEAT_OF,
     RETRIES,
     ROLE,
     ROLE_TRIAL,
@@ -229,9 +230,11 @@ class TrialRecorder(Callback):
             ROLE: ROLE_TRIAL,
             TRIAL_ID: trial.trial_id,
             STATUS: "running",
-            SEARCHED_KEYS: ",".join(trial.config),
+            SEARCHED_KEYS: ",".join(k for k in trial.config if k != REPEAT_OF),
             TRIAL_DIR: str(trial.path),
         }
+        if REPEAT_OF in trial.config:
+            tags[REPEAT_OF] = trial.config[REPEAT_OF]
         run = self.client.create_run(self.exp_id, run_name=Path(trial.path).name, tags=tags)
         log_params(self.client, run.info.run_id, flatten(cfg))
         self.client.log_inputs(run.info.run_id, datasets=[dataset_input(cfg.data)])

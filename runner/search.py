@@ -21,8 +21,12 @@ from typing import Any
 
 from localization.api import InputError, dump_yaml, load_subset, make_synthetic, probe_features
 from runner import cluster, report, search_run
-from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, SPEC_HASH, STATUS, best_metric
+from runner.importance import param_importance
+from runner.importance import write as write_importance
+from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, IMPORTANCE_DIR, SPEC_HASH, STATUS, best_metric
 from runner.recorder import TrialRecorder, lost_reason
+from runner.repeats import run_repeats
+from runner.searcher import MultiFidelityOptunaSearch, load_saved_search
 from runner.space import make_sampler, sample_configs
 from runner.spec import SearchFile, dump, load_search_file
 from runner.store import connect, experiment_id, resolve_store
@@ -167,6 +171,18 @@ def run(
                 len(results) < spec.search.num_samples
             )
             outcome.status = "interrupted" if interrupted else "finished"
+        if outcome.status == "finished" and spec.search.repeat_top is not None:
+            mark = time.perf_counter()
+
+            def tuner_for(path: Path, search_alg: Any, scheduler: Any, num_samples: int) -> Any:
+                return new_tuner(setup, path, resources, concurrency, recorder, search_alg, scheduler, num_samples)
+
+            complete = run_repeats(client, exp_id, parent_id, setup, ray_path, tuner_for, recorder, echo)
+            timings["repeats"] = time.perf_counter() - mark
+            if lost_reason(parent_id) is not None:
+                outcome.status = "tracking_lost"
+            elif not complete:
+                outcome.status = "interrupted"
     finally:
         mark = time.perf_counter()
         if outcome.parent_run_id is not None and outcome.status != "tracking_lost":
@@ -207,11 +223,9 @@ def build_tuner(
     from ray import tune  # Ray is imported only when a search runs
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from runner.searcher import MultiFidelityOptunaSearch
-
     spec = setup.spec
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if resume:
+        trainable = trainable_for(setup, resources)
         return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     s = spec.search
     # metric/mode go to OptunaSearch and TuneConfig, never the scheduler (stack notes R6)
@@ -232,14 +246,38 @@ def build_tuner(
         if s.scheduler.type == "asha"
         else FIFOScheduler()
     )
+    return new_tuner(setup, ray_path, resources, concurrency, recorder, searcher, scheduler, s.num_samples)
+
+
+def trainable_for(setup: TrialSetup, resources: dict[str, float]) -> Any:
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+
+
+def new_tuner(
+    setup: TrialSetup,
+    ray_path: Path,
+    resources: dict[str, float],
+    concurrency: int,
+    recorder: TrialRecorder,
+    search_alg: Any,
+    scheduler: Any,
+    num_samples: int,
+) -> Any:
+    """A Tuner writing to `ray_path` with the runner's trial names, checkpoints, retries and recorder
+    (the search's, and runner.repeats' re-training of its best configs)."""
+    from ray import tune
+
+    s = setup.spec.search
     return tune.Tuner(
-        trainable,
+        trainable_for(setup, resources),
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
-            search_alg=searcher,
+            search_alg=search_alg,
             scheduler=scheduler,
-            num_samples=s.num_samples,
+            num_samples=num_samples,
             max_concurrent_trials=concurrency,
             reuse_actors=resources["gpu"] == 0,
             trial_dirname_creator=trial_dirname,
@@ -371,6 +409,11 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
         if rows:
             report.plot_all(rows, spec.space, metric, mode, out / "plots")
             client.log_artifacts(parent_id, str(out / "plots"), "plots")
+        saved = load_saved_search(outcome.ray_path) if outcome.ray_path is not None else None
+        importance = param_importance(saved.study) if saved is not None else None
+        if importance is not None:
+            write_importance(importance, out / "importance")
+            client.log_artifacts(parent_id, str(out / "importance"), IMPORTANCE_DIR)
     best = report.best_row(rows, mode)
     outcome.rows, outcome.best = rows, best
     if best is not None:
@@ -384,6 +427,10 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "pruned", "failed", "interrupted")}
     echo("\n" + markdown + "\n")
     echo(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    echo(importance.summary() if importance is not None else "what mattered: fewer than 2 finished trials")
+    for trial_id, scores in report.repeat_scores([(r.trial_id, r.repeat_of, r.best) for r in rows]).items():
+        mean, spread = report.mean_and_spread(scores)
+        echo(f"repeats of trial {trial_id}: {metric} mean {mean:.4g}, spread {spread:.3g} over {len(scores)} seeds")
     if best is not None:
         label = "validation mAP" if "mAP" in metric else f"validation {metric}"
         echo(f"best {label}: {best.best} (trial {best.trial_id}, MLflow run {best.run_id})")

@@ -34,7 +34,7 @@ import ray
 from ray import tune
 
 from localization.api import RunConfig, dump_yaml
-from runner.names import CHECKPOINT_FILE, CONFIG_FILE, PREDICTIONS_FILE, REPORT_FILE
+from runner.names import CHECKPOINT_FILE, CONFIG_FILE, PREDICTIONS_FILE, REPEAT_OF, REPORT_FILE
 from runner.spec import SearchFile, validation_metrics
 
 SCORE_KEY = "checkpoint_score"
@@ -50,8 +50,11 @@ class TrialSetup:
 
 
 def trial_run_config(setup: TrialSetup, values: dict[str, Any]) -> RunConfig:
-    """The trial's run config; on CPU the thread count follows the trial's CPUs unless set."""
-    cfg = setup.spec.trial_config(values)
+    """The trial's run config; on CPU the thread count follows the trial's CPUs unless set.
+
+    A repeat (runner.repeats) carries the trial it repeats under ``runner.repeat_of``: not a config key.
+    """
+    cfg = setup.spec.trial_config({k: v for k, v in values.items() if k != REPEAT_OF})
     if setup.num_threads and cfg.train.num_threads == 0:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=setup.num_threads))
     return cfg

@@ -3,14 +3,19 @@ search (local Ray, real Optuna, SQLite MLflow, the real engine on synthetic data
 
 - a trial ASHA stopped is PRUNED with its per-epoch intermediate values, a full-length one is
   COMPLETE with its best value, a failed one is FAIL;
-- the seed configs run first, then exactly ``search.startup_trials`` random trials, then TPE.
+- the seed configs run first, then exactly ``search.startup_trials`` random trials, then TPE;
+- ``search.repeat_top`` re-trains the best finished configs with other seeds, promotion ranks by
+  the mean, and the parent run holds the importance of the searched keys.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from conftest import synthetic_data_section
@@ -18,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from localization.data.synthetic import generate
-from runner import cluster, search
+from runner import cluster, promote, search
 from runner.searcher import load_saved_search
 from runner.spec import load_search_file
 
@@ -51,6 +56,7 @@ def search_file(data_dir) -> dict:
             "startup_trials": STARTUP,
             "max_failures": 0,
             "seed_configs": [{"train.lr": SEED_LR}, {"data.val_subset": BROKEN_SUBSET}],
+            "repeat_top": {"k": 2, "seeds": 1},
             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
             "space": {
                 "train.lr": {"loguniform": [2.0e-4, 5.0e-3]},
@@ -72,7 +78,8 @@ def searched(tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:
             patch.chdir(root)
             patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-            outcome = search.run(path, echo=lambda _: None)
+            lines: list[str] = []
+            outcome = search.run(path, echo=lines.append)
     finally:
         cluster.stop(info)
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
@@ -82,7 +89,7 @@ def searched(tmp_path_factory):
         for r in client.search_runs([experiment.experiment_id], max_results=100)
         if r.data.tags.get("runner.role") == "trial"
     ]
-    return {"outcome": outcome, "client": client, "runs": runs, "spec": load_search_file(path)}
+    return {"outcome": outcome, "client": client, "runs": runs, "spec": load_search_file(path), "out": "\n".join(lines)}
 
 
 def test_study_states_follow_how_each_trial_ended(searched):
@@ -92,8 +99,9 @@ def test_study_states_follow_how_each_trial_ended(searched):
     client = searched["client"]
     ended = {"finished": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
     seen = {s: 0 for s in ended}
-    assert len(searched["runs"]) == NUM_TRIALS == len(trials)
-    for run in searched["runs"]:
+    searched_runs = [r for r in searched["runs"] if "runner.repeat_of" not in r.data.tags]
+    assert len(searched_runs) == NUM_TRIALS == len(trials)
+    for run in searched_runs:
         status = run.data.tags["runner.status"]
         trial = trials[saved.trial_numbers[run.data.tags["runner.trial_id"]]]
         assert trial.state == ended[status], (status, trial)
@@ -134,3 +142,48 @@ def test_seed_configs_first_then_startup_random_then_tpe(searched):
             break
         ended += trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert checked_tpe, "the search ended before TPE took over"
+
+
+def test_repeats_retrain_the_best_finished_configs_and_promotion_ranks_by_mean(searched):
+    runs = {r.data.tags["runner.trial_id"]: r for r in searched["runs"]}
+    repeats = [r for r in runs.values() if "runner.repeat_of" in r.data.tags]
+    own = [r for r in runs.values() if "runner.repeat_of" not in r.data.tags]
+    finished = sorted(
+        (r for r in own if r.data.tags["runner.status"] == "finished"), key=lambda r: r.data.metrics["best_loss"]
+    )
+    assert finished
+    assert sorted(r.data.tags["runner.repeat_of"] for r in repeats) == sorted(
+        r.data.tags["runner.trial_id"] for r in finished[:2]
+    )
+    groups = {}
+    for repeat in repeats:
+        original = runs[repeat.data.tags["runner.repeat_of"]]
+        assert repeat.data.tags["runner.status"] == "finished"
+        assert int(repeat.data.params["train.seed"]) == int(original.data.params["train.seed"]) + 1
+        assert repeat.data.params["train.lr"] == original.data.params["train.lr"]
+        groups[original.info.run_id] = (original.data.metrics["best_loss"] + repeat.data.metrics["best_loss"]) / 2
+    spec, client = searched["spec"], searched["client"]
+    record = promote.find_search(client, spec, searched["outcome"].parent_run_id)
+    assert promote.best_child(record).info.run_id == min(groups, key=groups.get)
+
+    parent_id = searched["outcome"].parent_run_id
+    local = Path(client.download_artifacts(parent_id, "leaderboard.csv"))
+    table = pd.read_csv(local)
+    for run_id, mean in groups.items():
+        assert table.loc[table.run_id == run_id, "mean_loss"].item() == pytest.approx(mean)
+
+
+def test_parent_run_holds_the_importance_of_the_searched_keys(searched):
+    study = load_saved_search(searched["outcome"].ray_path).study
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    client, parent_id = searched["client"], searched["outcome"].parent_run_id
+    artifacts = {a.path for a in client.list_artifacts(parent_id, "importance")}
+    if len(complete) < 2:
+        assert not artifacts and "what mattered: fewer than 2 finished trials" in searched["out"]
+        return
+    assert artifacts == {"importance/param_importance.json", "importance/param_importance.png"}
+    data = json.loads(Path(client.download_artifacts(parent_id, "importance/param_importance.json")).read_text())
+    assert data["trials"] == len(complete)
+    assert set(data["importances"]) <= set(searched["spec"].space.keys)
+    assert sum(data["importances"].values()) == pytest.approx(1.0, abs=0.01)
+    assert f"over {len(complete)} finished trials" in searched["out"]
