@@ -8,6 +8,8 @@ written from then on: stores written before keep the old names.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # ---- Tags ---------------------------------------------------------------------------------------
 PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
 ROLE = "runner.role"  # "search" (parent), "trial" (child), "evaluation" (runner.evaluate)
@@ -51,6 +53,14 @@ SELECTION_WARNING = "runner.selection_warning"
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"
 DATASET_CONTEXT = "mlflow.data.context"  # tag of a run's dataset input: "training"
+SOURCE_NAME, SOURCE_TYPE = "mlflow.source.name", "mlflow.source.type"  # the runs table's Source column
+NOTE = "mlflow.note.content"  # a run's Description in the UI: the parent's summary
+
+
+def source_tags(search_file: Path | str) -> dict[str, str]:
+    """Source of a search's runs as the UI shows it: the command that made them."""
+    return {SOURCE_NAME: f"python -m runner.search {search_file}", SOURCE_TYPE: "LOCAL"}
+
 
 # Values of ROLE
 ROLE_SEARCH, ROLE_TRIAL, ROLE_EVALUATION = "search", "trial", "evaluation"

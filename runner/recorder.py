@@ -55,6 +55,7 @@ from runner.names import (
     TRIAL_DIR,
     TRIAL_ID,
     best_metric,
+    source_tags,
 )
 from runner.search_run import log_params
 from runner.spec import validation_metrics
@@ -232,6 +233,7 @@ class TrialRecorder(Callback):
             STATUS: "running",
             SEARCHED_KEYS: ",".join(k for k in trial.config if k != REPEAT_OF),
             TRIAL_DIR: str(trial.path),
+            **source_tags(self.spec.path),
         }
         if REPEAT_OF in trial.config:
             tags[REPEAT_OF] = trial.config[REPEAT_OF]

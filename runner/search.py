@@ -23,7 +23,7 @@ from localization.api import InputError, dump_yaml, load_subset, make_synthetic,
 from runner import cluster, report, search_run
 from runner.importance import param_importance
 from runner.importance import write as write_importance
-from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, IMPORTANCE_DIR, SPEC_HASH, STATUS, best_metric
+from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, IMPORTANCE_DIR, NOTE, SPEC_HASH, STATUS, best_metric
 from runner.recorder import TrialRecorder, lost_reason
 from runner.repeats import run_repeats
 from runner.searcher import MultiFidelityOptunaSearch, load_saved_search
@@ -34,6 +34,7 @@ from runner.trial import SCORE_KEY, TrialSetup, run_trial
 
 DRY_RUN_SAMPLES = 4
 DEFAULT_STORAGE = "ray_results"
+NOTE_LIMIT = 8000  # MLflow tag values are capped (8,000 characters on SQL stores)
 
 
 @dataclass
@@ -421,6 +422,8 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
         client.set_tag(parent_id, BEST_TRIAL_ID, best.trial_id)
         client.set_tag(parent_id, BEST_RUN_ID, best.run_id)
     client.set_tag(parent_id, STATUS, outcome.status)
+    summary = importance.summary() if importance is not None else ""
+    client.set_tag(parent_id, NOTE, f"Search {outcome.status}. {summary}\n\n{markdown}"[:NOTE_LIMIT])
     status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(outcome.status, "FAILED")
     client.set_terminated(parent_id, status)
 
