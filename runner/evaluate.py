@@ -23,7 +23,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from localization import api
 from localization.api import (
     ConfigError,
     DetectionMetrics,
@@ -38,7 +39,6 @@ from localization.api import (
     add_set_argument,
     apply_overrides,
     config_from_dict,
-    evaluate_checkpoint,
     format_table,
     metrics_as_floats,
     read_yaml,
@@ -50,9 +50,6 @@ from localization.api import (
 from runner import registry
 from runner.selection import Selection, describe_selection
 from runner.store import resolve_store
-
-if TYPE_CHECKING:
-    from localization.api import EvalResult
 
 
 def model_config(files: registry.ModelFiles, overrides: list[str]) -> RunConfig:
@@ -114,7 +111,7 @@ def plot_per_class_ap(path: Path, metrics: DetectionMetrics, title: str) -> None
     fig.savefig(path, dpi=120)
 
 
-def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> list[Path]:
+def write_outputs(out: Path, result: api.EvalResult, summary: dict[str, Any]) -> list[Path]:
     """Write every file of the evaluation in ``out``; returns them (what the MLflow run holds)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "predictions.json", result.predictions)
@@ -140,7 +137,7 @@ def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> lis
 
 
 def log_evaluation_run(
-    client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: EvalResult, summary: dict[str, Any]
+    client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: api.EvalResult, summary: dict[str, Any]
 ) -> str:
     """An MLflow run holding the evaluation, in the experiment of the model's training run."""
     experiment_id = None
@@ -196,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = model_config(files, args.overrides)
         if cfg.train.num_threads > 0:  # as the trial ran: float sums, hence mAP, match to the last digit
             set_torch_threads(cfg.train.num_threads)
-        result = evaluate_checkpoint(cfg, files.weights, args.subset)  # EMA weights, the model's post-processing
+        result = api.evaluate_checkpoint(cfg, files.weights, args.subset)  # EMA weights, the model's post-processing
 
     selection = selection_of(client, ref)
     warning = selection.warning_for(args.subset) if selection else None
