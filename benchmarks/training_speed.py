@@ -21,7 +21,8 @@ import time
 import numpy as np
 import torch
 
-from localization.config import inference_div_factor, load_config
+from localization.config.loading import load_config
+from localization.config.schema import inference_div_factor
 from localization.data.dataset import collate
 from localization.inference.postprocess import postprocess, select_candidates
 from localization.inference.prediction import autocast
