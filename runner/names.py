@@ -1,5 +1,7 @@
 """The MLflow layout contract: every tag, param, metric and artifact name the runner writes or reads.
 
+(The keys inside a checkpoint belong to the science: localization/training/checkpoints.py.)
+
 The search (runner.recorder, runner.search_run, runner.search) writes these names; promotion,
 final evaluation, the leaderboard and the pyfunc model read them. Spelling a name only here means
 a writer and its readers cannot drift apart. Changing a value changes the layout of every store
@@ -70,15 +72,10 @@ SEARCH_PARAM_PREFIX = "search."  # the parent's params: search.<option>, search.
 # A trial's params are its flattened run config: data.*, model.*, train.*, test.*
 
 # ---- Metrics ------------------------------------------------------------------------------------
-AVERAGE_MAP = "average_mAP"  # percent; the validation metrics are AVERAGE_MAP and map_at(tiou)
+AVERAGE_MAP = "average_mAP"  # percent, as localization.api.metrics_as_floats names it (+ metric_key(tiou))
 LOSS_METRICS = ("loss", "cls_loss", "reg_loss")
 EPOCH_METRICS = (*LOSS_METRICS, "lr", "epoch_time_s")  # logged every epoch at step=epoch
 LOSS_HISTORY = "loss"  # the metric whose history says which epochs a run already logged
-
-
-def map_at(tiou_key: str) -> str:
-    """``mAP_0.50``: the per-tIoU metric name (MLflow-safe) for a ``metrics.json`` key ``0.50``."""
-    return f"mAP_{tiou_key}"
 
 
 def best_metric(metric: str) -> str:
@@ -106,5 +103,3 @@ LOGGED_MODEL_NAME = "actionformer"  # name of the model inside its source run
 # Keys of the pyfunc model's artifacts (``context.artifacts``) and their file names.
 WEIGHTS, CONFIG, CLASS_NAMES = "weights", "config", "class_names"
 MODEL_FILE_NAMES = {WEIGHTS: "weights.pt", CONFIG: "config.yaml", CLASS_NAMES: "class_names.json"}
-# What inference needs from a training checkpoint (the rest only matters to resume training).
-INFERENCE_KEYS = ("model", "ema", "config", "class_names", "input_dim", "epoch")
