@@ -77,11 +77,16 @@ def collect(client: Any, runs: list[Any], metric: str) -> list[TrialRow]:
 
 
 def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
-    """The best evaluated trial (ties: the earliest)."""
+    """The best evaluated trial (ties: the earliest); with search.repeat_top repeats, the repeated
+    trial whose config has the best mean over its seeds, as runner.promote picks it."""
     scored = [r for r in rows if math.isfinite(r.best)]
     if not scored:
         return None
     sign = 1.0 if mode == "max" else -1.0
+    groups = repeat_scores([(r.trial_id, r.repeat_of, r.best) for r in rows])
+    if groups:
+        repeated = [r for r in scored if r.trial_id in groups]
+        return max(repeated, key=lambda r: (sign * mean_and_spread(groups[r.trial_id])[0], -r.order))
     return max(scored, key=lambda r: (sign * r.best, -r.order))
 
 

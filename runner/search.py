@@ -431,12 +431,15 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
     echo("\n" + markdown + "\n")
     echo(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     echo(importance.summary() if importance is not None else "what mattered: fewer than 2 finished trials")
-    for trial_id, scores in report.repeat_scores([(r.trial_id, r.repeat_of, r.best) for r in rows]).items():
+    repeats = report.repeat_scores([(r.trial_id, r.repeat_of, r.best) for r in rows])
+    for trial_id, scores in repeats.items():
         mean, spread = report.mean_and_spread(scores)
         echo(f"repeats of trial {trial_id}: {metric} mean {mean:.4g}, spread {spread:.3g} over {len(scores)} seeds")
     if best is not None:
         label = "validation mAP" if "mAP" in metric else f"validation {metric}"
         echo(f"best {label}: {best.best} (trial {best.trial_id}, MLflow run {best.run_id})")
+        if best.trial_id in repeats:
+            echo(f"  chosen by the mean over its {len(repeats[best.trial_id])} seeds (search.repeat_top)")
     else:
         echo("no trial reached an evaluation: no best trial")
 

@@ -165,6 +165,7 @@ def test_repeats_retrain_the_best_finished_configs_and_promotion_ranks_by_mean(s
     spec, client = searched["spec"], searched["client"]
     record = promote.find_search(client, spec, searched["outcome"].parent_run_id)
     assert promote.best_child(record).info.run_id == min(groups, key=groups.get)
+    assert record.parent.data.tags["runner.best_run_id"] == min(groups, key=groups.get)  # the summary agrees
 
     parent_id = searched["outcome"].parent_run_id
     local = Path(client.download_artifacts(parent_id, "leaderboard.csv"))
