@@ -71,3 +71,15 @@ def tiny_data(tmp_path: Path) -> TinyData:
 def synthetic_data_section(dataset_dir: Path) -> dict[str, Any]:
     """The ``data`` section of the config a generated synthetic dataset ships with (absolute paths)."""
     return yaml.safe_load((dataset_dir / "config.yaml").read_text())["data"]
+
+
+# A model small enough for a search test to train in seconds on one CPU (width 16, 3 pyramid levels).
+TINY_MODEL = {
+    "embd_dim": 16,
+    "fpn_dim": 16,
+    "head_dim": 16,
+    "n_head": 4,
+    "n_mha_win_size": 9,
+    "backbone_arch": [2, 1, 3],
+    "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]],
+}

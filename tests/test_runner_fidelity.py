@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import synthetic_data_section
+from conftest import TINY_MODEL, synthetic_data_section
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -36,15 +36,7 @@ def search_file(data_dir) -> dict:
     return {
         "experiment": "fidelity",
         "data": synthetic_data_section(data_dir),
-        "model": {
-            "embd_dim": 16,
-            "fpn_dim": 16,
-            "head_dim": 16,
-            "n_head": 4,
-            "n_mha_win_size": 9,
-            "backbone_arch": [2, 1, 3],
-            "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]],
-        },
+        "model": TINY_MODEL,
         "train": {"epochs": EPOCHS, "warmup_epochs": 0, "batch_size": 4, "lr": 1.0e-3, "eval_every": 1},
         "search": {
             # the training loss is measured every epoch and never ties: ASHA surely stops some trials

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import synthetic_data_section
+from conftest import TINY_MODEL, synthetic_data_section
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -30,15 +30,7 @@ def tiny_search(data: Path) -> dict:
     return {
         "experiment": "resume",
         "data": synthetic_data_section(data),
-        "model": {
-            "embd_dim": 16,
-            "fpn_dim": 16,
-            "head_dim": 16,
-            "n_head": 4,
-            "n_mha_win_size": 9,
-            "backbone_arch": [2, 1, 3],
-            "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]],
-        },
+        "model": TINY_MODEL,
         "train": {"epochs": EPOCHS, "warmup_epochs": 0, "batch_size": 4, "lr": 1.0e-3, "eval_every": 5},
         "search": {
             "num_samples": NUM_TRIALS,
