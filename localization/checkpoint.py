@@ -19,6 +19,11 @@ from localization.config import RunConfig, config_from_dict, to_dict
 from localization.errors import DataError
 from localization.model import ActionFormer
 
+# What a trained model needs to run (evaluation, serving): its weights, the EMA weights and what
+# they belong to. The optimizer, scheduler, loss normaliser and RNG state (about half of a
+# checkpoint with AdamW) only matter to resume training.
+INFERENCE_KEYS = ("model", "ema", "config", "class_names", "input_dim", "epoch")
+
 
 def rng_state() -> dict[str, Any]:
     """Global RNG states (torch CPU/CUDA, Python, NumPy) as weights_only-safe values."""
@@ -60,10 +65,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: not a readable checkpoint ({first})") from None
-    missing = [k for k in ("model", "ema", "config", "class_names", "input_dim", "epoch") if k not in ckpt]
+    missing = [k for k in INFERENCE_KEYS if k not in ckpt]
     if missing:
         raise DataError(f"{path}: checkpoint lacks {missing}")
     return ckpt
+
+
+def inference_state(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The part of a checkpoint a trained model needs (INFERENCE_KEYS); load_checkpoint reads it."""
+    return {key: ckpt[key] for key in INFERENCE_KEYS}
 
 
 def checkpoint_config(ckpt: dict[str, Any], source: str) -> RunConfig:

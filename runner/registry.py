@@ -26,7 +26,7 @@ from mlflow.entities import LoggedModelOutput
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from localization.checkpoint import load_checkpoint
+from localization.checkpoint import inference_state, load_checkpoint
 from localization.errors import InputError
 from runner.tracking import Store, connect
 
@@ -38,8 +38,6 @@ PYFUNC_CODE = Path(__file__).with_name("actionformer_pyfunc.py")
 # Load-time settings of the pyfunc (mlflow.pyfunc.load_model(..., model_config=...)); MLflow only
 # accepts keys declared when the model is logged. subset None: the stored data.val_subset.
 DEFAULT_MODEL_CONFIG = {"subset": None, "set": []}
-# What inference needs from an engine checkpoint (localization.checkpoint.load_checkpoint checks them).
-INFERENCE_KEYS = ("model", "ema", "config", "class_names", "input_dim", "epoch")
 
 
 class ModelNotFound(InputError):
@@ -102,7 +100,7 @@ def export_model_files(checkpoint: Path, config_yaml: Path, out_dir: Path) -> Mo
     ckpt = load_checkpoint(checkpoint)  # weights_only=True; checks INFERENCE_KEYS are present
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ModelFiles(*(out_dir / FILE_NAMES[key] for key in (WEIGHTS, CONFIG, CLASS_NAMES)))
-    torch.save({key: ckpt[key] for key in INFERENCE_KEYS}, files.weights)
+    torch.save(inference_state(ckpt), files.weights)
     shutil.copyfile(config_yaml, files.config)
     files.class_names.write_text(json.dumps(list(ckpt["class_names"]), indent=1))
     return files

@@ -25,6 +25,7 @@ from localization.errors import InputError
 from runner import cluster, report, tracking
 from runner.space import make_sampler, sample_configs
 from runner.spec import SearchFile, dump, load_search_file
+from runner.system_metrics import SearchRecord
 from runner.trial import SCORE_KEY, TrialSetup, run_trial
 
 DRY_RUN_SAMPLES = 4
@@ -140,7 +141,7 @@ def run(
         else:
             client.update_run(parent_id, status="RUNNING")
         outcome.parent_run_id = parent_id
-        setup = TrialSetup(spec, cluster.torch_threads(resources))
+        setup = TrialSetup(spec, cluster.torch_threads(resources), SearchRecord(store.uri, exp_id, parent_id))
         recorder = tracking.TrialRecorder(store, exp_id, parent_id, setup)
         echo(
             f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "

@@ -36,6 +36,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from localization.checkpoint import inference_state, load_checkpoint, save_checkpoint
 from localization.config import flatten, to_dict
 from localization.errors import InputError
 from runner.spec import LOSS_METRICS, SearchFile, validation_metrics
@@ -45,6 +46,7 @@ from runner.trial import (
     PREDICTIONS_FILE,
     REPORT_FILE,
     TrialSetup,
+    shrink_finished,
     trial_run_config,
 )
 
@@ -394,6 +396,8 @@ class TrialRecorder(Callback):
             self.client.set_tag(run_id, FAILURE, failure)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
         self._runs.pop(trial.trial_id, None)
+        if status != "failed":  # a failed trial may be retried by --resume from its checkpoint
+            shrink_finished(Path(trial.path))
 
 
 def best_checkpoint(trial_dir: Path, metric: str, sign: float) -> tuple[Path, dict[str, Any]] | None:
@@ -445,12 +449,19 @@ def _last_logged_epoch(client: MlflowClient, run_id: str) -> int:
 
 
 def _upload_best(client: MlflowClient, run_id: str, directory: Path) -> None:
-    """checkpoints/best/{checkpoint.pt, config.yaml} and predictions/validation_best.json."""
-    for name in (CHECKPOINT_FILE, CONFIG_FILE):
-        client.log_artifact(run_id, str(directory / name), "checkpoints/best")
-    predictions = directory / PREDICTIONS_FILE
-    if predictions.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
+    """checkpoints/best/{checkpoint.pt, config.yaml} and predictions/validation_best.json.
+
+    The uploaded checkpoint.pt holds what the model needs (weights and EMA weights, config,
+    classes; localization.checkpoint.INFERENCE_KEYS), not the optimizer and RNG state that only
+    resuming needs: half the bytes with AdamW.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / CHECKPOINT_FILE
+        save_checkpoint(weights, inference_state(load_checkpoint(directory / CHECKPOINT_FILE)))
+        client.log_artifact(run_id, str(weights), "checkpoints/best")
+        client.log_artifact(run_id, str(directory / CONFIG_FILE), "checkpoints/best")
+        predictions = directory / PREDICTIONS_FILE
+        if predictions.is_file():
             staged = Path(tmp) / "validation_best.json"
             shutil.copyfile(predictions, staged)
             client.log_artifact(run_id, str(staged), "predictions")

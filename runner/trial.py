@@ -34,6 +34,7 @@ from ray import tune
 
 from localization.config import RunConfig, dump_yaml
 from runner.spec import SearchFile, validation_metrics
+from runner.system_metrics import SearchRecord, TrialSystemMetrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
@@ -48,6 +49,7 @@ class TrialSetup:
 
     spec: SearchFile
     num_threads: int  # torch threads on CPU-only clusters (the trial's CPUs); 0 keeps the default
+    record: SearchRecord | None = None  # the search's MLflow record, for the worker's system metrics
 
 
 def trial_run_config(setup: TrialSetup, values: dict[str, Any]) -> RunConfig:
@@ -71,6 +73,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     work = Path(tempfile.gettempdir()) / f"runner-engine-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    system_metrics = TrialSystemMetrics(setup.record, tune.get_context().get_trial_id()).start()
     try:
         resume = None
         checkpoint = tune.get_checkpoint()
@@ -79,12 +82,16 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             with (
                 contextlib.nullcontext(latest_checkpoint(Path(checkpoint.path))) if local else checkpoint.as_directory()
             ) as found:
-                if found is not None:
+                # A finished trial's copies lose their weights once MLflow has them (shrink_finished);
+                # one that Ray restores anyway (the driver died before its snapshot said "finished")
+                # trains again from the start rather than fail.
+                if found is not None and (Path(found) / CHECKPOINT_FILE).is_file():
                     resume = work / "resume.pt"
                     shutil.copyfile(Path(found) / CHECKPOINT_FILE, resume)
                     reporter.restore(json.loads((Path(found) / REPORT_FILE).read_text()))
         train(cfg, work, on_epoch=reporter, resume=resume, log=reporter.log)
     finally:
+        system_metrics.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -99,6 +106,25 @@ def latest_checkpoint(given: Path) -> Path | None:
         return given
     kept = [d for d in given.parent.glob("checkpoint_*") if (d / REPORT_FILE).is_file()]
     return max(kept, key=lambda d: json.loads((d / REPORT_FILE).read_text())["epoch"], default=None)
+
+
+def shrink_finished(trial_dir: Path) -> int:
+    """Drop what only an unfinished trial needs from a finished trial's checkpoints; bytes freed.
+
+    A finished or pruned trial is never trained again (``--resume`` restores it as it ended) and,
+    once the driver has uploaded its best weights and predictions to MLflow, nothing reads its
+    ``checkpoint.pt`` (weights, EMA, optimizer: ~0.5 GB at FineAction size) or
+    ``predictions.json``. ``report.json`` and ``config.yaml`` stay: the leaderboard and a resumed
+    search read the trial's results from them.
+    """
+    freed = 0
+    for directory in trial_dir.glob("checkpoint_*"):
+        for name in (CHECKPOINT_FILE, PREDICTIONS_FILE):
+            path = directory / name
+            if path.is_file():
+                freed += path.stat().st_size
+                path.unlink()
+    return freed
 
 
 class EpochReporter:
