@@ -13,6 +13,7 @@ import yaml
 from conftest import synthetic_data_section
 from mlflow.tracking import MlflowClient
 
+from localization.checkpoint import INFERENCE_KEYS
 from localization.config import flatten
 from localization.data.synthetic import generate
 from runner import cluster, search
@@ -223,3 +224,16 @@ def test_ray_keeps_best_and_latest_checkpoint_per_trial(finished_search):
     for trial_dir in ray_path.glob("trial_*"):
         kept = list(trial_dir.glob("checkpoint_*"))
         assert len(kept) <= 2
+
+
+def test_mlflow_keeps_the_model_weights_and_finished_trials_keep_no_weights_in_ray(finished_search, tmp_path):
+    """Disk (issue 13): no optimizer state in MLflow; a finished trial's Ray copies hold only its results."""
+    client = finished_search["client"]
+    _, children = parent_and_children(finished_search)
+    done = [c for c in children if c.data.tags["runner.status"] in ("finished", "pruned")]
+    assert done
+    for child in done:
+        local = Path(client.download_artifacts(child.info.run_id, "checkpoints/best/checkpoint.pt", str(tmp_path)))
+        assert set(torch.load(local, weights_only=True)) == set(INFERENCE_KEYS)  # no optimizer, scheduler, RNG
+        kept = list(Path(child.data.tags["runner.trial_dir"]).glob("checkpoint_*"))
+        assert kept and all({p.name for p in d.iterdir()} == {"report.json", "config.yaml"} for d in kept)
