@@ -64,7 +64,7 @@ NODE_MEMORY_METRIC = "system/system_memory_usage_megabytes"  # MLflow's name; GP
 class Sizes:
     """What each part runs at: the real sizes, or tiny ones for a CPU check in seconds."""
 
-    thumos: dict[str, Any]  # input_dim, dim, length, batch
+    thumos: dict[str, Any]  # input_dim, dim, length (of every video), max_seq_len, batch
     fineaction_overrides: list[str]  # on configs/fineaction.yaml
     input_dim: int
     steps: int  # train steps per case (the first is warm-up, untimed)
@@ -76,7 +76,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    thumos={"input_dim": 2048, "dim": 512, "length": 2304, "batch": 2},
+    thumos={"input_dim": 2048, "dim": 512, "length": 2304, "max_seq_len": 2304, "batch": 2},
     fineaction_overrides=[],
     input_dim=4352,
     steps=6,
@@ -87,7 +87,7 @@ FULL = Sizes(
     compile_backend="inductor",
 )
 TINY = Sizes(
-    thumos={"input_dim": 64, "dim": 32, "length": 288, "batch": 2},
+    thumos={"input_dim": 64, "dim": 32, "length": 288, "max_seq_len": 576, "batch": 2},
     fineaction_overrides=[
         "model.embd_dim=32",
         "model.fpn_dim=32",
@@ -154,7 +154,7 @@ def train_cases(sizes: Sizes, device: torch.device, tolerance: float) -> list[di
     t = sizes.thumos
     thumos = load_config(
         REPO / "configs/fineaction.yaml",
-        [f"model.{k}={t['dim']}" for k in ("embd_dim", "fpn_dim", "head_dim")] + [f"data.max_seq_len={t['length']}"],
+        [f"model.{k}={t['dim']}" for k in ("embd_dim", "fpn_dim", "head_dim")] + [f"data.max_seq_len={t['max_seq_len']}"],
     )
     fine = load_config(REPO / "configs/fineaction.yaml", sizes.fineaction_overrides)
     rng = np.random.default_rng(0)
