@@ -5,7 +5,7 @@ trial keeps while it runs and once it has finished.
 
 Builds the recipe's model (configs/fineaction.yaml: input 4352, 106 classes), takes one AdamW step
 so the optimizer holds its state, and saves the engine's checkpoint and the part MLflow keeps
-(``localization.checkpoint.inference_state``); validation predictions are written in the
+(``save_inference_checkpoint``, as the driver uploads it); validation predictions are written in the
 submission format for FineAction's 4,174 validation videos x ``test.max_seg_num`` segments. With
 ``--search`` it also measures a finished search's Ray storage and MLflow artifacts per trial.
 
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localization.checkpoint import checkpoint_state, inference_state, save_checkpoint
 from localization.config import load_config
-from localization.model import ActionFormer, param_groups
-from localization.optim import ModelEma, build_scheduler
+from localization.model import ActionFormer
+from localization.training.checkpoints import checkpoint_state, save_checkpoint, save_inference_checkpoint
+from localization.training.optim import ModelEma, build_scheduler, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 VAL_VIDEOS = 4174  # fineaction.md 1.1
@@ -56,8 +56,9 @@ def checkpoint_parts(tmp: Path) -> dict[str, int]:
         input_dim=4352,
     )
     sizes = {"parameters": sum(p.numel() for p in model.parameters())}
-    for name, part in (("checkpoint", state), ("inference", inference_state(state))):
-        save_checkpoint(tmp / f"{name}.pt", part)
+    save_checkpoint(tmp / "checkpoint.pt", state)
+    save_inference_checkpoint(tmp / "checkpoint.pt", tmp / "inference.pt")  # what MLflow keeps
+    for name in ("checkpoint", "inference"):
         sizes[f"{name}_bytes"] = (tmp / f"{name}.pt").stat().st_size
     for key in ("model", "ema", "optimizer"):
         torch.save(state[key], tmp / "part.pt")

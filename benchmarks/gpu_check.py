@@ -52,7 +52,7 @@ from training_speed import (
 from localization.config import RunConfig, inference_div_factor, load_config
 from localization.data.annotations import SubsetAnnotations, VideoAnnotation
 from localization.data.dataset import InferenceDataset
-from localization.inference import detect, predict
+from localization.inference.prediction import detect, predict
 
 REPO = Path(__file__).resolve().parents[1]
 FINEACTION_VAL_VIDEOS = 4174  # fineaction.md 1.1
@@ -154,7 +154,10 @@ def train_cases(sizes: Sizes, device: torch.device, tolerance: float) -> list[di
     t = sizes.thumos
     thumos = load_config(
         REPO / "configs/fineaction.yaml",
-        [f"model.{k}={t['dim']}" for k in ("embd_dim", "fpn_dim", "head_dim")] + [f"data.max_seq_len={t['max_seq_len']}"],
+        [
+            *(f"model.{k}={t['dim']}" for k in ("embd_dim", "fpn_dim", "head_dim")),
+            f"data.max_seq_len={t['max_seq_len']}",
+        ],
     )
     fine = load_config(REPO / "configs/fineaction.yaml", sizes.fineaction_overrides)
     rng = np.random.default_rng(0)

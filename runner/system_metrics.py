@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from runner.names import PARENT, TRIAL_ID
+
 FIND_RUN_TIMEOUT_S = 60  # the driver creates the run when Ray starts the trial: usually at once
 FIND_RUN_POLL_S = 0.5
 STOP_WAIT_S = 5  # a lookup stuck on an unreachable store is left behind (a daemon thread)
@@ -78,8 +80,6 @@ class TrialSystemMetrics:
 
     def _find_run(self) -> str | None:
         from mlflow.tracking import MlflowClient
-
-        from runner.tracking import PARENT, TRIAL_ID  # lazy: runner.tracking imports runner.trial
 
         record = self.record
         client = MlflowClient(tracking_uri=record.tracking_uri)

@@ -19,9 +19,7 @@ from localization.config import RunConfig, config_from_dict, to_dict
 from localization.errors import DataError
 from localization.model import ActionFormer
 
-# What a trained model needs to run (evaluation, serving): its weights, the EMA weights and what
-# they belong to. The optimizer, scheduler, loss normaliser and RNG state (about half of a
-# checkpoint with AdamW) only matter to resume training.
+# What inference needs from a checkpoint; the rest (optimizer, scheduler, RNG) only resumes training.
 INFERENCE_KEYS = ("model", "ema", "config", "class_names", "input_dim", "epoch")
 
 
@@ -71,9 +69,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def inference_state(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The part of a checkpoint a trained model needs (INFERENCE_KEYS); load_checkpoint reads it."""
-    return {key: ckpt[key] for key in INFERENCE_KEYS}
+def save_inference_checkpoint(checkpoint: Path, dest: Path) -> list[str]:
+    """Write ``checkpoint``'s inference part (:data:`INFERENCE_KEYS`) to ``dest``; returns its class names."""
+    ckpt = load_checkpoint(checkpoint)
+    save_checkpoint(dest, {key: ckpt[key] for key in INFERENCE_KEYS})
+    return list(ckpt["class_names"])
 
 
 def checkpoint_config(ckpt: dict[str, Any], source: str) -> RunConfig:
