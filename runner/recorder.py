@@ -1,7 +1,8 @@
 """The Ray Tune callback that writes each trial's child run of a search's MLflow record.
 
-Only the driver writes (one writer per SQLite database): :class:`TrialRecorder` is a Ray Tune
-callback, so results, checkpoints and trial ends reach it in the driver process. It replaces
+Only the driver writes the record (one writer per SQLite database): :class:`TrialRecorder` is a
+Ray Tune callback, so results, checkpoints and trial ends reach it in the driver process. (Each
+trial's worker adds only its system/* metrics to its own run: runner.system_metrics.) It replaces
 Ray's ``MLflowLoggerCallback``, which cannot nest runs, does not upload checkpoints, and opens a
 second run per trial after a restore (stack notes M4-M6, section 4). The names it writes are
 runner.names' (the MLflow layout contract), which runner.promote and runner.evaluate read.
