@@ -13,7 +13,7 @@ import yaml
 from conftest import synthetic_data_section
 from mlflow.tracking import MlflowClient
 
-from localization.config import flatten
+from localization.config.loading import flatten
 from localization.data.synthetic import generate
 from localization.training.checkpoints import INFERENCE_KEYS
 from runner import cluster, search
