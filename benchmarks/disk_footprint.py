@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localization.config import load_config
+from localization.config.loading import load_config
 from localization.model import ActionFormer
 from localization.training.checkpoints import checkpoint_state, save_checkpoint, save_inference_checkpoint
 from localization.training.optim import ModelEma, build_scheduler, param_groups

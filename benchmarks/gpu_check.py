@@ -49,7 +49,8 @@ from training_speed import (
     time_training,
 )
 
-from localization.config import RunConfig, inference_div_factor, load_config
+from localization.config.loading import load_config
+from localization.config.schema import RunConfig, inference_div_factor
 from localization.data.annotations import SubsetAnnotations, VideoAnnotation
 from localization.data.dataset import InferenceDataset
 from localization.inference.prediction import detect, predict
