@@ -248,6 +248,7 @@ def train(
         }
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
         if evaluated:
+            log(f"epoch {epoch:>3}/{cfg.train.epochs}  evaluating on {len(evaluator.dataset)} videos")
             last_eval = evaluator(ema.module, device)
             if last_eval.metrics is not None:
                 metrics.update(metrics_as_floats(last_eval.metrics))

@@ -45,6 +45,7 @@ from runner.trial import (
     PREDICTIONS_FILE,
     REPORT_FILE,
     TrialSetup,
+    diverged,
     trial_run_config,
 )
 
@@ -290,6 +291,8 @@ class TrialRecorder(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.lost:
             return
+        if diverged(result) is not None:  # the trial's terminal report: its run ends in on_trial_complete
+            return
         with self._timed():
             run_id = self._run_id(trial)
             placement = {k: str(result[k]) for k in PLACEMENT if k in result}
@@ -318,6 +321,10 @@ class TrialRecorder(Callback):
         if self.lost:
             return
         with self._timed():
+            reason = diverged(trial.last_result)
+            if reason is not None:  # stopped by runner.diverged.StopDiverged: failed, once
+                self._finish(trial, "failed", reason)
+                return
             last_epoch = int((trial.last_result or {}).get("epoch", 0))
             epochs = trial_run_config(self.trial_setup, trial.config).train.epochs
             self._finish(trial, "pruned" if last_epoch < epochs else "finished")
@@ -333,6 +340,7 @@ class TrialRecorder(Callback):
             self.client.set_tag(run_id, LAST_ERROR, failure_reason(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial whose worker died more than ``search.max_failures`` times."""
         if self.lost:
             return
         with self._timed():
