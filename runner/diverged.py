@@ -11,7 +11,7 @@ result). On the driver:
   or the searcher see it as a result; ASHA ignores it on completion (it has no ``epoch``);
 - :class:`DivergedFailsOptunaSearch` tells Optuna the trial FAILED (Ray's ``OptunaSearch`` would
   tell it COMPLETE with NaN, which Optuna refuses, leaving the trial RUNNING in the study);
-- the recorder (runner.tracking) ends the trial's MLflow run FAILED with ``runner.failure``.
+- the recorder (runner.recorder) ends the trial's MLflow run FAILED with ``runner.failure``.
 
 Ray itself records the trial as finished (TERMINATED), so ``--resume`` does not run it again either
 (resume reruns errored trials, whose workers died ``max_failures + 1`` times).

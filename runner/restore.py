@@ -29,7 +29,7 @@ from ray.train._internal.session import _TrainingResult
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from runner.tracking import reported_results
+from runner.trial_results import reported_results
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray's folder names: checkpoint_000000, checkpoint_000001, ...
 CHECKPOINT_NAME_KEY = "checkpoint_dir_name"  # in each result: the checkpoint folder it reported
