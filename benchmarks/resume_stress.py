@@ -45,14 +45,19 @@ def burner(on: bool) -> Iterator[None]:
             proc.join()
 
 
-def run_once(folder: Path) -> tuple[bool, float]:
-    """One pytest run of the scenario in ``folder``; (passed, seconds)."""
+def run_once(folder: Path) -> tuple[str, float]:
+    """One pytest run of the scenario in ``folder``; (pass | FAIL | setup error, seconds).
+
+    "setup error": the test's own Ray did not start (Ray 2.60 gives its raylet a fixed 30 s to
+    register, which an overloaded machine can miss), so the scenario never ran.
+    """
     started = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={folder}", TEST]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     (folder.parent / f"{folder.name}.log").write_text(done.stdout + done.stderr)
-    return done.returncode == 0, time.perf_counter() - started
+    verdict = "pass" if done.returncode == 0 else "setup error" if " 1 error in " in done.stdout else "FAIL"
+    return verdict, time.perf_counter() - started
 
 
 def main() -> int:
@@ -63,22 +68,26 @@ def main() -> int:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="resume-stress-"))
     out.mkdir(parents=True, exist_ok=True)
-    passed = burned = 0
+    verdicts: list[str] = []
+    burned = 0
     for index in range(1, args.runs + 1):
         loaded = burned < args.burner_runs and (index % 2 == 1 or args.runs - index < args.burner_runs - burned)
         burned += loaded
         with burner(loaded):
-            ok, seconds = run_once(out / f"run-{index:02d}")
-        passed += ok
-        print(
-            f"run {index:>2}/{args.runs}: {'pass' if ok else 'FAIL'} in {seconds:.0f} s{' (burner)' if loaded else ''}"
-        )
-        if not ok:
+            verdict, seconds = run_once(out / f"run-{index:02d}")
+        verdicts.append(verdict)
+        note = " (burner)" if loaded else ""
+        print(f"run {index:>2}/{args.runs}: {verdict} in {seconds:.0f} s{note}")
+        if verdict == "FAIL":
             for error in (out / f"run-{index:02d}").rglob("error.txt"):
                 print(f"  {error}:\n{error.read_text()}")
         sys.stdout.flush()
-    print(f"{passed} of {args.runs} passed ({burned} with a CPU burner beside them); folders in {out}")
-    return 0 if passed == args.runs else 1
+    ran = len(verdicts) - verdicts.count("setup error")
+    print(
+        f"{verdicts.count('pass')} of {ran} runs passed ({burned} of {args.runs} with a CPU burner beside them; "
+        f"{verdicts.count('setup error')} did not start their Ray); folders in {out}"
+    )
+    return 0 if verdicts.count("pass") == len(verdicts) else 1
 
 
 if __name__ == "__main__":
