@@ -132,7 +132,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint_into_the_same_run(ra
     killed: list[tuple[int, int]] = []  # (pid, epochs reported when killed)
 
     def kill_mid_trial() -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # generous: a loaded 2-core machine starts trials slowly
         while time.monotonic() < deadline:
             epochs = [e for per_trial in reported_epochs(storage).values() for e in per_trial]
             workers = trial_workers(os.getpid())  # the module's Ray runs below this process
@@ -199,7 +199,7 @@ class Driver:
     def worker_log(self) -> str:
         return "".join(f.read_text(errors="replace") for f in self.ray_tmp.glob("ray/session_*/logs/worker-*.out"))
 
-    def kill_when(self, moment: Callable[[], bool], timeout_s: float = 180) -> None:
+    def kill_when(self, moment: Callable[[], bool], timeout_s: float = 600) -> None:
         """SIGKILL the driver once ``moment()`` holds, then wait until its trial workers have exited
         (Ray's GCS and raylet die with the driver, the workers with them; two idle Ray agents linger
         for a minute or two, stack notes R18)."""
@@ -244,7 +244,7 @@ def test_driver_killed_at_three_moments_then_resume_fails_no_trial(ray_cluster, 
         return (
             any(storage.glob("*/experiment_state-*.json"))
             and (tmp_path / "mlflow" / "mlflow.db").exists()
-            and len(children(client, "driver-kill")) == 2
+            and bool(children(client, "driver-kill"))  # a trial started (the second may start later)
             and not checkpoint_folders(storage)
         )
 
