@@ -52,11 +52,12 @@ def run_once(folder: Path) -> tuple[str, float]:
     register, which an overloaded machine can miss), so the scenario never ran.
     """
     started = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Ray's files (and its "current cluster" pointer) in a fresh short folder: never another Ray's
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": tempfile.mkdtemp(prefix="rs")}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={folder}", TEST]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     (folder.parent / f"{folder.name}.log").write_text(done.stdout + done.stderr)
-    verdict = "pass" if done.returncode == 0 else "setup error" if " 1 error in " in done.stdout else "FAIL"
+    verdict = "pass" if done.returncode == 0 else "setup error" if "ERROR at setup" in done.stdout else "FAIL"
     return verdict, time.perf_counter() - started
 
 
