@@ -59,7 +59,7 @@ from runner.names import (
 from runner.search_run import log_params
 from runner.spec import validation_metrics
 from runner.store import Store
-from runner.trial import TrialSetup, shrink_finished, trial_run_config
+from runner.trial import TrialSetup, diverged, shrink_finished, trial_run_config
 from runner.trial_results import best_checkpoint, failure_reason, reported_results
 
 _LOST: dict[str, str] = {}  # parent run id -> why its store failed (read by runner.search)
@@ -149,6 +149,8 @@ class TrialRecorder(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.lost:
             return
+        if diverged(result) is not None:  # the trial's terminal report: its run ends in on_trial_complete
+            return
         with self._timed():
             run_id = self._run_id(trial)
             placement = {k: str(result[k]) for k in PLACEMENT if k in result}
@@ -177,6 +179,10 @@ class TrialRecorder(Callback):
         if self.lost:
             return
         with self._timed():
+            reason = diverged(trial.last_result)
+            if reason is not None:  # stopped by runner.diverged.StopDiverged: failed, once
+                self._finish(trial, "failed", reason)
+                return
             last_epoch = int((trial.last_result or {}).get("epoch", 0))
             epochs = trial_run_config(self.trial_setup, trial.config).train.epochs
             self._finish(trial, "pruned" if last_epoch < epochs else "finished")
@@ -192,6 +198,7 @@ class TrialRecorder(Callback):
             self.client.set_tag(run_id, LAST_ERROR, failure_reason(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial whose worker died more than ``search.max_failures`` times."""
         if self.lost:
             return
         with self._timed():

@@ -10,6 +10,10 @@ the engine's epoch metrics plus:
 - ``checkpoint_score``: the search metric signed so that higher is better, ``-inf`` on epochs
   without validation, so Ray's "keep the best checkpoint" picks an evaluated epoch.
 
+A trial whose loss diverges ends with one terminal report instead of an exception (see
+runner.diverged): ``diverged`` (the engine's ``TrainingDiverged`` message) and the search metric
+as NaN.
+
 The checkpoint directory holds ``checkpoint.pt`` (the engine's checkpoint), ``config.yaml``
 (the trial's resolved run config), ``report.json`` (epoch + metrics) and, on evaluated epochs,
 ``predictions.json`` (validation detections in the submission format).
@@ -17,7 +21,6 @@ The checkpoint directory holds ``checkpoint.pt`` (the engine's checkpoint), ``co
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -38,6 +41,7 @@ from runner.spec import SearchFile, validation_metrics
 from runner.system_metrics import SearchRecord, TrialSystemMetrics
 
 SCORE_KEY = "checkpoint_score"
+DIVERGED_KEY = "diverged"  # in a diverged trial's terminal report: why
 
 
 @dataclass
@@ -57,9 +61,14 @@ def trial_run_config(setup: TrialSetup, values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def diverged(result: dict[str, Any] | None) -> str | None:
+    """Why the trial whose (last) result this is diverged (its terminal report); None if it did not."""
+    return None if result is None else result.get(DIVERGED_KEY)
+
+
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """The Tune function trainable. ``config`` is ``{dotted key: value}`` from the space."""
-    from localization.api import train  # torch is imported in trial workers only
+    from localization.api import TrainingDiverged, train  # torch is imported in trial workers only
 
     cfg = trial_run_config(setup, config)
     # Ray logs "Checkpoint successfully created" for every epoch of every trial: console noise
@@ -75,34 +84,22 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         resume = None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a retried or resumed trial continues from its last epoch
-            local = checkpoint.filesystem.type_name == "local"  # else Ray downloads it (as_directory)
-            with (
-                contextlib.nullcontext(latest_checkpoint(Path(checkpoint.path))) if local else checkpoint.as_directory()
-            ) as found:
+            # (runner.restore makes that the newest checkpoint on storage); a local one is used in place
+            with checkpoint.as_directory() as found:
                 # A finished trial's copies lose their weights once MLflow has them (shrink_finished);
                 # one that Ray restores anyway (the driver died before its snapshot said "finished")
                 # trains again from the start rather than fail.
-                if found is not None and (Path(found) / CHECKPOINT_FILE).is_file():
+                if (Path(found) / CHECKPOINT_FILE).is_file():
                     resume = work / "resume.pt"
                     shutil.copyfile(Path(found) / CHECKPOINT_FILE, resume)
                     reporter.restore(json.loads((Path(found) / REPORT_FILE).read_text()))
-        train(cfg, work, on_epoch=reporter, resume=resume, log=reporter.log)
+        try:
+            train(cfg, work, on_epoch=reporter, resume=resume, log=reporter.log)
+        except TrainingDiverged as exc:  # final: raising would be retried search.max_failures times
+            tune.report({setup.spec.search.metric: math.nan, DIVERGED_KEY: f"{type(exc).__name__}: {exc}"})
     finally:
         system_metrics.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def latest_checkpoint(given: Path) -> Path | None:
-    """The checkpoint to continue from: ``given``, or the trial's newest kept one if it is gone.
-
-    After a driver crash Ray restores from its last experiment snapshot, which may name a
-    checkpoint that its keep-the-best-and-latest policy has deleted since; the trial's folder then
-    holds newer ones. For storage on a (shared) local filesystem; None: start from scratch.
-    """
-    if (given / REPORT_FILE).is_file():
-        return given
-    kept = [d for d in given.parent.glob("checkpoint_*") if (d / REPORT_FILE).is_file()]
-    return max(kept, key=lambda d: json.loads((d / REPORT_FILE).read_text())["epoch"], default=None)
 
 
 def shrink_finished(trial_dir: Path) -> int:
