@@ -26,23 +26,25 @@ from localization.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from localization.config import RunConfig, inference_div_factor
+from localization.config import RunConfig, TestConfig, inference_div_factor
 from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
 from localization.data.dataset import InferenceDataset, TrainingDataset, build_loader
 from localization.data.features import FeatureReader
-from localization.inference import autocast, detect, predict, to_submission
+from localization.inference import autocast, candidate_set, predict, to_submission
 from localization.losses import LossNormalizer, compute_losses
 from localization.metrics import (
     DetectionMetrics,
+    GroundTruth,
+    Predictions,
     evaluate_detections,
     load_ground_truth,
-    predictions_from_arrays,
     restrict_to_videos,
     tiou_key,
 )
 from localization.model import ActionFormer, make_points, param_groups
 from localization.optim import ModelEma, build_scheduler
 from localization.postprocess import Candidates, load_candidates, save_candidates
+from localization.subset_postprocess import SETTING_KEYS, CandidateSet
 from localization.targets import assign_targets
 
 
@@ -59,6 +61,7 @@ class EpochReport:
     evaluated: bool
     checkpoint: Path  # written at the end of this epoch
     predictions: dict[str, Any] | None  # validation detections (submission format) when evaluated
+    test: TestConfig | None = None  # the post-processing the evaluation used (see ``train``'s choose_test)
 
 
 @dataclass
@@ -77,6 +80,63 @@ class TrainResult:
 
 
 OnEpoch = Callable[[EpochReport], bool | None]
+
+
+class SubsetScorer:
+    """One subset's raw (pre-NMS) candidates and ground truth: scores post-processing settings
+    without running the model again, which is what searching post-processing needs.
+
+    Only the settings of ``SETTING_KEYS`` may differ from the config the candidates were made
+    with: the others (``pre_nms_topk``, ...) shaped the candidates themselves.
+    """
+
+    def __init__(
+        self, candidates: CandidateSet, ground_truth: GroundTruth, class_names: list[str], test_cfg: TestConfig
+    ) -> None:
+        self.candidates = candidates
+        self.ground_truth = ground_truth
+        self.class_names = class_names
+        self.test_cfg = test_cfg  # what made the candidates
+
+    @property
+    def video_ids(self) -> list[str]:
+        """The videos scored (the validation videos, or the held-out slice that selects trials)."""
+        return self.candidates.video_ids
+
+    @property
+    def has_labels(self) -> bool:
+        return len(self.ground_truth.segments) > 0
+
+    def metrics(self, test_cfg: TestConfig) -> DetectionMetrics | None:
+        """mAP of the detections ``test_cfg`` gives (None when the subset has no labels)."""
+        return self._score(test_cfg)[1]
+
+    def result(self, test_cfg: TestConfig) -> EvalResult:
+        """Metrics and the submission file of the detections ``test_cfg`` gives."""
+        detections, metrics = self._score(test_cfg)
+        return EvalResult(metrics, to_submission(detections.per_video(), self.class_names))
+
+    def _score(self, test_cfg: TestConfig) -> tuple[Any, DetectionMetrics | None]:
+        fixed = [
+            key
+            for key in vars(test_cfg)
+            if key not in SETTING_KEYS and getattr(test_cfg, key) != getattr(self.test_cfg, key)
+        ]
+        if fixed:
+            raise ValueError(f"test.{fixed[0]}: cannot change when re-scoring raw candidates (made with another value)")
+        detections = self.candidates.detect(test_cfg)
+        if not self.has_labels:
+            return detections, None
+        predictions = Predictions(
+            source="predictions (in memory)",
+            video_ids=detections.video_ids,
+            class_names=list(self.class_names),
+            video=detections.video,
+            segments=detections.segments,
+            scores=detections.scores.astype(np.float64),
+            labels=detections.labels,
+        )
+        return detections, evaluate_detections(self.ground_truth, predictions, test_cfg.tiou_thresholds)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,22 +202,17 @@ class _Evaluator:
         if restricted:
             ground_truth = restrict_to_videos(ground_truth, [v.video_id for v in annotations.videos])
         self.ground_truth = ground_truth
-        self.has_labels = len(self.ground_truth.segments) > 0
 
-    def __call__(self, model: ActionFormer, device: torch.device, raw_out: Path | None = None) -> EvalResult:
+    def scorer(self, raw: dict[str, Candidates]) -> SubsetScorer:
+        """Raw candidates of this subset's videos, ready to score with any post-processing."""
+        return SubsetScorer(candidate_set(raw, self.dataset), self.ground_truth, self.class_names, self.cfg.test)
+
+    def run(self, model: ActionFormer, device: torch.device, raw_out: Path | None = None) -> SubsetScorer:
+        """Run the model once over the subset (``raw_out``: also save the raw candidates)."""
         raw = predict(model, self.dataset, self.cfg, device)
         if raw_out is not None:
             save_candidates(raw_out, raw)
-        return self.score(raw)
-
-    def score(self, raw: dict[str, Candidates]) -> EvalResult:
-        """Post-process raw candidates with ``cfg.test`` and score them."""
-        detections = detect(raw, self.dataset, self.cfg)
-        metrics = None
-        if self.has_labels:
-            predictions = predictions_from_arrays(detections, self.class_names)
-            metrics = evaluate_detections(self.ground_truth, predictions, self.cfg.test.tiou_thresholds)
-        return EvalResult(metrics, to_submission(detections, self.class_names))
+        return self.scorer(raw)
 
 
 def train(
@@ -166,9 +221,12 @@ def train(
     on_epoch: OnEpoch | None = None,
     resume: Path | None = None,
     log: Callable[[str], None] = print,
+    choose_test: Callable[[SubsetScorer], TestConfig] | None = None,
 ) -> TrainResult:
     """Train one model; write ``out_dir/checkpoint.pt`` after every epoch.
 
+    ``choose_test`` picks the post-processing of every evaluation from the model's raw candidates
+    (a post-processing search; default: ``cfg.test``); the report of the epoch says which.
     ``resume`` continues from a checkpoint (model, EMA, optimizer, scheduler, loss normaliser,
     RNG states, epoch) exactly where it stopped. Raises :class:`TrainingDiverged` on a NaN or
     infinite loss, and ``localization.errors.InputError`` on bad data before any training.
@@ -247,8 +305,11 @@ def train(
             "lr": float(scheduler.get_last_lr()[0]),
         }
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
+        test = None
         if evaluated:
-            last_eval = evaluator(ema.module, device)
+            scorer = evaluator.run(ema.module, device)
+            test = choose_test(scorer) if choose_test is not None else cfg.test
+            last_eval = scorer.result(test)
             if last_eval.metrics is not None:
                 metrics.update(metrics_as_floats(last_eval.metrics))
         metrics["epoch_time_s"] = time.perf_counter() - started
@@ -268,7 +329,12 @@ def train(
         )
         log(_progress_line(epoch, cfg.train.epochs, metrics))
         report = EpochReport(
-            epoch, dict(metrics), evaluated, checkpoint_path, last_eval.predictions if evaluated and last_eval else None
+            epoch,
+            dict(metrics),
+            evaluated,
+            checkpoint_path,
+            last_eval.predictions if evaluated and last_eval else None,
+            test,
         )
         if on_epoch is not None and on_epoch(report):
             stopped_early = epoch < cfg.train.epochs
@@ -347,10 +413,13 @@ def evaluate(
     ckpt = load_checkpoint(checkpoint)
     model, cfg, _ = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
     device = resolve_device(cfg.train.device)
-    return _subset_evaluator(cfg, subset, FeatureReader(cfg.data))(model.to(device), device, raw_out)
+    return (
+        _subset_evaluator(cfg, subset, FeatureReader(cfg.data)).run(model.to(device), device, raw_out).result(cfg.test)
+    )
 
 
 def evaluate_raw(cfg: RunConfig, raw_path: Path, subset: str) -> EvalResult:
     """Re-score saved raw candidates (``evaluate(..., raw_out=...)``) with ``cfg``'s post-processing:
     post-processing settings are compared without running the model again."""
-    return _subset_evaluator(cfg, subset, FeatureReader(cfg.data)).score(load_candidates(raw_path))
+    evaluator = _subset_evaluator(cfg, subset, FeatureReader(cfg.data))
+    return evaluator.scorer(load_candidates(raw_path)).result(cfg.test)
