@@ -42,6 +42,7 @@ from runner.spec import LOSS_METRICS, SearchFile, validation_metrics
 from runner.trial import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    POSTPROCESS_SECONDS,
     PREDICTIONS_FILE,
     REPORT_FILE,
     TrialSetup,
@@ -60,6 +61,7 @@ ROLE, TRIAL_ID, STATUS, FAILURE = "runner.role", "runner.trial_id", "runner.stat
 SEARCHED_KEYS, BEST_EPOCH, PARENT = "runner.searched_keys", "runner.best_epoch", "mlflow.parentRunId"
 RAY_PATH, TRIAL_DIR, SPEC_HASH = "runner.ray_experiment_path", "runner.trial_dir", "runner.spec_hash"
 SELECTION, RETRIES, LAST_ERROR = "runner.selection", "runner.retries", "runner.last_error"
+POSTPROCESS_TAG = "postprocess."  # + test.<key>: the best checkpoint's tuned post-processing
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,9 @@ def flatten_options(spec: SearchFile) -> dict[str, Any]:
         else:
             out[key] = value
     out.update({f"space.{p.key}": p.describe() for p in spec.space.params})
+    if spec.postprocess is not None:
+        out["postprocess.trials"] = spec.postprocess.trials
+        out.update({f"postprocess.space.{p.key}": p.describe() for p in spec.postprocess.space.params})
     return out
 
 
@@ -303,7 +308,8 @@ class TrialRecorder(Callback):
         epoch = int(result["epoch"])
         if epoch <= self._logged.get(trial.trial_id, 0):
             return
-        keys = [*EPOCH_METRICS, *(validation_metrics(self.spec.base) if result.get("evaluated") else [])]
+        evaluated = [*validation_metrics(self.spec.base), POSTPROCESS_SECONDS] if result.get("evaluated") else []
+        keys = [*EPOCH_METRICS, *evaluated]
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), stamp, epoch) for k in keys if k in result]
         if result.get("evaluated") and self.metric in result:
@@ -389,6 +395,11 @@ class TrialRecorder(Callback):
                 run_id, f"best_{self.metric}", float(report["metrics"][self.metric]), step=int(report["epoch"])
             )
             self.client.set_tag(run_id, BEST_EPOCH, str(report["epoch"]))
+            chosen = report.get("postprocess", {})  # the settings the best checkpoint's config holds
+            if chosen:
+                self.client.log_batch(
+                    run_id, tags=[RunTag(f"{POSTPROCESS_TAG}{key}", _param_text(v)) for key, v in chosen.items()]
+                )
         self.client.set_tag(run_id, STATUS, status)
         if failure:
             self.client.set_tag(run_id, FAILURE, failure)
