@@ -45,6 +45,9 @@ SETTINGS = [
     {"nms_method": "hard", "iou_threshold": 0.0, "min_score": 0.0, "max_seg_num": 5},
     {"nms_method": "hard", "multiclass_nms": False, "iou_threshold": 0.5, "voting_thresh": 0.9},
     {"nms_method": "none", "max_seg_num": 30},
+    {"max_seg_num": 3},  # NMS first on each video's 12 best: mostly enough ...
+    {"nms_sigma": 0.05, "min_score": 0.5, "max_seg_num": 5},  # ... mostly not: those videos run again
+    {"nms_method": "hard", "iou_threshold": 0.2, "max_seg_num": 4},
     {"max_seg_num": 0},
 ]
 
