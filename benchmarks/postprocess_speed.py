@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from localization.config import TestConfig
-from localization.postprocess import Candidates, batched_nms, postprocess, select_candidates
+from localization.inference.postprocess import Candidates, batched_nms, postprocess, select_candidates
 
 STRIDES = [1, 2, 4, 8, 16, 32]
 NUM_CLASSES = 106
@@ -70,8 +70,8 @@ def timed(fn):
 def whole_set_case(videos: int, seed: int) -> tuple:
     """(raw {video id: Candidates}, timing, ground truth, class names): candidates in grid units
     (stride 16, 16-frame clips, 30 fps) around ground-truth instances plus clutter."""
+    from localization.inference.subset_postprocess import VideoTiming
     from localization.metrics import ground_truth_from_arrays
-    from localization.subset_postprocess import VideoTiming
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(180, 2305, videos)  # feature steps
@@ -101,9 +101,9 @@ def whole_set_case(videos: int, seed: int) -> tuple:
 
 def whole_set(args: argparse.Namespace) -> None:
     """Seconds per post-processing setting on the whole set (see the module docstring)."""
-    from localization.engine import SubsetScorer
+    from localization.inference.evaluation import SubsetScorer
+    from localization.inference.subset_postprocess import CandidateSet
     from localization.metrics import evaluate_detections, predictions_from_arrays
-    from localization.subset_postprocess import CandidateSet
 
     raw, timing, gt, classes = whole_set_case(args.videos, args.seed)
     base = TestConfig()
@@ -139,7 +139,8 @@ def whole_set(args: argparse.Namespace) -> None:
         print(
             f"sigma {sigma:.2f}, {'first setting (builds the set)' if first else 'next setting (set reused)'}, "
             f"mAP {after.average_mAP:.3f}, wall (CPU): {shown}  ratio to scoring alone, CPU: "
-            f"before {rows['video by video'][1] / t_score[1]:.1f}x, now {rows['all videos at once'][1] / t_score[1]:.1f}x"
+            f"before {rows['video by video'][1] / t_score[1]:.1f}x, "
+            f"now {rows['all videos at once'][1] / t_score[1]:.1f}x"
         )
 
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from localization.config import TestConfig
+from localization.api import TestConfig, metrics_as_floats
 from runner.space import Param
 from runner.spec import PostprocessSpec
 
-if TYPE_CHECKING:  # the engine (torch) is imported in trial workers only
-    from localization.engine import SubsetScorer
+if TYPE_CHECKING:  # torch is imported in trial workers only
+    from localization.api import SubsetScorer
 
 KEY_PREFIX = "test."
 
@@ -43,8 +43,6 @@ class PostprocessSearch:
         self.chosen = dict(chosen)
 
     def __call__(self, scorer: SubsetScorer) -> TestConfig:
-        from localization.engine import metrics_as_floats
-
         started = time.perf_counter()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=max(2, self.spec.trials // 4))

@@ -38,16 +38,12 @@ from typing import Any
 import ray
 from ray import tune
 
-from localization.config import RunConfig, dump_yaml
+from localization.api import RunConfig, dump_yaml
+from runner.names import CHECKPOINT_FILE, CONFIG_FILE, POSTPROCESS_SECONDS, PREDICTIONS_FILE, REPORT_FILE
 from runner.postprocess_search import PostprocessSearch
 from runner.spec import SearchFile, validation_metrics
 
-CHECKPOINT_FILE = "checkpoint.pt"
-CONFIG_FILE = "config.yaml"
-REPORT_FILE = "report.json"
-PREDICTIONS_FILE = "predictions.json"
 SCORE_KEY = "checkpoint_score"
-POSTPROCESS_SECONDS = "postprocess_search_s"  # metric: the inner post-processing search's time
 
 
 @dataclass
@@ -68,7 +64,7 @@ def trial_run_config(setup: TrialSetup, values: dict[str, Any]) -> RunConfig:
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """The Tune function trainable. ``config`` is ``{dotted key: value}`` from the space."""
-    from localization.engine import train  # torch is imported in trial workers only
+    from localization.api import train  # torch is imported in trial workers only
 
     cfg = trial_run_config(setup, config)
     # Ray logs "Checkpoint successfully created" for every epoch of every trial: console noise
@@ -142,7 +138,7 @@ class EpochReporter:
         """Engine progress lines go to the worker log (Ray forwards them with a trial prefix)."""
         print(line, flush=True)
 
-    def __call__(self, report: Any) -> None:  # report: localization.engine.EpochReport
+    def __call__(self, report: Any) -> None:  # report: localization.api.EpochReport
         metrics = dict(report.metrics)
         fresh = self.metric in metrics
         if report.evaluated:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from localization.api import SubsetScorer, metrics_as_floats, train
 from localization.config import load_config
 from localization.data.annotations import load_subset
 from localization.data.synthetic import generate
-from localization.engine import SubsetScorer, metrics_as_floats, train
 from runner.postprocess_search import PostprocessSearch
 from runner.selection import holdout_split, write_selection
 from runner.space import parse_space

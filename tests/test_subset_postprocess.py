@@ -1,5 +1,5 @@
-"""Post-processing a whole subset at once (localization.subset_postprocess) gives, video by video,
-exactly the detections of the per-video reference (localization.postprocess.postprocess): same
+"""Post-processing a whole subset at once (localization.inference.subset_postprocess) gives, video by video,
+exactly the detections of the per-video reference (localization.inference.postprocess.postprocess): same
 rows, same order, same float bits, on random cases full of ties."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from localization.config import TestConfig as PostConfig  # alias: pytest would try to collect Test*
-from localization.postprocess import Candidates, postprocess
-from localization.subset_postprocess import CandidateSet, VideoTiming, _stable_order
+from localization.inference.postprocess import Candidates, postprocess
+from localization.inference.subset_postprocess import CandidateSet, VideoTiming, _stable_order
 
 FEAT_STRIDE, NUM_FRAMES = 16, 16
 

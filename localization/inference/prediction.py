@@ -16,9 +16,17 @@ import torch
 from localization.config import RunConfig, inference_div_factor
 from localization.data.dataset import InferenceDataset, collate
 from localization.errors import DataError
+from localization.inference.postprocess import Candidates, select_candidates
+from localization.inference.subset_postprocess import CandidateSet, VideoTiming
 from localization.model import ActionFormer, make_points
-from localization.postprocess import Candidates, select_candidates
-from localization.subset_postprocess import CandidateSet, VideoTiming
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but CUDA is not available")
+    return torch.device(name)
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -87,7 +95,7 @@ def candidate_set(raw: dict[str, Candidates], dataset: InferenceDataset) -> Cand
 
 def detect(raw: dict[str, Candidates], dataset: InferenceDataset, cfg: RunConfig) -> dict[str, Candidates]:
     """Post-process every video's candidates into detections in seconds (NMS, top-k), all videos
-    at once (``localization.subset_postprocess``; the same as ``postprocess`` video by video)."""
+    at once (``subset_postprocess``; the same as ``postprocess`` video by video)."""
     return candidate_set(raw, dataset).detect(cfg.test).per_video()
 
 

@@ -1,6 +1,6 @@
 """Post-processing of a whole subset at once: the NMS of every video runs in one vectorised loop.
 
-``localization.postprocess`` handles one video; a FineAction-sized validation set is ~4,000 such
+``localization.inference.postprocess`` handles one video; a FineAction-sized validation set is ~4,000 such
 calls per setting, which made comparing post-processing settings cost far more than scoring the
 detections. Here all videos' candidates sit in flat arrays, and each greedy step makes, for every
 video at once, the pick the per-video loop makes at that step: the best remaining candidate of the
@@ -28,7 +28,7 @@ import numpy as np
 
 from localization.config import TestConfig
 from localization.data.timegrid import grid_to_seconds
-from localization.postprocess import _AREA_EPS, _REMOVED, Candidates, score_voting
+from localization.inference.postprocess import _AREA_EPS, _REMOVED, Candidates, score_voting
 
 # The TestConfig fields this module applies: the post-processing settings that can change
 # without running the model again (the others shape the raw candidates or the scoring).
