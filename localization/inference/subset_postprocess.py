@@ -30,18 +30,6 @@ from localization.config import TestConfig
 from localization.data.timegrid import grid_to_seconds
 from localization.inference.postprocess import _AREA_EPS, _REMOVED, Candidates, score_voting
 
-# The TestConfig fields this module applies: the post-processing settings that can change
-# without running the model again (the others shape the raw candidates or the scoring).
-SETTING_KEYS = (
-    "nms_method",
-    "nms_sigma",
-    "iou_threshold",
-    "min_score",
-    "max_seg_num",
-    "multiclass_nms",
-    "voting_thresh",
-)
-
 SuppressAll = Callable[[np.ndarray, np.ndarray], None]  # (scores (L,), IoU with each one's pick (L,)) in place
 
 
