@@ -99,13 +99,13 @@ def whole_set_case(videos: int, seed: int) -> tuple:
     return raw, timing, ground_truth_from_arrays(gt, classes, "validation"), classes
 
 
-def whole_set(args: argparse.Namespace) -> None:
+def whole_set(videos: int, seed: int) -> None:
     """Seconds per post-processing setting on the whole set (see the module docstring)."""
     from localization.inference.evaluation import SubsetScorer
     from localization.inference.subset_postprocess import CandidateSet
     from localization.metrics import evaluate_detections, predictions_from_arrays
 
-    raw, timing, gt, classes = whole_set_case(args.videos, args.seed)
+    raw, timing, gt, classes = whole_set_case(videos, seed)
     base = TestConfig()
     print(
         f"whole set: {len(timing)} videos, {sum(len(c) for c in raw.values())} raw candidates, "
@@ -146,7 +146,7 @@ def whole_set(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=40)
+    parser.add_argument("--videos", type=int, help="videos (default 40; --whole-set: 4174)")
     parser.add_argument("--whole-set", action="store_true", help="re-score a FineAction-sized set per setting")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--agnostic", action="store_true", help="class-agnostic Soft-NMS + voting 0.75")
@@ -156,8 +156,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.whole_set:
-        whole_set(dataclasses.replace(args, videos=4174) if args.videos == 40 else args)
+        whole_set(args.videos or 4174, args.seed)
         return
+    args.videos = args.videos or 40
     cfg = dataclasses.replace(TestConfig(), multiclass_nms=not args.agnostic)
     gen = torch.Generator().manual_seed(args.seed)
     lengths = torch.randint(180, 2305, (args.videos,), generator=gen).tolist()
