@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from localization.config import TestConfig
+from localization.config.schema import TestConfig
 from localization.inference.postprocess import Candidates, batched_nms, postprocess, select_candidates
 
 STRIDES = [1, 2, 4, 8, 16, 32]

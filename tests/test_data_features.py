@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from localization.config import StreamConfig
+from localization.config.schema import StreamConfig
 from localization.data.features import FeatureReader, resample_to_grid
 from localization.errors import DataError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from localization.api import SubsetScorer, metrics_as_floats, train
-from localization.config import load_config
+from localization.config.loading import load_config
 from localization.data.annotations import load_subset
 from localization.data.synthetic import generate
 from runner.postprocess_search import PostprocessSearch

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from localization.config import TestConfig as PostConfig  # alias: pytest would try to collect Test*
+from localization.config.schema import TestConfig as PostConfig  # alias: pytest would try to collect Test*
 from localization.inference.postprocess import Candidates, postprocess
 from localization.inference.subset_postprocess import CandidateSet, VideoTiming, _stable_order
 

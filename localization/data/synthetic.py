@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from localization.config import load_config
+from localization.config.loading import load_config
 
 GROUPS = ("jump", "throw", "swing", "spin")
 SUBTYPES = ("forward", "backward")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.config import RESCORABLE_TEST_KEYS, RunConfig, TestConfig
+from localization.config.schema import RESCORABLE_TEST_KEYS, RunConfig, TestConfig
 from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader

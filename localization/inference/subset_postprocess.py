@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from localization.config import TestConfig
+from localization.config.schema import TestConfig
 from localization.data.timegrid import grid_to_seconds
 from localization.inference.postprocess import _AREA_EPS, _REMOVED, Candidates, score_voting
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.config import RunConfig, TestConfig, inference_div_factor
+from localization.config.schema import RunConfig, TestConfig, inference_div_factor
 from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
 from localization.data.dataset import TrainingDataset, build_loader
 from localization.data.features import FeatureReader
