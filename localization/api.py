@@ -27,27 +27,28 @@ from localization.config.loading import (
     set_dotted,
     to_dict,
 )
-from localization.config.schema import RUN_SECTIONS, DataConfig, RunConfig
+from localization.config.schema import RESCORABLE_TEST_KEYS, RUN_SECTIONS, DataConfig, RunConfig, TestConfig
 from localization.data.annotations import SubsetAnnotations, load_subset
 from localization.errors import ConfigError, DataError, InputError
 from localization.metrics import DetectionMetrics, format_table, metric_key, metrics_as_floats, tiou_key
 
 if TYPE_CHECKING:
     from localization.inference.detector import Detector, Segment
-    from localization.inference.evaluation import EvalResult, evaluate_checkpoint, rescore
+    from localization.inference.evaluation import EvalResult, SubsetScorer, evaluate_checkpoint, rescore
     from localization.training.checkpoints import save_inference_checkpoint
     from localization.training.loop import EpochReport, OnEpoch, TrainingDiverged, TrainResult, train
 
 # module -> the names of it this door offers, imported on first use
 _LAZY_MODULES: dict[str, tuple[str, ...]] = {
     "localization.training.loop": ("train", "EpochReport", "OnEpoch", "TrainResult", "TrainingDiverged"),
-    "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult"),
+    "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult", "SubsetScorer"),
     "localization.inference.detector": ("Detector", "Segment"),
     "localization.training.checkpoints": ("save_inference_checkpoint",),
 }
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 __all__ = [
+    "RESCORABLE_TEST_KEYS",
     "RUN_SECTIONS",
     "ConfigError",
     "DataConfig",
@@ -61,6 +62,8 @@ __all__ = [
     "RunConfig",
     "Segment",
     "SubsetAnnotations",
+    "SubsetScorer",
+    "TestConfig",
     "TrainResult",
     "TrainingDiverged",
     "add_set_argument",

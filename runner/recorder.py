@@ -13,6 +13,7 @@ second run per trial), reopened, and epochs it already logged are not logged twi
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import signal
@@ -45,6 +46,8 @@ from runner.names import (
     PARENT,
     PLACEMENT,
     PLACEMENT_PREFIX,
+    POSTPROCESS_PREFIX,
+    POSTPROCESS_SECONDS,
     PREDICTIONS_DIR,
     PREDICTIONS_FILE,
     RETRIES,
@@ -164,7 +167,8 @@ class TrialRecorder(Callback):
         epoch = int(result["epoch"])
         if epoch <= self._logged.get(trial.trial_id, 0):
             return
-        keys = [*EPOCH_METRICS, *(validation_metrics(self.spec.base) if result.get("evaluated") else [])]
+        evaluated = [*validation_metrics(self.spec.base), POSTPROCESS_SECONDS] if result.get("evaluated") else []
+        keys = [*EPOCH_METRICS, *evaluated]
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), stamp, epoch) for k in keys if k in result]
         if result.get("evaluated") and self.metric in result:
@@ -255,6 +259,10 @@ class TrialRecorder(Callback):
                 run_id, best_metric(self.metric), float(report["metrics"][self.metric]), step=int(report["epoch"])
             )
             self.client.set_tag(run_id, BEST_EPOCH, str(report["epoch"]))
+            chosen = report.get("postprocess", {})  # the settings the best checkpoint's config holds
+            if chosen:
+                text = {key: value if isinstance(value, str) else json.dumps(value) for key, value in chosen.items()}
+                self.client.log_batch(run_id, tags=[RunTag(f"{POSTPROCESS_PREFIX}{k}", v) for k, v in text.items()])
         self.client.set_tag(run_id, STATUS, status)
         if failure:
             self.client.set_tag(run_id, FAILURE, failure)

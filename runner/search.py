@@ -409,6 +409,10 @@ def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
     echo("# space")
     for param in spec.space.params:
         echo(f"  {param.key}: {param.describe()}")
+    if spec.postprocess is not None:
+        echo(f"# post-processing: {spec.postprocess.trials} settings tried at every evaluation, no retraining")
+        for param in spec.postprocess.space.params:
+            echo(f"  {param.key}: {param.describe()}")
     direction = "maximize" if s.mode == "max" else "minimize"
     samples = sample_configs(
         spec.space, make_sampler(s.sampler, s.seed), min(DRY_RUN_SAMPLES, s.num_samples), direction

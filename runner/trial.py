@@ -14,6 +14,12 @@ A trial whose loss diverges ends with one terminal report instead of an exceptio
 runner.diverged): ``diverged`` (the engine's ``TrainingDiverged`` message) and the search metric
 as NaN.
 
+With ``search.postprocess`` every evaluation picks its post-processing on the model's raw
+candidates (runner.postprocess_search): the mAP reported is that of the pick, the epoch's
+``config.yaml`` carries the picked ``test.*`` settings (so promotion and runner.evaluate use
+them), ``report.json`` lists them under ``postprocess``, and the metric ``postprocess_search_s``
+is the time the inner search took.
+
 The checkpoint directory holds ``checkpoint.pt`` (the engine's checkpoint), ``config.yaml``
 (the trial's resolved run config), ``report.json`` (epoch + metrics) and, on evaluated epochs,
 ``predictions.json`` (validation detections in the submission format).
@@ -36,7 +42,8 @@ import ray
 from ray import tune
 
 from localization.api import RunConfig, dump_yaml
-from runner.names import CHECKPOINT_FILE, CONFIG_FILE, PREDICTIONS_FILE, REPORT_FILE
+from runner.names import CHECKPOINT_FILE, CONFIG_FILE, POSTPROCESS_SECONDS, PREDICTIONS_FILE, REPORT_FILE
+from runner.postprocess_search import PostprocessSearch
 from runner.spec import SearchFile, validation_metrics
 from runner.system_metrics import SearchRecord, TrialSystemMetrics
 
@@ -73,7 +80,13 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     cfg = trial_run_config(setup, config)
     # Ray logs "Checkpoint successfully created" for every epoch of every trial: console noise
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    reporter = EpochReporter(cfg, setup.spec.search.metric, setup.spec.search.mode)
+    search = setup.spec.search
+    postprocess = (
+        PostprocessSearch(setup.spec.postprocess, cfg.test, search.metric, search.mode, search.seed)
+        if setup.spec.postprocess is not None
+        else None
+    )
+    reporter = EpochReporter(cfg, search.metric, search.mode, postprocess)
     # The engine's own per-epoch checkpoint is scratch (Tune keeps the copies that matter): one
     # folder per worker process, emptied per trial, so a killed worker leaks at most one.
     work = Path(tempfile.gettempdir()) / f"runner-engine-{os.getpid()}"
@@ -94,7 +107,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
                     shutil.copyfile(Path(found) / CHECKPOINT_FILE, resume)
                     reporter.restore(json.loads((Path(found) / REPORT_FILE).read_text()))
         try:
-            train(cfg, work, on_epoch=reporter, resume=resume, log=reporter.log)
+            train(cfg, work, on_epoch=reporter, resume=resume, log=reporter.log, choose_test=postprocess)
         except TrainingDiverged as exc:  # final: raising would be retried search.max_failures times
             tune.report({setup.spec.search.metric: math.nan, DIVERGED_KEY: f"{type(exc).__name__}: {exc}"})
     finally:
@@ -124,8 +137,9 @@ def shrink_finished(trial_dir: Path) -> int:
 class EpochReporter:
     """The engine's ``on_epoch`` callback: epoch metrics + checkpoint directory -> tune.report."""
 
-    def __init__(self, cfg: RunConfig, metric: str, mode: str) -> None:
+    def __init__(self, cfg: RunConfig, metric: str, mode: str, postprocess: PostprocessSearch | None = None) -> None:
         self.cfg = cfg
+        self.postprocess = postprocess
         self.metric = metric
         self.sign = 1.0 if mode == "max" else -1.0
         self.validation_keys = validation_metrics(cfg)
@@ -137,8 +151,11 @@ class EpochReporter:
         }
 
     def restore(self, report: dict[str, Any]) -> None:
-        """Carry the last validation values over a resume (from the checkpoint's report.json)."""
+        """Carry the last validation values (and post-processing choice) over a resume (from the
+        checkpoint's report.json)."""
         self.last_validation = report.get("last_validation", {})
+        if self.postprocess is not None:
+            self.postprocess.restore(report.get("postprocess", {}))
 
     def log(self, line: str) -> None:
         """Engine progress lines go to the worker log (Ray forwards them with a trial prefix)."""
@@ -153,10 +170,13 @@ class EpochReporter:
             metrics.setdefault(key, self.last_validation.get(key, 0.0))
         score = self.sign * metrics[self.metric] if fresh else -math.inf
         metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **{SCORE_KEY: score}, **self.placement)
+        if self.postprocess is not None and report.evaluated:
+            metrics[POSTPROCESS_SECONDS] = self.postprocess.seconds
+        cfg = dataclasses.replace(self.cfg, test=report.test) if report.test is not None else self.cfg
         with tempfile.TemporaryDirectory(prefix="report-") as tmp:
             out = Path(tmp)
             _link_or_copy(report.checkpoint, out / CHECKPOINT_FILE)
-            (out / CONFIG_FILE).write_text(dump_yaml(self.cfg))
+            (out / CONFIG_FILE).write_text(dump_yaml(cfg))
             (out / REPORT_FILE).write_text(
                 json.dumps(
                     {
@@ -164,6 +184,7 @@ class EpochReporter:
                         "evaluated": bool(report.evaluated),
                         "metrics": report.metrics,
                         "last_validation": self.last_validation,
+                        **({"postprocess": dict(self.postprocess.chosen)} if self.postprocess else {}),
                     }
                 )
             )

@@ -124,6 +124,32 @@ def empty_interval(c: Case) -> list[str]:
     return [str(c.path), "search.space.test.nms_sigma: uniform needs low < high"]
 
 
+def postprocess_training_key(c: Case) -> list[str]:
+    c.raw["search"]["postprocess"] = {"trials": 4, "space": {"train.lr": {"uniform": [0.1, 0.2]}}}
+    return [str(c.path), "search.postprocess.space.train.lr: not a post-processing setting"]
+
+
+def postprocess_candidate_shaping_key(c: Case) -> list[str]:
+    c.raw["search"]["postprocess"] = {"trials": 4, "space": {"test.pre_nms_topk": {"int": [100, 5000]}}}
+    return [str(c.path), "search.postprocess.space.test.pre_nms_topk: not a post-processing setting"]
+
+
+def postprocess_bad_value(c: Case) -> list[str]:
+    c.raw["search"]["postprocess"] = {"trials": 4, "space": {"test.nms_sigma": {"uniform": [-1.0, 0.5]}}}
+    return [str(c.path), "search.postprocess.space.test.nms_sigma: with test.nms_sigma=-1.0"]
+
+
+def postprocess_without_trials(c: Case) -> list[str]:
+    c.raw["search"]["postprocess"] = {"space": {"test.nms_sigma": {"uniform": [0.3, 0.9]}}}
+    return [str(c.path), "search.postprocess.trials: expected an integer >= 1"]
+
+
+def postprocess_with_a_loss_metric(c: Case) -> list[str]:
+    c.raw["search"].update(metric="loss", mode="min")
+    c.raw["search"]["postprocess"] = {"trials": 4, "space": {"test.nms_sigma": {"uniform": [0.3, 0.9]}}}
+    return [str(c.path), "search.postprocess: needs a mAP search.metric"]
+
+
 def inverted_bounds(c: Case) -> list[str]:
     space(c, "train.lr", {"uniform": [0.5, 0.1]})
     return [str(c.path), "search.space.train.lr: uniform needs low < high"]
@@ -259,6 +285,11 @@ def override_without_value(c: Case) -> list[str]:
 
 
 ROWS: list[Edit] = [
+    postprocess_training_key,
+    postprocess_candidate_shaping_key,
+    postprocess_bad_value,
+    postprocess_without_trials,
+    postprocess_with_a_loss_metric,
     yaml_syntax,
     unknown_key,
     wrong_type,

@@ -139,6 +139,23 @@ class TestConfig:
     gt_filter: Literal["none", "actionformer"] = "none"  # evaluation ground-truth filter
 
 
+# The post-processing settings that can change without running the model again: applied to
+# saved raw candidates (localization.inference.subset_postprocess); the other test keys shape the
+# candidates (pre_nms_*, duration_thresh) or the scoring (tiou_thresholds, gt_filter).
+RESCORABLE_TEST_KEYS = tuple(
+    f"test.{key}"
+    for key in (
+        "nms_method",
+        "nms_sigma",
+        "iou_threshold",
+        "min_score",
+        "max_seg_num",
+        "multiclass_nms",
+        "voting_thresh",
+    )
+)
+
+
 @dataclass
 class RunConfig:
     """Everything one training run needs."""

@@ -16,7 +16,8 @@ import torch
 from localization.config.schema import RunConfig, inference_div_factor
 from localization.data.dataset import InferenceDataset, collate
 from localization.errors import DataError
-from localization.inference.postprocess import Candidates, postprocess, select_candidates
+from localization.inference.postprocess import Candidates, select_candidates
+from localization.inference.subset_postprocess import CandidateSet, VideoTiming
 from localization.model import ActionFormer, make_points
 
 
@@ -79,23 +80,23 @@ def predict(
     return raw
 
 
-def detect(raw: dict[str, Candidates], dataset: InferenceDataset, cfg: RunConfig) -> dict[str, Candidates]:
-    """Post-process every video's candidates into detections in seconds (NMS, top-k).
-
-    ``raw`` may come from :func:`predict` or from a saved file; it must cover ``dataset``'s videos.
-    """
+def candidate_set(raw: dict[str, Candidates], dataset: InferenceDataset) -> CandidateSet:
+    """The raw candidates of ``dataset``'s videos, in its order, ready for whole-subset
+    post-processing. ``raw`` may come from :func:`predict` or from a saved file; it must cover
+    ``dataset``'s videos."""
     missing = [video.video_id for video in dataset.videos if video.video_id not in raw]
     if missing:
         raise DataError(
             f"raw candidates lack {len(missing)} video(s) of subset {dataset.annotations.subset!r}, e.g. {missing[0]!r}"
         )
-    grid = dataset.reader
-    return {
-        video.video_id: postprocess(
-            raw[video.video_id], cfg.test, video.fps, video.duration, grid.feat_stride, grid.num_frames
-        )
-        for video in dataset.videos
-    }
+    timing = [VideoTiming(video.video_id, video.fps, video.duration) for video in dataset.videos]
+    return CandidateSet.from_raw(raw, timing, dataset.reader.feat_stride, dataset.reader.num_frames)
+
+
+def detect(raw: dict[str, Candidates], dataset: InferenceDataset, cfg: RunConfig) -> dict[str, Candidates]:
+    """Post-process every video's candidates into detections in seconds (NMS, top-k), all videos
+    at once (``subset_postprocess``; the same as ``postprocess`` video by video)."""
+    return candidate_set(raw, dataset).detect(cfg.test).per_video()
 
 
 def to_submission(detections: dict[str, Candidates], class_names: list[str]) -> dict[str, Any]:

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.config.schema import RunConfig, inference_div_factor
+from localization.config.schema import RunConfig, TestConfig, inference_div_factor
 from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
 from localization.data.dataset import TrainingDataset, build_loader
 from localization.data.features import FeatureReader
-from localization.inference.evaluation import EvalResult, SubsetEvaluator, subset_evaluator
+from localization.inference.evaluation import EvalResult, SubsetEvaluator, SubsetScorer, subset_evaluator
 from localization.inference.prediction import autocast, resolve_device
 from localization.metrics import metrics_as_floats
 from localization.model import ActionFormer, make_points
@@ -51,6 +51,7 @@ class EpochReport:
     evaluated: bool
     checkpoint: Path  # written at the end of this epoch
     predictions: dict[str, Any] | None  # validation detections (submission format) when evaluated
+    test: TestConfig | None = None  # the post-processing the evaluation used (see ``train``'s choose_test)
 
 
 @dataclass
@@ -92,8 +93,12 @@ def train(
     on_epoch: OnEpoch | None = None,
     resume: Path | None = None,
     log: Callable[[str], None] = print,
+    choose_test: Callable[[SubsetScorer], TestConfig] | None = None,
 ) -> TrainResult:
     """Train one model; write ``out_dir/checkpoint.pt`` after every epoch.
+
+    ``choose_test`` picks the post-processing of every evaluation from the model's raw candidates
+    (a post-processing search; default: ``cfg.test``); the epoch's report says which.
 
     ``resume`` continues from a checkpoint (model, EMA, optimizer, scheduler, loss normaliser,
     RNG states, epoch) exactly where it stopped. Raises :class:`TrainingDiverged` on a NaN or
@@ -114,17 +119,19 @@ def train(
         started = time.perf_counter()
         metrics = _train_epoch(state, cfg, epoch)
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
+        test = None
         if evaluated:
             log(f"epoch {epoch:>3}/{cfg.train.epochs}  evaluating on {len(state.evaluator.dataset)} videos")
-            last_eval = state.evaluator(state.ema.module, device)
+            scorer = state.evaluator.run(state.ema.module, device)
+            test = choose_test(scorer) if choose_test is not None else cfg.test
+            last_eval = scorer.result(test)
             if last_eval.metrics is not None:
                 metrics.update(metrics_as_floats(last_eval.metrics))
         metrics["epoch_time_s"] = time.perf_counter() - started
         save_checkpoint(checkpoint_path, _checkpoint(state, cfg, epoch))
         log(_progress_line(epoch, cfg.train.epochs, metrics))
-        report = EpochReport(
-            epoch, dict(metrics), evaluated, checkpoint_path, last_eval.predictions if evaluated and last_eval else None
-        )
+        predictions = last_eval.predictions if evaluated and last_eval else None
+        report = EpochReport(epoch, dict(metrics), evaluated, checkpoint_path, predictions, test)
         if on_epoch is not None and on_epoch(report):
             stopped_early = epoch < cfg.train.epochs
             break
