@@ -26,10 +26,11 @@ from localization.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from localization.config import RunConfig, inference_div_factor
-from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
+from localization.config import RunConfig, inference_div_factor, output_classes
+from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos, same_subset
 from localization.data.dataset import InferenceDataset, TrainingDataset, build_loader
 from localization.data.features import FeatureReader
+from localization.data.report import data_warnings
 from localization.inference import autocast, detect, predict, to_submission
 from localization.losses import LossNormalizer, compute_losses
 from localization.metrics import (
@@ -120,25 +121,41 @@ def load_training_subset(cfg: RunConfig) -> SubsetAnnotations:
     return annotations
 
 
-def _subset_evaluator(cfg: RunConfig, subset: str, reader: FeatureReader) -> _Evaluator:
-    """An evaluator for ``subset``; the validation subset is cut to ``data.val_videos`` when given."""
+def _subset_evaluator(
+    cfg: RunConfig, subset: str, reader: FeatureReader, class_names: list[str] | None = None
+) -> _Evaluator:
+    """An evaluator for ``subset``; the validation subset is cut to ``data.val_videos`` when given.
+
+    ``class_names``: the model's classes (a checkpoint's), default the data's class map; detections
+    are named with them and matched to the ground truth by name, so a class map in another order
+    (the same file with or without ``label_id``) scores the same.
+    """
     annotations = load_subset(cfg.data, subset)
-    restricted = subset == cfg.data.val_subset and cfg.data.val_videos is not None
+    restricted = same_subset(subset, cfg.data.val_subset) and cfg.data.val_videos is not None
     if restricted:
         annotations = restrict_videos(annotations, cfg.data.val_videos, "data.val_videos")
-    return _Evaluator(cfg, reader, annotations, restricted)
+    return _Evaluator(cfg, reader, annotations, restricted, class_names)
 
 
 class _Evaluator:
     """Scores a model on one subset: the dataset and ground truth are built once."""
 
-    def __init__(self, cfg: RunConfig, reader: FeatureReader, annotations: SubsetAnnotations, restricted: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        reader: FeatureReader,
+        annotations: SubsetAnnotations,
+        restricted: bool = False,
+        class_names: list[str] | None = None,
+    ):
         """``restricted``: ``annotations`` holds only some videos of its subset (data.val_videos);
         the ground truth is cut to the same videos."""
         self.cfg = cfg
-        self.class_names = annotations.class_names
+        self.class_names = class_names if class_names is not None else annotations.class_names
         self.dataset = InferenceDataset(cfg.data, annotations, reader)
-        ground_truth = load_ground_truth(cfg.data.annotations, annotations.subset, cfg.test.gt_filter)
+        ground_truth = load_ground_truth(
+            cfg.data.annotations, annotations.subset, cfg.test.gt_filter, cfg.data.class_list
+        )
         if restricted:
             ground_truth = restrict_to_videos(ground_truth, [v.video_id for v in annotations.videos])
         self.ground_truth = ground_truth
@@ -152,7 +169,7 @@ class _Evaluator:
 
     def score(self, raw: dict[str, Candidates]) -> EvalResult:
         """Post-process raw candidates with ``cfg.test`` and score them."""
-        detections = detect(raw, self.dataset, self.cfg)
+        detections = detect(raw, self.dataset, self.cfg, self.class_names)
         metrics = None
         if self.has_labels:
             predictions = predictions_from_arrays(detections, self.class_names)
@@ -200,7 +217,10 @@ def train(
     if steps_per_epoch == 0:
         raise RuntimeError("the training subset yields no batches")
 
-    model = ActionFormer(cfg.model, reader.dim, len(class_names), cfg.data.max_seq_len).to(device)
+    for warning in data_warnings({ds.annotations.subset: ds for ds in (train_set, evaluator.dataset)}):
+        log(f"warning: {warning}")
+    num_outputs = output_classes(cfg.model, len(class_names))
+    model = ActionFormer(cfg.model, reader.dim, num_outputs, cfg.data.max_seq_len).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     scheduler = build_scheduler(
         optimizer, cfg.train.warmup_epochs * steps_per_epoch, cfg.train.epochs * steps_per_epoch, cfg.train.eta_min
@@ -230,7 +250,7 @@ def train(
         model.train()
         sums = torch.zeros(3, dtype=torch.float64)
         for step, batch in enumerate(loader, start=1):
-            losses = train_step(forward, model, batch, device, cfg, optimizer, normalizer, len(class_names))
+            losses = train_step(forward, model, batch, device, cfg, optimizer, normalizer, num_outputs)
             if not math.isfinite(losses[2]):
                 raise TrainingDiverged(
                     f"loss became {losses[2]} at epoch {epoch}, step {step} "
@@ -292,6 +312,8 @@ def train_step(
     masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
     segments = [s.to(device) for s in batch["segments"]]
     labels = [lab.to(device) for lab in batch["labels"]]
+    if cfg.model.class_agnostic:  # every action is the one foreground class
+        labels = [torch.zeros_like(lab) for lab in labels]
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, cfg.train.bf16):
         out = forward(feats, masks)
@@ -327,7 +349,8 @@ def build_model_for_data(cfg: RunConfig) -> tuple[ActionFormer, str]:
     """The model ``cfg`` would train (input dim and classes from the data) and a data summary."""
     reader = FeatureReader(cfg.data)
     train_ann = load_training_subset(cfg)
-    model = ActionFormer(cfg.model, reader.dim, len(train_ann.class_names), cfg.data.max_seq_len)
+    num_outputs = output_classes(cfg.model, len(train_ann.class_names))
+    model = ActionFormer(cfg.model, reader.dim, num_outputs, cfg.data.max_seq_len)
     summary = (
         f"data: {len(train_ann.videos)} {cfg.data.train_subset} videos, "
         f"{len(train_ann.class_names)} classes, input dim {reader.dim} "
@@ -345,9 +368,9 @@ def evaluate(
 ) -> EvalResult:
     """Score a checkpoint on ``subset`` with ``cfg``'s data and post-processing settings."""
     ckpt = load_checkpoint(checkpoint)
-    model, cfg, _ = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
+    model, cfg, class_names = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
     device = resolve_device(cfg.train.device)
-    return _subset_evaluator(cfg, subset, FeatureReader(cfg.data))(model.to(device), device, raw_out)
+    return _subset_evaluator(cfg, subset, FeatureReader(cfg.data), class_names)(model.to(device), device, raw_out)
 
 
 def evaluate_raw(cfg: RunConfig, raw_path: Path, subset: str) -> EvalResult:

@@ -82,7 +82,7 @@ class ActionFormerModel(PythonModel):
             Detection(
                 video_id=vid, t_start=float(s), t_end=float(e), label=self.class_names[int(label)], score=float(score)
             )
-            for vid, det in detect(raw, dataset, self.cfg).items()
+            for vid, det in detect(raw, dataset, self.cfg, self.class_names).items()
             for (s, e), score, label in zip(det.segments, det.scores, det.labels, strict=True)
         ]
 

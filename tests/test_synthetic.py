@@ -99,10 +99,15 @@ def test_data_cli_reports_the_injected_dirty_counts(synthetic_dataset, capsys):
     database = json.loads(Path(load_config(synthetic_dataset).data.annotations).read_text())["database"]
     raw = sum(len(v["annotations"]) for v in database.values() if v["subset"] == "training")
     assert report["training"]["instances"] == raw - sum(injected["training"].values())
-    assert report["classes"] == CLASS_NAMES
+        for stream in ("i3d", "slowfast"):  # clips end at most 15 frames before the video does
+            coverage = report[subset]["coverage"][stream]
+            assert 0.95 < coverage["min"] <= coverage["median"] <= coverage["max"] <= 1.0
+    assert report["classes"] == CLASS_NAMES and report["class_map"] == "label_id"
+    assert report["warnings"] == []
     data_main([str(synthetic_dataset)])
     out = capsys.readouterr().out
-    assert "training: 120 videos, 120 with features (0 skipped)" in out and out.endswith("classes: 8\n")
+    assert "training: 120 videos, 120 with features (0 skipped)" in out
+    assert out.endswith("classes: 8 (from label_id)\n")
 
 
 def test_data_cli_bad_input_is_one_line_and_exit_2(synthetic_dataset, tmp_path, capsys):
