@@ -40,8 +40,10 @@ SEED, VIDEOS = 3, 24
 def layouts(tmp_path_factory) -> dict[str, Path]:
     """The same synthetic videos in every layout of ``--format``: layout -> config.yaml."""
     root = tmp_path_factory.mktemp("layouts")
-    return {name: generate(root / name, seed=SEED, videos=VIDEOS, layout=name)
-            for name in ("native", "official", "pt", "npz", "fixed")}
+    return {
+        name: generate(root / name, seed=SEED, videos=VIDEOS, layout=name)
+        for name in ("native", "official", "pt", "npz", "fixed")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,10 @@ def checkpoint(layouts, tmp_path_factory) -> Path:
 
 def test_one_checkpoint_scores_the_same_on_every_layout(layouts, checkpoint):
     """.npy, .pt, .npz, and the JSON with or without label_id: the same mAP to 1e-9."""
-    results = {name: evaluate_checkpoint(load_config(layouts[name], TINY), checkpoint, "validation")
-               for name in ("native", "official", "pt", "npz")}
+    results = {
+        name: evaluate_checkpoint(load_config(layouts[name], TINY), checkpoint, "validation")
+        for name in ("native", "official", "pt", "npz")
+    }
     assert load_subset(load_config(layouts["official"]).data, "validation").class_map == "sorted labels"
     reference = results["native"]
     assert reference.metrics.average_mAP > 0
@@ -89,8 +93,9 @@ def test_class_agnostic_segments_take_labels_and_scores_from_the_classifier(layo
     n = len(agnostic.scores)
     assert n > 0 and len(submission) == 2 * n
     for rank, (label, p) in enumerate((("jump_forward", 0.64), ("spin_backward", 0.25))):
-        for (start, end), s, det in zip(agnostic.segments, agnostic.scores, submission[rank * n:(rank + 1) * n],
-                                        strict=True):
+        for (start, end), s, det in zip(
+            agnostic.segments, agnostic.scores, submission[rank * n : (rank + 1) * n], strict=True
+        ):
             assert det["label"] == label
             assert det["segment"] == [float(start), float(end)]
             assert det["score"] == pytest.approx(math.sqrt(float(s) * p), rel=1e-12)
