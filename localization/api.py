@@ -1,15 +1,17 @@
 """The one door into the science: what ``runner`` (and a notebook) may use of ``localization``.
 
-Everything here is typed and stable; the modules behind it may move. Importing this module is
-cheap (the config, errors and metrics: numpy and yaml): functions that need torch import it when
-called, so ``import runner.search`` or ``import runner.promote`` never loads torch by itself.
+The names here are stable; the modules behind them may move. Importing this module is cheap (the
+config, errors, annotations and metrics: numpy and yaml). The names that need torch (training,
+evaluation, the detector, checkpoints) are loaded on first use (:func:`__getattr__`), so
+``import runner.search`` or ``import runner.promote`` does not load torch by itself; type
+checkers see them through the ``TYPE_CHECKING`` imports below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
+import dataclasses
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from localization.cli import add_set_argument, write_json
 from localization.cli import run as run_command
@@ -32,8 +34,27 @@ from localization.errors import ConfigError, DataError, InputError
 from localization.metrics import DetectionMetrics, format_table, metric_key, metrics_as_floats, tiou_key
 
 if TYPE_CHECKING:
-    from localization.inference.detector import Detector
-    from localization.training.loop import EpochReport, EvalResult, OnEpoch, TrainResult
+    from localization.data.synthetic import generate as make_synthetic
+    from localization.inference.detector import Detector, Segment
+    from localization.inference.evaluation import EvalResult, evaluate_checkpoint, rescore
+    from localization.training.checkpoints import save_inference_checkpoint
+    from localization.training.loop import EpochReport, OnEpoch, TrainingDiverged, TrainResult, train
+
+# name -> (module, attribute), imported on first use
+_LAZY: dict[str, tuple[str, str]] = {
+    "train": ("localization.training.loop", "train"),
+    "EpochReport": ("localization.training.loop", "EpochReport"),
+    "OnEpoch": ("localization.training.loop", "OnEpoch"),
+    "TrainResult": ("localization.training.loop", "TrainResult"),
+    "TrainingDiverged": ("localization.training.loop", "TrainingDiverged"),
+    "evaluate_checkpoint": ("localization.inference.evaluation", "evaluate_checkpoint"),
+    "rescore": ("localization.inference.evaluation", "rescore"),
+    "EvalResult": ("localization.inference.evaluation", "EvalResult"),
+    "Detector": ("localization.inference.detector", "Detector"),
+    "Segment": ("localization.inference.detector", "Segment"),
+    "save_inference_checkpoint": ("localization.training.checkpoints", "save_inference_checkpoint"),
+    "make_synthetic": ("localization.data.synthetic", "generate"),
+}
 
 __all__ = [
     "RUN_SECTIONS",
@@ -45,9 +66,12 @@ __all__ = [
     "EpochReport",
     "EvalResult",
     "InputError",
+    "OnEpoch",
     "RunConfig",
+    "Segment",
     "SubsetAnnotations",
     "TrainResult",
+    "TrainingDiverged",
     "add_set_argument",
     "apply_overrides",
     "build_section",
@@ -57,7 +81,6 @@ __all__ = [
     "flatten",
     "format_table",
     "load_config",
-    "load_detector",
     "load_subset",
     "make_synthetic",
     "metric_key",
@@ -76,67 +99,25 @@ __all__ = [
 ]
 
 
-def train(
-    cfg: RunConfig,
-    out_dir: Path,
-    on_epoch: OnEpoch | None = None,
-    resume: Path | None = None,
-    log: Callable[[str], None] = print,
-) -> TrainResult:
-    """Train one model, checkpointing ``out_dir/checkpoint.pt`` every epoch; ``on_epoch`` may stop it."""
-    from localization.training.loop import train as train_model
-
-    return train_model(cfg, out_dir, on_epoch=on_epoch, resume=resume, log=log)
-
-
-def evaluate_checkpoint(
-    cfg: RunConfig, checkpoint: Path, subset: str, raw_out: Path | None = None, use_ema: bool = True
-) -> EvalResult:
-    """Detections and mAP of a checkpoint on ``subset`` with ``cfg``'s data and post-processing."""
-    from localization.inference.evaluation import evaluate_checkpoint as evaluate
-
-    return evaluate(cfg, checkpoint, subset, raw_out=raw_out, use_ema=use_ema)
-
-
-def rescore(cfg: RunConfig, raw_path: Path, subset: str) -> EvalResult:
-    """Re-score raw candidates saved by ``evaluate_checkpoint(raw_out=...)`` with ``cfg.test``."""
-    from localization.inference.evaluation import rescore as rescore_raw
-
-    return rescore_raw(cfg, raw_path, subset)
-
-
-def load_detector(weights: Path, cfg: RunConfig) -> Detector:
-    """A model ready to detect actions in named videos (EMA weights, ``cfg``'s settings)."""
-    from localization.inference.detector import Detector
-
-    return Detector(weights, cfg)
-
-
-def save_inference_checkpoint(checkpoint: Path, dest: Path) -> list[str]:
-    """Write the inference part of a training checkpoint to ``dest``; returns its class names."""
-    from localization.training.checkpoints import save_inference_checkpoint as save
-
-    return save(checkpoint, dest)
+def __getattr__(name: str) -> Any:
+    """Load a torch-side name on first use (PEP 562) and keep it for the next lookups."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
 
 
 def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> list[str]:
     """Check every video's feature files the way the datasets read them (DataError otherwise);
     returns the subset's coverage warnings (a wrong fps or time grid, ``localization.data.report``)."""
-    import dataclasses
-
     from localization.data.dataset import InferenceDataset
     from localization.data.features import FeatureReader
     from localization.data.report import data_warnings
 
     reader = FeatureReader(dataclasses.replace(data, cache_features=False))
     return data_warnings({annotations.subset: InferenceDataset(data, annotations, reader)})
-
-
-def make_synthetic(out_dir: Path, seed: int, videos: int) -> None:
-    """Write the synthetic dataset (FineAction's layout) and its ``config.yaml`` into ``out_dir``."""
-    from localization.data.synthetic import generate
-
-    generate(out_dir, seed=seed, videos=videos)
 
 
 def set_torch_threads(num_threads: int) -> None:

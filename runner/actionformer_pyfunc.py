@@ -28,7 +28,8 @@ import mlflow
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from pydantic import BaseModel
 
-from localization.api import DataError, apply_overrides, config_from_dict, load_detector, read_yaml
+from localization import api
+from localization.api import DataError, apply_overrides, config_from_dict, read_yaml
 from runner.names import CLASS_NAMES, CONFIG, WEIGHTS
 
 
@@ -50,7 +51,7 @@ class ActionFormerModel(PythonModel):
         raw = read_yaml(context.artifacts[CONFIG])
         apply_overrides(raw, list(settings.get("set", [])), "model_config.set")
         cfg = config_from_dict(raw, context.artifacts[CONFIG])
-        self.detector = load_detector(Path(context.artifacts[WEIGHTS]), cfg)  # weights_only=True
+        self.detector = api.Detector(Path(context.artifacts[WEIGHTS]), cfg)  # weights_only=True
         stored = json.loads(Path(context.artifacts[CLASS_NAMES]).read_text())
         if stored != self.detector.class_names:
             raise DataError(f"{context.artifacts[CLASS_NAMES]}: class names differ from the weights' own")

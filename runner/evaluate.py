@@ -3,7 +3,7 @@
 Final evaluation of a promoted model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
 ``models:/m-ID`` or ``runs:/RUN_ID/PATH``): whole-video inference on a subset with the model's
 own weights (EMA, as the trial's evaluation used) and config (``--set`` overrides any key, for
-example data paths), then in DIR:
+example data paths; ``--set tracking.uri=URI`` names the tracking store), then in DIR:
 
 - ``predictions.json``: detections in the ActivityNet submission format;
 - ``metrics.json``: the trainer's keys (``{"average_mAP": ..., "mAP": {"0.50": ...}, ...}``);
@@ -23,7 +23,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from localization import api
 from localization.api import (
     ConfigError,
     DetectionMetrics,
@@ -38,7 +39,6 @@ from localization.api import (
     add_set_argument,
     apply_overrides,
     config_from_dict,
-    evaluate_checkpoint,
     format_table,
     metrics_as_floats,
     read_yaml,
@@ -49,10 +49,8 @@ from localization.api import (
 )
 from runner import registry
 from runner.selection import Selection, describe_selection
+from runner.spec import check_tracking_uri
 from runner.store import resolve_store
-
-if TYPE_CHECKING:
-    from localization.api import EvalResult
 
 
 def model_config(files: registry.ModelFiles, overrides: list[str]) -> RunConfig:
@@ -65,6 +63,24 @@ def model_config(files: registry.ModelFiles, overrides: list[str]) -> RunConfig:
     if cfg.model != stored.model:
         raise ConfigError("--set: model.*: the model section cannot change (the weights fit the stored one)")
     return cfg
+
+
+def split_overrides(overrides: list[str], tracking_uri: str | None) -> tuple[list[str], str | None]:
+    """``--set`` items for the model's run config, and the tracking URI (``--set tracking.uri=...``
+    wins over ``--tracking-uri``); ``tracking.uri`` is the only runner setting evaluation takes."""
+    run_overrides, tracking = [], {}
+    for item in overrides:
+        if item.strip().startswith("tracking."):
+            apply_overrides(tracking, [item])
+        else:
+            run_overrides.append(item)
+    settings = tracking.get("tracking", {})
+    unknown = sorted(set(settings) - {"uri"})
+    if unknown:
+        raise ConfigError(f"--set: tracking.{unknown[0]}: runner.evaluate takes only tracking.uri")
+    uri = settings.get("uri", tracking_uri)
+    check_tracking_uri(uri, "--set")
+    return run_overrides, uri
 
 
 def selection_of(client: MlflowClient, ref: registry.ModelRef) -> Selection | None:
@@ -114,7 +130,7 @@ def plot_per_class_ap(path: Path, metrics: DetectionMetrics, title: str) -> None
     fig.savefig(path, dpi=120)
 
 
-def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> list[Path]:
+def write_outputs(out: Path, result: api.EvalResult, summary: dict[str, Any]) -> list[Path]:
     """Write every file of the evaluation in ``out``; returns them (what the MLflow run holds)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "predictions.json", result.predictions)
@@ -140,7 +156,7 @@ def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> lis
 
 
 def log_evaluation_run(
-    client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: EvalResult, summary: dict[str, Any]
+    client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: api.EvalResult, summary: dict[str, Any]
 ) -> str:
     """An MLflow run holding the evaluation, in the experiment of the model's training run."""
     experiment_id = None
@@ -188,15 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    client = registry.use_store(resolve_store(args.tracking_uri, Path.cwd()))
+    run_overrides, tracking_uri = split_overrides(args.overrides, args.tracking_uri)
+    client = registry.use_store(resolve_store(tracking_uri, Path.cwd()))
     uri = client.tracking_uri
     ref = registry.resolve_model(client, args.model_uri)
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         files = registry.download_model(ref, Path(tmp), uri)
-        cfg = model_config(files, args.overrides)
+        cfg = model_config(files, run_overrides)
         if cfg.train.num_threads > 0:  # as the trial ran: float sums, hence mAP, match to the last digit
             set_torch_threads(cfg.train.num_threads)
-        result = evaluate_checkpoint(cfg, files.weights, args.subset)  # EMA weights, the model's post-processing
+        result = api.evaluate_checkpoint(cfg, files.weights, args.subset)  # EMA weights, the model's post-processing
 
     selection = selection_of(client, ref)
     warning = selection.warning_for(args.subset) if selection else None
@@ -208,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_alias": ref.alias,
         "source_run_id": ref.source_run_id,
         "subset": args.subset,
-        "overrides": args.overrides,
+        "overrides": run_overrides,
         "selected_on_subset": selection.subset if selection else None,
         "selected_on": selection.description if selection else None,
         "warning": warning,

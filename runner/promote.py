@@ -1,4 +1,4 @@
-"""``python -m runner.promote SEARCH.yaml [--run-id ID] [--parent ID] [--alias champion] [--allow-partial]``
+"""``python -m runner.promote SEARCH.yaml [--set KEY=VALUE ...] [--run-id ID] [--parent ID] [--alias champion] [--allow-partial]``
 
 Promotes the best trial of a finished search, read from MLflow itself (not from Ray's files): its
 best checkpoint becomes a pickle-free MLflow model (``runner.registry``), registered as a new
@@ -25,7 +25,7 @@ from mlflow.entities import Experiment, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from localization.api import InputError, config_from_dict, read_yaml, run_command
+from localization.api import InputError, add_set_argument, config_from_dict, read_yaml, run_command
 from runner import registry
 from runner.selection import describe_selection
 from runner.spec import SearchFile, load_search_file
@@ -249,9 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-partial", action="store_true", help="promote from an unfinished, interrupted or partly failed search"
     )
+    add_set_argument(parser)  # any key of the search file, e.g. --set tracking.uri=http://host:5000
     args = parser.parse_args(argv)
 
-    spec = load_search_file(args.search_file)
+    spec = load_search_file(args.search_file, args.overrides)
     client = registry.use_store(resolve_store(spec.tracking.uri, Path.cwd()))
     run = None
     parent_id = args.parent

@@ -11,6 +11,7 @@ Registry stages are deprecated (MLflow 2.9+): versions are addressed by alias.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -20,13 +21,13 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from localization.api import InputError, save_inference_checkpoint
+from localization import api
+from localization.api import InputError
 from runner.names import CLASS_NAMES, CONFIG, LOGGED_MODEL_NAME, WEIGHTS
 from runner.names import MODEL_FILE_NAMES as FILE_NAMES
 from runner.store import Store, connect
@@ -96,7 +97,7 @@ def export_model_files(checkpoint: Path, config_yaml: Path, out_dir: Path) -> Mo
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ModelFiles(*(out_dir / FILE_NAMES[key] for key in (WEIGHTS, CONFIG, CLASS_NAMES)))
-    class_names = save_inference_checkpoint(checkpoint, files.weights)
+    class_names = api.save_inference_checkpoint(checkpoint, files.weights)
     shutil.copyfile(config_yaml, files.config)
     files.class_names.write_text(json.dumps(class_names, indent=1))
     return files
@@ -106,7 +107,7 @@ def _pip_requirements() -> list[str]:
     # Exact versions without local labels ("2.13.0+cpu" warns, stack-notes M9). The project
     # package itself (localization, runner) must be installed where the model is loaded.
     return [
-        f"torch=={torch.__version__.split('+')[0]}",
+        f"torch=={importlib.metadata.version('torch').split('+')[0]}",
         f"numpy=={np.__version__}",
         f"mlflow=={mlflow.__version__}",
         "pyyaml",

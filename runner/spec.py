@@ -224,9 +224,7 @@ def _validate(spec: SearchFile) -> None:
         fail("resources.cpu", f"must be > 0, got {spec.resources.cpu}")
     if spec.resources.gpu < 0:
         fail("resources.gpu", f"must be >= 0, got {spec.resources.gpu}")
-    uri = spec.tracking.uri
-    if uri is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S*|databricks(://\S*)?", uri):
-        fail("tracking.uri", f"expected a URI such as sqlite:////abs/mlflow.db or http://host:5000, got {uri!r}")
+    check_tracking_uri(spec.tracking.uri, source)
     if spec.synthetic is not None and spec.synthetic.videos < 2:
         fail("synthetic.videos", f"must be >= 2, got {spec.synthetic.videos}")
 
@@ -269,6 +267,16 @@ def _unknown_key_message(key: str, leaves: dict[str, Any]) -> str:
     section = key.rpartition(".")[0]
     near = sorted(k for k in leaves if k.rpartition(".")[0] == section) or sorted({k.split(".")[0] for k in leaves})
     return f"not a run-config value (keys here: {near})"
+
+
+def check_tracking_uri(uri: str | None, source: str) -> None:
+    """``tracking.uri`` must look like a URI (None: the default store); ConfigError naming ``source``."""
+    if uri is not None and not (
+        isinstance(uri, str) and re.fullmatch(r"[a-z][a-z0-9+.-]*://\S*|databricks(://\S*)?", uri)
+    ):
+        raise ConfigError(
+            f"{source}: tracking.uri: expected a URI such as sqlite:////abs/mlflow.db or http://host:5000, got {uri!r}"
+        )
 
 
 def validation_metrics(cfg: RunConfig) -> list[str]:
