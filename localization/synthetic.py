@@ -1,4 +1,7 @@
-"""``python -m localization.synthetic --out DIR [--seed N] [--videos N] [--format F]``: see localization.data.synthetic."""
+"""``python -m localization.synthetic --out DIR [--seed N] [--videos N] [--format F]``.
+
+See localization.data.synthetic.
+"""
 
 from localization import cli
 from localization.data.synthetic import main

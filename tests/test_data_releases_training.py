@@ -83,7 +83,7 @@ def test_class_agnostic_segments_take_labels_and_scores_from_the_classifier(layo
     result = train(cfg, tmp_path / "run", log=lambda _: None)
     ckpt = load_checkpoint(result.checkpoint)
     assert list(ckpt["class_names"]) == CLASS_NAMES
-    model, cfg, class_names = model_from_checkpoint(ckpt, cfg=cfg)
+    model, cfg, _ = model_from_checkpoint(ckpt, cfg=cfg)
     dataset = InferenceDataset(cfg.data, load_subset(cfg.data, "validation"))
     raw = predict(model, dataset, cfg, resolve_device("cpu"))
     assert max(int(c.labels.max()) for c in raw.values() if len(c)) == 0  # one foreground class

@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     reader = FeatureReader(cfg.data)
-    datasets = {subset: InferenceDataset(cfg.data, load_subset(cfg.data, subset), reader)
-                for subset in dict.fromkeys([cfg.data.train_subset, cfg.data.val_subset])}
+    datasets = {
+        subset: InferenceDataset(cfg.data, load_subset(cfg.data, subset), reader)
+        for subset in dict.fromkeys([cfg.data.train_subset, cfg.data.val_subset])
+    }
     report: dict[str, Any] = {subset: summarize(dataset) for subset, dataset in datasets.items()}
     first = next(iter(datasets.values())).annotations
     report["classes"] = first.class_names
