@@ -357,3 +357,36 @@ def test_feature_set_configs_load_and_match_their_search_space(name):
     assert searched <= set(cfg.data.features)  # only streams the user of this feature set has
     header = (Path("configs") / f"{name}.yaml").read_text().split("\ndata:")[0]
     assert "Source" in header and "UNVERIFIED" in header
+
+
+@pytest.mark.parametrize(
+    ("layout", "i3d_file", "slowfast_file"),
+    [
+        ("pt", "v_00000000_spatial_pool_feature_5.pt", "v_00000000.pth"),
+        ("npz", "v_00000000.npz", "v_00000000.npz"),
+        ("fixed", "v_00000000.npy", "v_00000000.npy"),
+        ("official", "v_00000000.npy", "v_00000000.npy"),
+    ],
+)
+def test_synthetic_format_option_writes_each_layout(tmp_path, capsys, layout, i3d_file, slowfast_file):
+    from localization.data.synthetic import TRAILING_SPACE_CLASS
+    from localization.data.synthetic import main as synthetic_main
+
+    assert synthetic_main(["--out", str(tmp_path / "d"), "--videos", "4", "--format", layout]) == 0
+    cfg = load_config(capsys.readouterr().out.strip())
+    assert (Path(cfg.data.streams["i3d"].dir) / i3d_file).is_file()
+    assert (Path(cfg.data.streams["slowfast"].dir) / slowfast_file).is_file()
+    dataset = InferenceDataset(cfg.data, load_subset(cfg.data, "training"))
+    if layout == "fixed":
+        assert set(dataset.lengths) == {100} and cfg.data.streams["i3d"].feat_stride == "auto"
+        assert coverage_summary(dataset)["i3d"]["median"] == pytest.approx(1.0, abs=1e-3)
+    database = json.loads(Path(cfg.data.annotations).read_text())["database"]
+    anns = [a for entry in database.values() for a in entry["annotations"]]
+    if layout == "official":
+        assert not any("label_id" in a for a in anns) and all(isinstance(e["duration"], str) for e in database.values())
+        assert dataset.annotations.class_map == "sorted labels"
+        spelled = {a["label"] for a in anns}
+        assert TRAILING_SPACE_CLASS not in spelled  # always spelled with its trailing space
+        assert dataset.class_names == sorted({label.strip() for label in spelled})
+    else:
+        assert all("label_id" in a for a in anns)
