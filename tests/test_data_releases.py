@@ -390,3 +390,14 @@ def test_synthetic_format_option_writes_each_layout(tmp_path, capsys, layout, i3
         assert dataset.class_names == sorted({label.strip() for label in spelled})
     else:
         assert all("label_id" in a for a in anns)
+
+
+def test_read_stream_gives_one_videos_stream_as_channels_by_time(tmp_path):
+    from localization.data.features import read_stream
+
+    path = tmp_path / "v.pt"
+    torch.save({"feats": torch.from_numpy(ramp(9).T.copy()).half()}, path)  # stored [C, T] in float16
+    stream = StreamConfig(dir=str(tmp_path), dim=3, layout="ct", downsample=2, file_pattern="{video_id}.pt")
+    out = read_stream(path, stream, "s")
+    assert out.dtype == np.float32 and out.shape == (3, 5)
+    np.testing.assert_array_equal(out, ramp(9)[::2].T)

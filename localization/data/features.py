@@ -10,7 +10,10 @@ extension of ``file_pattern`` (``../shared/spec/fineaction.md`` 1.5 lists the pu
   with ``torch.load(weights_only=True)``: a feature file cannot run code.
 
 Arrays are stored [T, C] or [C, T] (``layout``). Anything unreadable is one line naming the file
-and the stream. :func:`read_stream` is the one function reading one video's stream as (C, T).
+and the stream. :func:`read_stream` is the one function reading one video's stream as (C, T)
+(what a shared feature store builds on); :func:`open_stream` is its lazy (T, C) form that training
+crops slice. ``.npz`` and ``.pt`` files cannot be memory-mapped: every access reads the whole file,
+so keep ``data.cache_features: true`` for them when the features fit in memory.
 
 Each stream has its own time grid per video (:mod:`localization.data.timegrid`): native
 ``feat_stride`` / ``num_frames``, ``downsample: k``, or ``feat_stride: auto`` for fixed-length
