@@ -48,6 +48,20 @@ from localization.api import (
     write_json,
 )
 from runner import registry
+from runner.names import (
+    MODEL_ALIAS,
+    MODEL_NAME,
+    MODEL_URI,
+    MODEL_VERSION,
+    PARENT,
+    ROLE,
+    ROLE_EVALUATION,
+    SELECTION,
+    SELECTION_SUBSET,
+    SELECTION_WARNING,
+    SOURCE_RUN_ID,
+    SUBSET,
+)
 from runner.selection import Selection, describe_selection
 from runner.spec import check_tracking_uri
 from runner.store import resolve_store
@@ -89,7 +103,7 @@ def selection_of(client: MlflowClient, ref: registry.ModelRef) -> Selection | No
         return None
     try:
         run = client.get_run(ref.source_run_id)
-        parent_id = run.data.tags.get("mlflow.parentRunId")
+        parent_id = run.data.tags.get(PARENT)
         parent_tags = client.get_run(parent_id).data.tags if parent_id else {}
     except MlflowException:
         return None
@@ -166,18 +180,18 @@ def log_evaluation_run(
         except MlflowException:
             experiment_id = None  # the training run was deleted: the default experiment
     tags = {
-        "runner.role": "evaluation",
-        "runner.model_uri": ref.uri,
-        "runner.subset": summary["subset"],
-        "runner.model_name": ref.name or "",
-        "runner.model_version": ref.version or "",
-        "runner.model_alias": ref.alias or "",
-        "runner.source_run_id": ref.source_run_id or "",
-        "runner.selection_subset": summary["selected_on_subset"] or "unknown",
-        "runner.selection": summary["selected_on"] or "unknown",
+        ROLE: ROLE_EVALUATION,
+        MODEL_URI: ref.uri,
+        SUBSET: summary["subset"],
+        MODEL_NAME: ref.name or "",
+        MODEL_VERSION: ref.version or "",
+        MODEL_ALIAS: ref.alias or "",
+        SOURCE_RUN_ID: ref.source_run_id or "",
+        SELECTION_SUBSET: summary["selected_on_subset"] or "unknown",
+        SELECTION: summary["selected_on"] or "unknown",
     }
     if summary["warning"]:
-        tags["runner.selection_warning"] = summary["warning"]
+        tags[SELECTION_WARNING] = summary["warning"]
     label = f"{ref.name} v{ref.version}" if ref.version else ref.uri
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"evaluate {label} on {summary['subset']}", tags=tags

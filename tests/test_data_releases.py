@@ -370,7 +370,7 @@ def test_feature_set_configs_load_and_match_their_search_space(name):
 )
 def test_synthetic_format_option_writes_each_layout(tmp_path, capsys, layout, i3d_file, slowfast_file):
     from localization.data.synthetic import TRAILING_SPACE_CLASS
-    from localization.data.synthetic import main as synthetic_main
+    from localization.synthetic import main as synthetic_main
 
     assert synthetic_main(["--out", str(tmp_path / "d"), "--videos", "4", "--format", layout]) == 0
     cfg = load_config(capsys.readouterr().out.strip())

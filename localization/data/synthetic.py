@@ -1,6 +1,6 @@
 """A small synthetic FineAction look-alike: annotations, two feature streams and a run config.
 
-``python -m localization.data.synthetic --out DIR [--seed N] [--videos N] [--format F]`` writes, in seconds:
+``generate(DIR, seed, videos, layout)`` (the command ``python -m localization.synthetic``) writes, in seconds:
 
 - ``DIR/annotations_gt.json``: FineAction layout, subsets "training" and "validation", fps 24/25/30
   per video, 8 classes, plus a few injected dirty annotations of every kind in both subsets
@@ -33,7 +33,6 @@ weak and temporal context pays.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,6 @@ import numpy as np
 import torch
 import yaml
 
-from localization import cli
 from localization.config import load_config
 from localization.data.features import resample_to_grid
 from localization.data.timegrid import Grid, auto_grid
@@ -336,28 +334,3 @@ def generate(out_dir: str | Path, seed: int = 0, videos: int = 160, layout: str 
     (out_dir / "annotations_gt.json").write_text(json.dumps({"version": "synthetic", "database": database}))
     (out_dir / "injected_dirty.json").write_text(json.dumps(injected, indent=2))
     return write_config(out_dir, layout)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localization.data.synthetic", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--videos", type=int, default=160, help="number of videos (3/4 training)")
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="native",
-        help="layout of the files (a public FineAction release's; see the module docstring)",
-    )
-    args = parser.parse_args(argv)
-    if args.videos < 2:
-        parser.error("--videos must be >= 2")
-    try:
-        print(generate(args.out, args.seed, args.videos, args.format))
-    except OSError as exc:
-        raise InputError(f"{args.out}: cannot write the synthetic dataset: {exc.strerror}") from None
-    return 0
-
-
-if __name__ == "__main__":
-    cli.run(main)
