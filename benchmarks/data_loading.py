@@ -74,7 +74,7 @@ def run_setting(root: Path, cache: bool, workers: int, epochs: int, batch_size: 
     """Time `epochs` epochs of the training loader in this process (call in a fresh process)."""
     import torch
 
-    from localization.config import DataConfig, StreamConfig
+    from localization.config.schema import DataConfig, StreamConfig
     from localization.data.annotations import load_subset
     from localization.data.dataset import TrainingDataset, build_loader
 

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from localization.config import TestConfig
+from localization.config.schema import TestConfig
 from localization.inference.postprocess import batched_nms, select_candidates
 
 STRIDES = [1, 2, 4, 8, 16, 32]

@@ -21,12 +21,13 @@ import time
 import numpy as np
 import torch
 
-from localization.config import inference_div_factor, load_config
+from localization.config.loading import load_config
+from localization.config.schema import inference_div_factor
 from localization.data.dataset import collate
 from localization.inference.postprocess import postprocess, select_candidates
-from localization.inference.prediction import autocast
+from localization.inference.prediction import autocast, resolve_device
 from localization.model import ActionFormer, make_points
-from localization.training.loop import resolve_device, train_step
+from localization.training.loop import train_step
 from localization.training.losses import LossNormalizer
 from localization.training.optim import ModelEma, param_groups
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localization.cli import add_set_argument, write_json
 from localization.cli import run as run_command
-from localization.config import (
-    RUN_SECTIONS,
-    DataConfig,
-    RunConfig,
+from localization.config.loading import (
     apply_overrides,
     build_section,
     config_from_dict,
@@ -29,32 +27,25 @@ from localization.config import (
     set_dotted,
     to_dict,
 )
+from localization.config.schema import RUN_SECTIONS, DataConfig, RunConfig
 from localization.data.annotations import SubsetAnnotations, load_subset
 from localization.errors import ConfigError, DataError, InputError
 from localization.metrics import DetectionMetrics, format_table, metric_key, metrics_as_floats, tiou_key
 
 if TYPE_CHECKING:
-    from localization.data.synthetic import generate as make_synthetic
     from localization.inference.detector import Detector, Segment
     from localization.inference.evaluation import EvalResult, evaluate_checkpoint, rescore
     from localization.training.checkpoints import save_inference_checkpoint
     from localization.training.loop import EpochReport, OnEpoch, TrainingDiverged, TrainResult, train
 
-# name -> (module, attribute), imported on first use
-_LAZY: dict[str, tuple[str, str]] = {
-    "train": ("localization.training.loop", "train"),
-    "EpochReport": ("localization.training.loop", "EpochReport"),
-    "OnEpoch": ("localization.training.loop", "OnEpoch"),
-    "TrainResult": ("localization.training.loop", "TrainResult"),
-    "TrainingDiverged": ("localization.training.loop", "TrainingDiverged"),
-    "evaluate_checkpoint": ("localization.inference.evaluation", "evaluate_checkpoint"),
-    "rescore": ("localization.inference.evaluation", "rescore"),
-    "EvalResult": ("localization.inference.evaluation", "EvalResult"),
-    "Detector": ("localization.inference.detector", "Detector"),
-    "Segment": ("localization.inference.detector", "Segment"),
-    "save_inference_checkpoint": ("localization.training.checkpoints", "save_inference_checkpoint"),
-    "make_synthetic": ("localization.data.synthetic", "generate"),
+# module -> the names of it this door offers, imported on first use
+_LAZY_MODULES: dict[str, tuple[str, ...]] = {
+    "localization.training.loop": ("train", "EpochReport", "OnEpoch", "TrainResult", "TrainingDiverged"),
+    "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult"),
+    "localization.inference.detector": ("Detector", "Segment"),
+    "localization.training.checkpoints": ("save_inference_checkpoint",),
 }
+_LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 __all__ = [
     "RUN_SECTIONS",
@@ -103,8 +94,7 @@ def __getattr__(name: str) -> Any:
     """Load a torch-side name on first use (PEP 562) and keep it for the next lookups."""
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = _LAZY[name]
-    value = getattr(importlib.import_module(module), attribute)
+    value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value
     return value
 
@@ -125,3 +115,10 @@ def set_torch_threads(num_threads: int) -> None:
     import torch
 
     torch.set_num_threads(num_threads)
+
+
+def make_synthetic(out_dir: Path, seed: int, videos: int) -> Path:
+    """Write the synthetic dataset (FineAction's layout) into ``out_dir``; returns its ``config.yaml``."""
+    from localization.data.synthetic import generate
+
+    return generate(out_dir, seed=seed, videos=videos)

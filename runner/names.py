@@ -1,5 +1,7 @@
 """The MLflow layout contract: every tag, param, metric and artifact name the runner writes or reads.
 
+(The keys inside a checkpoint belong to the science: localization/training/checkpoints.py.)
+
 The search (runner.recorder, runner.search_run, runner.search) writes these names; promotion,
 final evaluation, the leaderboard and the pyfunc model read them. Spelling a name only here means
 a writer and its readers cannot drift apart. Changing a value changes the layout of every store
@@ -82,5 +84,3 @@ LOGGED_MODEL_NAME = "actionformer"  # name of the model inside its source run
 # Keys of the pyfunc model's artifacts (``context.artifacts``) and their file names.
 WEIGHTS, CONFIG, CLASS_NAMES = "weights", "config", "class_names"
 MODEL_FILE_NAMES = {WEIGHTS: "weights.pt", CONFIG: "config.yaml", CLASS_NAMES: "class_names.json"}
-# What inference needs from a training checkpoint (the rest only matters to resume training).
-INFERENCE_KEYS = ("model", "ema", "config", "class_names", "input_dim", "epoch")

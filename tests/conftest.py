@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from localization.config import DataConfig, StreamConfig
+from localization.config.schema import DataConfig, StreamConfig
 from localization.data.synthetic import generate
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from localization.config import DataConfig
+from localization.config.schema import DataConfig
 from localization.data.annotations import load_subset
 from localization.data.dataset import (
     MAX_CROP_TRIALS,

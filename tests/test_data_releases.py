@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from localization.config import DataConfig, StreamConfig, config_from_dict, load_config
+from localization.config.loading import config_from_dict, load_config
+from localization.config.schema import DataConfig, StreamConfig
 from localization.data.annotations import load_subset, read_annotation_file
 from localization.data.dataset import InferenceDataset
 from localization.data.report import coverage_summary, coverage_warnings, data_warnings

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from localization.config import load_config
+from localization.config.loading import load_config
 from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.synthetic import CLASS_NAMES, generate

@@ -181,39 +181,36 @@ def test_version_and_run_uris_load_the_same_model(
     assert results[0] == pytest.approx(client.get_run(promoted.best_run_id).data.metrics["best_average_mAP"], abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("uri", "message"),
-    [
-        (f"models:/{MODEL}@nope", f"model '{MODEL}' has no alias 'nope' (aliases: ['champion'])"),
-        (f"models:/{MODEL}/7", f"model '{MODEL}' has no version 7"),
-        ("models:/no-such-model@champion", "no registered model named 'no-such-model'"),
-        ("champion", "not a model URI"),
-    ],
-)
-def test_unknown_models_are_refused(
-    promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str], uri: str, message: str
-) -> None:
-    out = tmp_path / "never"
-    assert run_cli(evaluate.main, [uri, "--out", str(out), "--tracking-uri", promoted.uri]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {uri}: ") and message in err and "\n" not in err
-    assert not out.exists()
+CHAMPION = f"models:/{MODEL}@champion"
 
 
 @pytest.mark.parametrize(
-    ("setting", "message"),
+    ("args", "prefix", "message"),
     [
-        ("tracking.uri=not-a-uri", "--set: tracking.uri: expected a URI such as sqlite:////abs/mlflow.db"),
-        ("tracking.model_name=other", "--set: tracking.model_name: runner.evaluate takes only tracking.uri"),
+        (
+            [f"models:/{MODEL}@nope"],
+            f"models:/{MODEL}@nope: ",
+            f"model '{MODEL}' has no alias 'nope' (aliases: ['champion'])",
+        ),
+        ([f"models:/{MODEL}/7"], f"models:/{MODEL}/7: ", f"model '{MODEL}' has no version 7"),
+        (
+            ["models:/no-such-model@champion"],
+            "models:/no-such-model@champion: ",
+            "no registered model named 'no-such-model'",
+        ),
+        (["champion"], "champion: ", "not a model URI"),
+        # --set tracking.uri wins over --tracking-uri; evaluation takes no other tracking key
+        ([CHAMPION, "--set", "tracking.uri=not-a-uri"], "--set: tracking.uri: ", "expected a URI such as sqlite:////"),
+        ([CHAMPION, "--set", "tracking.model_name=x"], "--set: tracking.model_name: ", "takes only tracking.uri"),
     ],
 )
-def test_bad_tracking_settings_are_refused(
-    promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, message: str
+def test_unknown_models_and_bad_tracking_settings_are_refused(
+    promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], prefix: str, message: str
 ) -> None:
     out = tmp_path / "never"
-    assert run_cli(evaluate.main, [f"models:/{MODEL}@champion", "--out", str(out), "--set", setting]) == 2
+    assert run_cli(evaluate.main, [*args, "--out", str(out), "--tracking-uri", promoted.uri]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {message}") and "\n" not in err
+    assert err.startswith(f"error: {prefix}") and message in err and "\n" not in err
     assert not out.exists()
 
 

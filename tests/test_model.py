@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from localization.config import ModelConfig
+from localization.config.schema import ModelConfig
 from localization.model import ActionFormer, make_points
 from localization.model.blocks import MaskedMHCA, global_attention, local_attention
 from localization.model.heads import pack_levels

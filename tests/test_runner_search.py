@@ -13,7 +13,7 @@ import yaml
 from conftest import synthetic_data_section
 from mlflow.tracking import MlflowClient
 
-from localization.config import flatten
+from localization.config.loading import flatten
 from localization.data.synthetic import generate
 from runner import cluster, search
 from runner.names import REPORT_FILE

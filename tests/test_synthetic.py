@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from localization import cli
-from localization.config import load_config
+from localization.config.loading import load_config
 from localization.data.__main__ import main as data_main
 from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset

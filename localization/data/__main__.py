@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from localization import cli
-from localization.config import load_config
+from localization.config.loading import load_config
 from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader

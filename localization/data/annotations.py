@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from localization.config import DataConfig
+from localization.config.schema import DataConfig
 from localization.errors import DataError
 
 # Why a segment was dropped, in the order the rules are checked (a segment counts once).

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from localization.config import DataConfig
+from localization.config.schema import DataConfig
 from localization.data.annotations import SubsetAnnotations, VideoAnnotation
 from localization.data.features import FeatureReader, VideoLayout
 from localization.data.timegrid import Grid, feat_offset, seconds_to_grid

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from localization.config import DataConfig, StreamConfig
+from localization.config.schema import DataConfig, StreamConfig
 from localization.data.timegrid import Grid, auto_grid
 from localization.errors import DataError
 

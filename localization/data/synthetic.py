@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import yaml
 
-from localization.config import load_config
+from localization.config.loading import load_config
 from localization.data.features import resample_to_grid
 from localization.data.timegrid import Grid, auto_grid
 from localization.errors import InputError

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import NamedTuple
 
-from localization.config import RunConfig
+from localization.config.schema import RunConfig
 from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from localization.config import RunConfig
+from localization.config.schema import RunConfig
 from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos, same_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader

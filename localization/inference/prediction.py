@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from localization.config import RunConfig, inference_div_factor
+from localization.config.schema import RunConfig, inference_div_factor
 from localization.data.classifier import label_segments, load_classifier_scores
 from localization.data.dataset import InferenceDataset, collate
 from localization.errors import DataError

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.config import RunConfig, config_from_dict, output_classes, to_dict
+from localization.config.loading import config_from_dict, to_dict
+from localization.config.schema import RunConfig, output_classes
 from localization.errors import DataError
 from localization.model import ActionFormer
 

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.config import RunConfig, inference_div_factor, output_classes
+from localization.config.schema import RunConfig, inference_div_factor, output_classes
 from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
 from localization.data.dataset import TrainingDataset, build_loader
 from localization.data.features import FeatureReader
 from localization.data.report import data_warnings
-from localization.inference.evaluation import EvalResult, subset_evaluator
+from localization.inference.evaluation import EvalResult, SubsetEvaluator, subset_evaluator
 from localization.inference.prediction import autocast, resolve_device
 from localization.metrics import metrics_as_floats
 from localization.model import ActionFormer, make_points
@@ -103,52 +103,11 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / "checkpoint.pt"
-    device = resolve_device(cfg.train.device)
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
-    seed_everything(cfg.train.seed, device)
-
-    reader = FeatureReader(cfg.data)
-    train_ann = load_training_subset(cfg)
-    train_set = TrainingDataset(cfg.data, train_ann, reader, seed=cfg.train.seed)
-    evaluator = subset_evaluator(cfg, cfg.data.val_subset, reader)
-    class_names = train_ann.class_names
-    pad_multiple = inference_div_factor(cfg.model)
-    loader = build_loader(
-        train_set,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.train.seed,
-        pad_multiple=pad_multiple,
-        drop_last=len(train_set) > cfg.train.batch_size,
-    )
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise RuntimeError("the training subset yields no batches")
-
-    for warning in data_warnings({ds.annotations.subset: ds for ds in (train_set, evaluator.dataset)}):
-        log(f"warning: {warning}")
-    num_outputs = output_classes(cfg.model, len(class_names))
-    model = ActionFormer(cfg.model, reader.dim, num_outputs, cfg.data.max_seq_len).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
-    scheduler = build_scheduler(
-        optimizer, cfg.train.warmup_epochs * steps_per_epoch, cfg.train.epochs * steps_per_epoch, cfg.train.eta_min
-    )
-    ema = ModelEma(model, cfg.train.ema_decay)
-    normalizer = LossNormalizer(cfg.model.init_loss_norm)
-    start_epoch = 0
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        model.load_state_dict(ckpt["model"])
-        ema.module.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        normalizer.load_state_dict(ckpt["loss_norm"])
-        set_rng_state(ckpt["rng"])
-        start_epoch = int(ckpt["epoch"])
-        log(f"resumed from {resume} at epoch {start_epoch}")
-    forward = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
+    device = _set_up_device(cfg)
+    state = _build(cfg, device)  # data first, then the model: the seeded RNG order of every run
+    for warning in data_warnings({ds.annotations.subset: ds for ds in (state.train_set, state.evaluator.dataset)}):
+        log(f"warning: {warning}")  # a wrong fps or time grid (localization.data.report)
+    start_epoch = _resume(state, resume, log) if resume is not None else 0
 
     last_eval: EvalResult | None = None
     metrics: dict[str, float] = {}
@@ -156,46 +115,14 @@ def train(
     epoch = start_epoch
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         started = time.perf_counter()
-        train_set.set_epoch(epoch)
-        model.train()
-        sums = torch.zeros(3, dtype=torch.float64)
-        for step, batch in enumerate(loader, start=1):
-            losses = train_step(forward, model, batch, device, cfg, optimizer, normalizer, num_outputs)
-            if not math.isfinite(losses[2]):
-                raise TrainingDiverged(
-                    f"loss became {losses[2]} at epoch {epoch}, step {step} "
-                    f"(cls_loss {losses[0]:.4g}, reg_loss {losses[1]:.4g}, lr {scheduler.get_last_lr()[0]:.3g})"
-                )
-            scheduler.step()
-            ema.update()
-            sums += torch.tensor(losses, dtype=torch.float64)
-        sums /= steps_per_epoch
-        metrics = {
-            "loss": float(sums[2]),
-            "cls_loss": float(sums[0]),
-            "reg_loss": float(sums[1]),
-            "lr": float(scheduler.get_last_lr()[0]),
-        }
+        metrics = _train_epoch(state, cfg, epoch)
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
         if evaluated:
-            last_eval = evaluator(ema.module, device)
+            last_eval = state.evaluator(state.ema.module, device)
             if last_eval.metrics is not None:
                 metrics.update(metrics_as_floats(last_eval.metrics))
         metrics["epoch_time_s"] = time.perf_counter() - started
-        save_checkpoint(
-            checkpoint_path,
-            checkpoint_state(
-                model=model,
-                ema=ema.module,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                loss_norm=normalizer.value,
-                epoch=epoch,
-                cfg=cfg,
-                class_names=class_names,
-                input_dim=reader.dim,
-            ),
-        )
+        save_checkpoint(checkpoint_path, _checkpoint(state, cfg, epoch))
         log(_progress_line(epoch, cfg.train.epochs, metrics))
         report = EpochReport(
             epoch, dict(metrics), evaluated, checkpoint_path, last_eval.predictions if evaluated and last_eval else None
@@ -204,6 +131,139 @@ def train(
             stopped_early = epoch < cfg.train.epochs
             break
     return TrainResult(epoch, stopped_early, checkpoint_path, last_eval, metrics)
+
+
+@dataclass
+class _TrainingState:
+    """Everything one training run updates or reads each epoch."""
+
+    device: torch.device
+    train_set: TrainingDataset
+    loader: Any  # torch DataLoader
+    evaluator: SubsetEvaluator
+    class_names: list[str]
+    input_dim: int
+    model: ActionFormer
+    forward: Callable  # the model, compiled on CUDA when train.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: ModelEma
+    normalizer: LossNormalizer
+
+
+def _set_up_device(cfg: RunConfig) -> torch.device:
+    """The device, torch's CPU threads and every RNG seeded, before anything random happens."""
+    device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.train.seed, device)
+    return device
+
+
+def _build(cfg: RunConfig, device: torch.device) -> _TrainingState:
+    """Data (training crops, validation evaluator), then model, AdamW, schedule, EMA, loss normaliser."""
+    reader = FeatureReader(cfg.data)
+    train_ann = load_training_subset(cfg)
+    train_set = TrainingDataset(cfg.data, train_ann, reader, seed=cfg.train.seed)
+    evaluator = subset_evaluator(cfg, cfg.data.val_subset, reader)
+    class_names = train_ann.class_names
+    loader = build_loader(
+        train_set,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.train.seed,
+        pad_multiple=inference_div_factor(cfg.model),
+        drop_last=len(train_set) > cfg.train.batch_size,
+    )
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise RuntimeError("the training subset yields no batches")
+
+    num_outputs = output_classes(cfg.model, len(class_names))
+    model = ActionFormer(cfg.model, reader.dim, num_outputs, cfg.data.max_seq_len).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    scheduler = build_scheduler(
+        optimizer, cfg.train.warmup_epochs * steps_per_epoch, cfg.train.epochs * steps_per_epoch, cfg.train.eta_min
+    )
+    ema = ModelEma(model, cfg.train.ema_decay)
+    normalizer = LossNormalizer(cfg.model.init_loss_norm)
+    forward = torch.compile(model) if cfg.train.compile and device.type == "cuda" else model
+    return _TrainingState(
+        device,
+        train_set,
+        loader,
+        evaluator,
+        class_names,
+        reader.dim,
+        model,
+        forward,
+        optimizer,
+        scheduler,
+        ema,
+        normalizer,
+    )
+
+
+def _resume(state: _TrainingState, resume: Path, log: Callable[[str], None]) -> int:
+    """Load model, EMA, optimizer, schedule, loss normaliser and RNG states; returns the epoch done."""
+    ckpt = load_checkpoint(resume)
+    state.model.load_state_dict(ckpt["model"])
+    state.ema.module.load_state_dict(ckpt["ema"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.normalizer.load_state_dict(ckpt["loss_norm"])
+    set_rng_state(ckpt["rng"])
+    start_epoch = int(ckpt["epoch"])
+    log(f"resumed from {resume} at epoch {start_epoch}")
+    return start_epoch
+
+
+def _train_epoch(state: _TrainingState, cfg: RunConfig, epoch: int) -> dict[str, float]:
+    """One pass over the training crops; returns the epoch's mean losses and its last lr."""
+    state.train_set.set_epoch(epoch)
+    state.model.train()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for step, batch in enumerate(state.loader, start=1):
+        losses = train_step(
+            state.forward,
+            state.model,
+            batch,
+            state.device,
+            cfg,
+            state.optimizer,
+            state.normalizer,
+            output_classes(cfg.model, len(state.class_names)),
+        )
+        if not math.isfinite(losses[2]):
+            raise TrainingDiverged(
+                f"loss became {losses[2]} at epoch {epoch}, step {step} "
+                f"(cls_loss {losses[0]:.4g}, reg_loss {losses[1]:.4g}, lr {state.scheduler.get_last_lr()[0]:.3g})"
+            )
+        state.scheduler.step()
+        state.ema.update()
+        sums += torch.tensor(losses, dtype=torch.float64)
+    sums /= len(state.loader)
+    return {
+        "loss": float(sums[2]),
+        "cls_loss": float(sums[0]),
+        "reg_loss": float(sums[1]),
+        "lr": float(state.scheduler.get_last_lr()[0]),
+    }
+
+
+def _checkpoint(state: _TrainingState, cfg: RunConfig, epoch: int) -> dict[str, Any]:
+    return checkpoint_state(
+        model=state.model,
+        ema=state.ema.module,
+        optimizer=state.optimizer,
+        scheduler=state.scheduler,
+        loss_norm=state.normalizer.value,
+        epoch=epoch,
+        cfg=cfg,
+        class_names=state.class_names,
+        input_dim=state.input_dim,
+    )
 
 
 def train_step(
