@@ -26,6 +26,7 @@ from runner.recorder import TrialRecorder, lost_reason
 from runner.space import make_sampler, sample_configs
 from runner.spec import SearchFile, dump, load_search_file
 from runner.store import Store, connect, experiment_id, resolve_store
+from runner.system_metrics import SearchRecord
 from runner.trial import TrialSetup
 from runner.tuner import build_tuner
 
@@ -193,7 +194,7 @@ def _place_trials(
     else:
         client.update_run(parent_id, status="RUNNING")
     outcome.parent_run_id = parent_id
-    setup = TrialSetup(spec, cluster.torch_threads(resources))
+    setup = TrialSetup(spec, cluster.torch_threads(resources), SearchRecord(record.store.uri, exp_id, parent_id))
     recorder = TrialRecorder(record.store, exp_id, parent_id, setup)
     echo(
         f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "

@@ -68,7 +68,7 @@ class SearchOptions:
 
 @dataclass(frozen=True)
 class ResourcesSpec:
-    gpu: float = 1  # per trial; ignored where the cluster has no GPU
+    gpu: float = 1  # per trial; a fraction (0.5, 0.25) packs trials on one GPU; ignored without GPUs
     cpu: float = 1  # per trial; capped to the cluster's CPUs; sets torch's thread count on CPU
 
 
@@ -223,8 +223,9 @@ def _validate(spec: SearchFile) -> None:
         fail("search.metric", f"unknown metric {s.metric!r} (expected one of {sorted(known)})")
     if spec.resources.cpu <= 0:
         fail("resources.cpu", f"must be > 0, got {spec.resources.cpu}")
-    if spec.resources.gpu < 0:
-        fail("resources.gpu", f"must be >= 0, got {spec.resources.gpu}")
+    gpu = spec.resources.gpu
+    if gpu < 0 or (gpu > 1 and gpu != int(gpu)):  # Ray's rule: a fraction of one GPU, or whole GPUs
+        fail("resources.gpu", f"must be a fraction of one GPU (0.5, 0.25) or a whole number >= 0, got {gpu}")
     check_tracking_uri(spec.tracking.uri, source)
     if spec.synthetic is not None and spec.synthetic.videos < 2:
         fail("synthetic.videos", f"must be >= 2, got {spec.synthetic.videos}")

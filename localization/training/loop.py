@@ -118,6 +118,7 @@ def train(
         metrics = _train_epoch(state, cfg, epoch)
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
         if evaluated:
+            log(f"epoch {epoch:>3}/{cfg.train.epochs}  evaluating on {len(state.evaluator.dataset)} videos")
             last_eval = state.evaluator(state.ema.module, device)
             if last_eval.metrics is not None:
                 metrics.update(metrics_as_floats(last_eval.metrics))
