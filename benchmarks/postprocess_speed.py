@@ -94,7 +94,7 @@ def whole_set_case(videos: int, seed: int) -> tuple:
         scores = np.r_[rng.beta(2, 5, len(near)), 0.001 + rng.beta(1, 30, n - len(near))]
         segments = np.stack([centre - length / 2, centre + length / 2], 1)
         raw[vid] = Candidates(segments.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64))
-        timing.append(VideoTiming(vid, 30.0, float(duration)))
+        timing.append(VideoTiming(vid, 30.0, float(duration), 16.0, 16.0))
     classes = [f"class_{c:03d}" for c in range(NUM_CLASSES)]
     return raw, timing, ground_truth_from_arrays(gt, classes, "validation"), classes
 
@@ -116,7 +116,7 @@ def whole_set(videos: int, seed: int) -> None:
         cfg = dataclasses.replace(base, nms_sigma=sigma)
 
         def per_video(cfg: TestConfig = cfg) -> dict:
-            return {t.video_id: postprocess(raw[t.video_id], cfg, t.fps, t.duration, 16, 16) for t in timing}
+            return {t.video_id: postprocess(raw[t.video_id], cfg, t.fps, t.duration, t.stride, t.clip) for t in timing}
 
         def score(detections: dict, cfg: TestConfig = cfg):
             return evaluate_detections(gt, predictions_from_arrays(detections, classes), cfg.tiou_thresholds)
@@ -125,9 +125,7 @@ def whole_set(videos: int, seed: int) -> None:
         before, *t_score = timed(lambda d=detections: score(d))
         first = scorer is None
         if first:
-            scorer, *t_build = timed(
-                lambda: SubsetScorer(CandidateSet.from_raw(raw, timing, 16, 16), gt, classes, base)
-            )
+            scorer, *t_build = timed(lambda: SubsetScorer(CandidateSet.from_raw(raw, timing), gt, classes, base))
         after, *t_after = timed(lambda s=scorer, c=cfg: s.metrics(c))
         assert after.average_mAP == before.average_mAP  # the same detections, the same score
         rows = {

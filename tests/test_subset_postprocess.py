@@ -13,7 +13,7 @@ from localization.config.schema import TestConfig as PostConfig  # alias: pytest
 from localization.inference.postprocess import Candidates, postprocess
 from localization.inference.subset_postprocess import CandidateSet, VideoTiming, _stable_order
 
-FEAT_STRIDE, NUM_FRAMES = 16, 16
+GRIDS = [(16.0, 16.0), (8.0, 16.0), (4.5, 4.5), (5.333, 21.333)]  # (stride, clip): native, downsampled, auto, resized
 
 
 def random_video(rng: np.random.Generator, n: int, num_classes: int) -> Candidates:
@@ -31,7 +31,9 @@ def random_subset(rng: np.random.Generator, videos: int, num_classes: int) -> tu
     for v in range(videos):
         n = int(rng.choice([0, 1, 2, 7, 40, 150]))
         raw[f"v{v}"] = random_video(rng, n, num_classes) if n else Candidates.empty()
-        timing.append(VideoTiming(f"v{v}", float(rng.choice([25.0, 29.97, 30.0])), float(rng.uniform(5, 70))))
+        stride, clip = GRIDS[int(rng.integers(len(GRIDS)))]  # videos of one set on different grids
+        fps, duration = float(rng.choice([25.0, 29.97, 30.0])), float(rng.uniform(5, 70))
+        timing.append(VideoTiming(f"v{v}", fps, duration, stride, clip))
     return raw, timing
 
 
@@ -56,13 +58,13 @@ SETTINGS = [
 def test_subset_detections_equal_the_per_video_ones(seed: int) -> None:
     rng = np.random.default_rng(seed)
     raw, timing = random_subset(rng, 40, [1, 5, 106][seed])
-    candidates = CandidateSet.from_raw(raw, timing, FEAT_STRIDE, NUM_FRAMES)
+    candidates = CandidateSet.from_raw(raw, timing)
     for setting in SETTINGS:  # one set, every setting: the cached layouts must not leak state
         cfg = dataclasses.replace(PostConfig(), **setting)
         detections = candidates.detect(cfg).per_video()
         assert list(detections) == [t.video_id for t in timing]
         for video in timing:
-            expected = postprocess(raw[video.video_id], cfg, video.fps, video.duration, FEAT_STRIDE, NUM_FRAMES)
+            expected = postprocess(raw[video.video_id], cfg, video.fps, video.duration, video.stride, video.clip)
             got = detections[video.video_id]
             for name in ("segments", "scores", "labels"):
                 a, b = getattr(got, name), getattr(expected, name)
@@ -71,8 +73,8 @@ def test_subset_detections_equal_the_per_video_ones(seed: int) -> None:
 
 
 def test_empty_subset_and_videos_without_candidates() -> None:
-    timing = [VideoTiming("a", 30.0, 10.0), VideoTiming("b", 30.0, 10.0)]
-    candidates = CandidateSet.from_raw({"a": Candidates.empty(), "b": Candidates.empty()}, timing, 16, 16)
+    timing = [VideoTiming("a", 30.0, 10.0, 16.0, 16.0), VideoTiming("b", 30.0, 10.0, 16.0, 16.0)]
+    candidates = CandidateSet.from_raw({"a": Candidates.empty(), "b": Candidates.empty()}, timing)
     for method in ("soft", "hard", "none"):
         detections = candidates.detect(dataclasses.replace(PostConfig(), nms_method=method))
         assert detections.offsets.tolist() == [0, 0, 0] and len(detections.scores) == 0

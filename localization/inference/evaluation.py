@@ -17,18 +17,25 @@ import numpy as np
 import torch
 
 from localization.config.schema import RESCORABLE_TEST_KEYS, RunConfig, TestConfig
-from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
+from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos, same_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader
 from localization.inference.postprocess import Candidates, load_candidates, save_candidates
-from localization.inference.prediction import candidate_set, predict, resolve_device, to_submission
-from localization.inference.subset_postprocess import CandidateSet, Detections
+from localization.inference.prediction import (
+    candidate_set,
+    label_from_classifier,
+    predict,
+    resolve_device,
+    to_submission,
+)
+from localization.inference.subset_postprocess import CandidateSet
 from localization.metrics import (
     DetectionMetrics,
     GroundTruth,
     Predictions,
     evaluate_detections,
     load_ground_truth,
+    predictions_from_arrays,
     restrict_to_videos,
 )
 from localization.model import ActionFormer
@@ -41,25 +48,41 @@ class EvalResult:
     predictions: dict[str, Any]  # submission format
 
 
-def subset_evaluator(cfg: RunConfig, subset: str, reader: FeatureReader) -> SubsetEvaluator:
-    """An evaluator for ``subset``; the validation subset is cut to ``data.val_videos`` when given."""
+def subset_evaluator(
+    cfg: RunConfig, subset: str, reader: FeatureReader, class_names: list[str] | None = None
+) -> SubsetEvaluator:
+    """An evaluator for ``subset``; the validation subset is cut to ``data.val_videos`` when given.
+
+    ``class_names``: the model's classes (a checkpoint's), default the data's class map; detections
+    are named with them and matched to the ground truth by name, so a class map in another order
+    (the same file with or without ``label_id``) scores the same.
+    """
     annotations = load_subset(cfg.data, subset)
-    restricted = subset == cfg.data.val_subset and cfg.data.val_videos is not None
+    restricted = same_subset(subset, cfg.data.val_subset) and cfg.data.val_videos is not None
     if restricted:
         annotations = restrict_videos(annotations, cfg.data.val_videos, "data.val_videos")
-    return SubsetEvaluator(cfg, reader, annotations, restricted)
+    return SubsetEvaluator(cfg, reader, annotations, restricted, class_names)
 
 
 class SubsetEvaluator:
     """Scores a model on one subset: the dataset and ground truth are built once."""
 
-    def __init__(self, cfg: RunConfig, reader: FeatureReader, annotations: SubsetAnnotations, restricted: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        reader: FeatureReader,
+        annotations: SubsetAnnotations,
+        restricted: bool = False,
+        class_names: list[str] | None = None,
+    ):
         """``restricted``: ``annotations`` holds only some videos of its subset (data.val_videos);
         the ground truth is cut to the same videos."""
         self.cfg = cfg
-        self.class_names = annotations.class_names
+        self.class_names = class_names if class_names is not None else annotations.class_names
         self.dataset = InferenceDataset(cfg.data, annotations, reader)
-        ground_truth = load_ground_truth(cfg.data.annotations, annotations.subset, cfg.test.gt_filter)
+        ground_truth = load_ground_truth(
+            cfg.data.annotations, annotations.subset, cfg.test.gt_filter, cfg.data.class_list
+        )
         if restricted:
             ground_truth = restrict_to_videos(ground_truth, [v.video_id for v in annotations.videos])
         self.ground_truth = ground_truth
@@ -104,9 +127,10 @@ class SubsetScorer:
     def result(self, test_cfg: TestConfig) -> EvalResult:
         """Metrics and the submission file of the detections ``test_cfg`` gives."""
         detections, metrics = self._score(test_cfg)
-        return EvalResult(metrics, to_submission(detections.per_video(), self.class_names))
+        return EvalResult(metrics, to_submission(detections, self.class_names))
 
-    def _score(self, test_cfg: TestConfig) -> tuple[Detections, DetectionMetrics | None]:
+    def _score(self, test_cfg: TestConfig) -> tuple[dict[str, Candidates], DetectionMetrics | None]:
+        """Every video's detections (ids into ``class_names``) and their mAP."""
         fixed = [
             key
             for key in vars(test_cfg)
@@ -115,8 +139,14 @@ class SubsetScorer:
         if fixed:
             raise ValueError(f"test.{fixed[0]}: cannot change when re-scoring raw candidates (made with another value)")
         detections = self.candidates.detect(test_cfg)
+        if test_cfg.ext_score_file is not None:  # class-agnostic segments take the classifier's labels
+            labelled = label_from_classifier(detections.per_video(), test_cfg, self.class_names)
+            if len(self.ground_truth.segments) == 0:
+                return labelled, None
+            predictions = predictions_from_arrays(labelled, self.class_names)
+            return labelled, evaluate_detections(self.ground_truth, predictions, test_cfg.tiou_thresholds)
         if len(self.ground_truth.segments) == 0:
-            return detections, None
+            return detections.per_video(), None
         predictions = Predictions(
             source="predictions (in memory)",
             video_ids=detections.video_ids,
@@ -126,7 +156,7 @@ class SubsetScorer:
             scores=detections.scores.astype(np.float64),
             labels=detections.labels,
         )
-        return detections, evaluate_detections(self.ground_truth, predictions, test_cfg.tiou_thresholds)
+        return detections.per_video(), evaluate_detections(self.ground_truth, predictions, test_cfg.tiou_thresholds)
 
 
 def evaluate_checkpoint(
@@ -138,9 +168,9 @@ def evaluate_checkpoint(
 ) -> EvalResult:
     """Score a checkpoint on ``subset`` with ``cfg``'s data and post-processing settings."""
     ckpt = load_checkpoint(checkpoint)
-    model, cfg, _ = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
+    model, cfg, class_names = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
     device = resolve_device(cfg.train.device)
-    evaluator = subset_evaluator(cfg, subset, FeatureReader(cfg.data))
+    evaluator = subset_evaluator(cfg, subset, FeatureReader(cfg.data), class_names)
     return evaluator.run(model.to(device), device, raw_out).result(cfg.test)
 
 

@@ -40,6 +40,8 @@ class VideoTiming:
     video_id: str
     fps: float
     duration: float
+    stride: float  # frames between feature steps (the video's time grid, localization.data.timegrid)
+    clip: float  # frames one feature step sees
 
 
 @dataclass
@@ -91,14 +93,10 @@ class CandidateSet:
     segments: np.ndarray  # (N, 2) float32 grid units
     scores: np.ndarray  # (N,) float32
     labels: np.ndarray  # (N,) int64
-    feat_stride: int
-    num_frames: int
     _layouts: dict[bool, _Layout] = field(default_factory=dict, repr=False)  # by multiclass_nms
 
     @staticmethod
-    def from_raw(
-        raw: Mapping[str, Candidates], videos: Sequence[VideoTiming], feat_stride: int, num_frames: int
-    ) -> CandidateSet:
+    def from_raw(raw: Mapping[str, Candidates], videos: Sequence[VideoTiming]) -> CandidateSet:
         """The candidates of ``videos`` (in that order) from ``raw`` (which must hold every one)."""
         parts = [raw[video.video_id] for video in videos]
         counts = [len(c) for c in parts]
@@ -108,8 +106,6 @@ class CandidateSet:
             segments=np.concatenate([c.segments for c in parts] or [np.zeros((0, 2))]).astype(np.float32),
             scores=np.concatenate([c.scores for c in parts] or [np.zeros(0)]).astype(np.float32),
             labels=np.concatenate([c.labels for c in parts] or [np.zeros(0)]).astype(np.int64),
-            feat_stride=feat_stride,
-            num_frames=num_frames,
         )
 
     @property
@@ -127,9 +123,13 @@ class CandidateSet:
         segments = self.segments[keep]
         if cfg.nms_method != "none" and not cfg.multiclass_nms and cfg.voting_thresh > 0:
             segments = self._voted(offsets, segments, cfg.voting_thresh)
-        fps = np.array([v.fps for v in self.videos], np.float64)[video, None]  # (M, 1)
-        duration = np.array([v.duration for v in self.videos], np.float64)[video, None]
-        seconds = grid_to_seconds(segments.astype(np.float64), fps, self.feat_stride, self.num_frames)
+
+        def per_row(name: str) -> np.ndarray:  # (M, 1): the value of each kept row's video
+            return np.array([getattr(v, name) for v in self.videos], np.float64)[video, None]
+
+        grid = segments.astype(np.float64)
+        seconds = grid_to_seconds(grid, per_row("fps"), per_row("stride"), per_row("clip"))
+        duration = per_row("duration")
         return Detections(self.video_ids, offsets, np.clip(seconds, 0.0, duration), scores, self.labels[keep])
 
     # ---- selection ----------------------------------------------------------------------------
