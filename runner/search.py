@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from localization.config import dump_yaml
+from localization.data.store import describe, pack
 from localization.errors import InputError
 from runner import cluster, report, tracking
 from runner.space import make_sampler, sample_configs
@@ -111,6 +112,8 @@ def run(
         return SearchOutcome(status="finished")
     _ensure_synthetic(spec, echo)
     echo(check_data(spec))
+    if spec.base.data.store:  # once per node, before any trial: trials then only map it
+        echo(describe(pack(dataclasses.replace(spec.base.data, features=candidate_streams(spec)))))
     if address is not None:  # before anything is written: ray.init retries a dead address for minutes
         cluster.check_reachable(address)
 
@@ -264,12 +267,9 @@ def check_data(spec: SearchFile) -> str:
 
     data = spec.base.data
     subsets = {name: load_subset(data, name) for name in dict.fromkeys((data.train_subset, data.val_subset))}
-    streams = list(data.features)
-    if "data.features" in spec.space.keys:
-        streams += [name for combo in spec.space["data.features"].candidates() for name in combo]
-    for name in dict.fromkeys(streams):
+    for name in candidate_streams(spec):
         cfg = spec.trial_config({"data.features": [name]}).data
-        reader = FeatureReader(dataclasses.replace(cfg, cache_features=False))
+        reader = FeatureReader(dataclasses.replace(cfg, cache_features=False, store=False))  # the files themselves
         for subset in subsets.values():
             InferenceDataset(cfg, subset, reader)  # probes every video's file, honours on_missing
     train = subsets[data.train_subset]
@@ -277,6 +277,14 @@ def check_data(spec: SearchFile) -> str:
         f"data: {len(train.videos)} {data.train_subset} / {len(subsets[data.val_subset].videos)} "
         f"{data.val_subset} videos, {len(train.class_names)} classes ({data.annotations})"
     )
+
+
+def candidate_streams(spec: SearchFile) -> list[str]:
+    """Every feature stream some trial of the search may read."""
+    streams = list(spec.base.data.features)
+    if "data.features" in spec.space.keys:
+        streams += [name for combo in spec.space["data.features"].candidates() for name in combo]
+    return list(dict.fromkeys(streams))
 
 
 def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:

@@ -129,7 +129,7 @@ class _VideoDataset(Dataset):
               labels: np.ndarray) -> dict[str, Any]:
         return {
             "video_id": video.video_id,
-            "feats": torch.from_numpy(feats),  # (C, T) float32
+            "feats": torch.from_numpy(feats),  # (C, T) float32, or the store's dtype
             "segments": torch.from_numpy(segments.astype(np.float32)),  # (N, 2) grid units
             "labels": torch.from_numpy(labels.astype(np.int64)),  # (N,)
             "fps": video.fps,
@@ -182,11 +182,13 @@ class InferenceDataset(_VideoDataset):
 
 
 def collate(items: list[dict[str, Any]], pad_multiple: int) -> dict[str, Any]:
-    """Zero-pad a batch to its longest video rounded up to ``pad_multiple`` (not to max_seq_len)."""
+    """Zero-pad a batch to its longest video rounded up to ``pad_multiple`` (not to max_seq_len).
+
+    The batch keeps the items' dtype: float16 features from the store stay float16 up to the device."""
     lengths = [item["feats"].shape[1] for item in items]
     padded = -(-max(lengths) // pad_multiple) * pad_multiple
     channels = items[0]["feats"].shape[0]
-    feats = torch.empty((len(items), channels, padded), dtype=torch.float32)  # (B, C, T_pad)
+    feats = torch.empty((len(items), channels, padded), dtype=items[0]["feats"].dtype)  # (B, C, T_pad)
     if torch.utils.data.get_worker_info() is not None:
         feats.share_memory_()  # in a worker: fill shared memory directly, sending it then copies nothing
     masks = torch.zeros((len(items), 1, padded), dtype=torch.bool)  # (B, 1, T_pad)
@@ -223,11 +225,12 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def build_loader(dataset: _VideoDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                 pad_multiple: int, drop_last: bool) -> DataLoader:
+                 pad_multiple: int, drop_last: bool, pin_memory: bool = False) -> DataLoader:
     """A DataLoader yielding :func:`collate` batches.
 
     ``shuffle`` needs a :class:`TrainingDataset` (its epoch seeds the order). Workers, when any,
-    are persistent (each keeps its own feature cache); memory is pinned when CUDA is available.
+    are persistent (each keeps its own feature cache, or maps the shared store); ``pin_memory``
+    (training on CUDA) pins every batch, so its copy to the device can overlap compute.
     """
     if shuffle and not isinstance(dataset, TrainingDataset):
         raise TypeError("build_loader: shuffle=True needs a TrainingDataset (its epoch seeds the order)")
@@ -239,5 +242,5 @@ def build_loader(dataset: _VideoDataset, batch_size: int, shuffle: bool, num_wor
         num_workers=num_workers,
         collate_fn=functools.partial(collate, pad_multiple=pad_multiple),
         persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
     )

@@ -8,7 +8,9 @@ shortest; larger gaps mean a different sampling, and the other streams are resam
 first stream's clip centres (logged once).
 
 Files are opened with ``np.load(mmap_mode="r")``: a header probe is cheap, and a training crop
-of a 14,000-step video reads only the rows it needs.
+of a 14,000-step video reads only the rows it needs. With ``data.store`` the streams come from the
+node's packed feature store instead (``localization.data.store``): crops are slices of one
+memory-mapped array per stream, returned in the store's dtype (float16 by default).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from localization.config import DataConfig, StreamConfig
+from localization.data.store import StreamStore, open_stores
 from localization.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -31,7 +34,8 @@ class FeatureReader:
 
     The optional cache (``data.cache_features``) keeps whole (C, T) float32 videos per process:
     about 17 KB per step for I3D + SlowFast, so ~44 GB for FineAction's training subset; each
-    DataLoader worker holds its own. Use it when the data fits in memory.
+    DataLoader worker holds its own. Use it when the data fits in memory. ``data.store`` replaces
+    it: one shared copy per node, so the cache is off then.
     """
 
     def __init__(self, data_cfg: DataConfig) -> None:
@@ -45,8 +49,12 @@ class FeatureReader:
         self.feat_stride: int = self._grid.feat_stride
         self.num_frames: int = self._grid.num_frames
         self._align_tolerance = data_cfg.align_tolerance
-        self._cache: dict[str, np.ndarray] | None = {} if data_cfg.cache_features else None
+        self._cache: dict[str, np.ndarray] | None = {} if data_cfg.cache_features and not data_cfg.store else None
         self._warned_resample = False
+        self.stores: dict[str, StreamStore] | None = None  # None while open_stores packs the files
+        if data_cfg.store:
+            self.stores = open_stores(data_cfg, self._open)
+        self.dtype = np.dtype(data_cfg.store_dtype if data_cfg.store else np.float32)  # of `load`'s arrays
 
     def path(self, stream_name: str, video_id: str) -> Path:
         """The file of one stream for one video."""
@@ -55,6 +63,8 @@ class FeatureReader:
 
     def has(self, video_id: str) -> bool:
         """Whether every stream has a file for this video (contents are checked by `probe`)."""
+        if self.stores is not None:
+            return all(video_id in store for store in self.stores.values())
         return all(self.path(name, video_id).is_file() for name in self._streams)
 
     def probe(self, video_id: str) -> int:
@@ -62,7 +72,7 @@ class FeatureReader:
         return self._align(video_id, [self._open(name, video_id).shape[0] for name in self._streams])[0]
 
     def load(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Aligned, concatenated features of steps ``[start, stop)``: (C, stop - start) float32."""
+        """Aligned, concatenated features of steps ``[start, stop)``: (C, stop - start) of ``self.dtype``."""
         if self._cache is None:
             return self._read(video_id, start, stop)
         if video_id not in self._cache:
@@ -73,7 +83,7 @@ class FeatureReader:
         arrays = {name: self._open(name, video_id) for name in self._streams}  # (T_s, C_s) lazy views
         length, resample = self._align(video_id, [a.shape[0] for a in arrays.values()])
         start, stop, _ = slice(start, stop).indices(length)
-        out = np.empty((self.dim, stop - start), dtype=np.float32)  # (C, T)
+        out = np.empty((self.dim, stop - start), dtype=self.dtype)  # (C, T)
         row = 0
         for name, array in arrays.items():
             stream = self._streams[name]
@@ -81,12 +91,14 @@ class FeatureReader:
                 block = resample_to_grid(array, stream, self._grid, np.arange(start, stop))  # (T, C_s)
             else:
                 block = array[start:stop]  # (T, C_s), read from disk here
-            _transpose_into(out[row:row + stream.dim], block)  # (C_s, T) float32
+            _transpose_into(out[row:row + stream.dim], block)  # (C_s, T)
             row += stream.dim
         return out
 
     def _open(self, name: str, video_id: str) -> np.ndarray:
-        """A lazily read (T, C) view of one stream's file, after checking its header."""
+        """A lazily read (T, C) view of one stream's file, after checking its header (or of the store)."""
+        if self.stores is not None and video_id in self.stores[name]:
+            return self.stores[name].rows(video_id)
         stream = self._streams[name]
         path = self.path(name, video_id)
         if not path.is_file():
@@ -123,7 +135,7 @@ class FeatureReader:
 
 
 def _transpose_into(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst (C, T) float32 <- src (T, C) of any float dtype.
+    """dst (C, T) <- src (T, C) of any float dtype (a store's rows are a transposed view: then a plain copy).
 
     torch's blocked transpose copy is 2-7x faster than numpy's strided one here (a row of 2048
     float32 is 8 KB, a worst case for cache associativity).
