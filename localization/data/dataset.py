@@ -11,6 +11,7 @@ persistent workers too.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from localization.data.timegrid import feat_offset, seconds_to_grid
 from localization.errors import DataError
 
 MAX_CROP_TRIALS = 200  # reference max_num_trials
+KEEP_FREED_BYTES = 256 * 2**20  # glibc keeps freed blocks up to this size for reuse (see _reuse_freed_memory)
 _CROP_STREAM, _SHUFFLE_STREAM = 1, 2  # keep the crop and shuffle random streams apart
 
 
@@ -224,6 +226,22 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(rng.permutation(len(self.dataset)).tolist())
 
 
+def _reuse_freed_memory() -> None:
+    """Let glibc serve allocations up to KEEP_FREED_BYTES from its heap and keep freed ones for reuse.
+
+    Why: a batch is 10-100 MB; by default each is a fresh ``mmap`` whose page faults and kernel zeroing
+    cost several times more than copying the features into it (``benchmarks/data_loading.py``).
+    Process-wide and inherited by forked workers; nothing happens where glibc is absent.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    libc.mallopt(m_trim_threshold, KEEP_FREED_BYTES)
+    libc.mallopt(m_mmap_threshold, KEEP_FREED_BYTES)
+
+
 def build_loader(dataset: _VideoDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
                  pad_multiple: int, drop_last: bool, pin_memory: bool = False) -> DataLoader:
     """A DataLoader yielding :func:`collate` batches.
@@ -234,6 +252,7 @@ def build_loader(dataset: _VideoDataset, batch_size: int, shuffle: bool, num_wor
     """
     if shuffle and not isinstance(dataset, TrainingDataset):
         raise TypeError("build_loader: shuffle=True needs a TrainingDataset (its epoch seeds the order)")
+    _reuse_freed_memory()
     return DataLoader(
         dataset,
         batch_size=batch_size,
