@@ -104,7 +104,8 @@ def data_config(root: Path, store: bool) -> Any:
 
 def training_loader(root: Path, store: bool, batch_size: int) -> tuple[Any, Any]:
     """The training dataset and loader a trial builds (0 workers: this process is the one core)."""
-    from localization.data import TrainingDataset, build_loader, load_subset
+    from localization.data.annotations import load_subset
+    from localization.data.dataset import TrainingDataset, build_loader
 
     cfg = data_config(root, store)
     dataset = TrainingDataset(cfg, load_subset(cfg, "training"), seed=0)

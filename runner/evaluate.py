@@ -27,20 +27,29 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from localization import cli
-from localization.config import RunConfig, apply_overrides, config_from_dict, read_yaml
-from localization.engine import EvalResult, evaluate, metrics_as_floats
-from localization.errors import ConfigError
-from localization.io import write_json
-from localization.metrics import DetectionMetrics, format_table, tiou_key
+from localization import api
+from localization.api import (
+    ConfigError,
+    DetectionMetrics,
+    RunConfig,
+    add_set_argument,
+    apply_overrides,
+    config_from_dict,
+    format_table,
+    metrics_as_floats,
+    read_yaml,
+    run_command,
+    set_torch_threads,
+    tiou_key,
+    write_json,
+)
 from runner import registry
 from runner.selection import Selection, describe_selection
-from runner.tracking import resolve_store
+from runner.store import resolve_store
 
 
 def model_config(files: registry.ModelFiles, overrides: list[str]) -> RunConfig:
@@ -102,7 +111,7 @@ def plot_per_class_ap(path: Path, metrics: DetectionMetrics, title: str) -> None
     fig.savefig(path, dpi=120)
 
 
-def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> list[Path]:
+def write_outputs(out: Path, result: api.EvalResult, summary: dict[str, Any]) -> list[Path]:
     """Write every file of the evaluation in ``out``; returns them (what the MLflow run holds)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "predictions.json", result.predictions)
@@ -128,7 +137,7 @@ def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> lis
 
 
 def log_evaluation_run(
-    client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: EvalResult, summary: dict[str, Any]
+    client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: api.EvalResult, summary: dict[str, Any]
 ) -> str:
     """An MLflow run holding the evaluation, in the experiment of the model's training run."""
     experiment_id = None
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.evaluate", description=__doc__.split("\n\n")[1])
     parser.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/ID/PATH")
     parser.add_argument("--subset", default="validation", help="subset to evaluate (default: validation)")
-    cli.add_set_argument(parser)
+    add_set_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
     parser.add_argument(
         "--tracking-uri",
@@ -183,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         files = registry.download_model(ref, Path(tmp), uri)
         cfg = model_config(files, args.overrides)
         if cfg.train.num_threads > 0:  # as the trial ran: float sums, hence mAP, match to the last digit
-            torch.set_num_threads(cfg.train.num_threads)
-        result = evaluate(cfg, files.weights, args.subset)  # EMA weights, the model's post-processing
+            set_torch_threads(cfg.train.num_threads)
+        result = api.evaluate_checkpoint(cfg, files.weights, args.subset)  # EMA weights, the model's post-processing
 
     selection = selection_of(client, ref)
     warning = selection.warning_for(args.subset) if selection else None
@@ -221,4 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    run_command(main)

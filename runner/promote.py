@@ -25,13 +25,11 @@ from mlflow.entities import Experiment, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from localization import cli
-from localization.config import config_from_dict, read_yaml
-from localization.errors import InputError
+from localization.api import InputError, config_from_dict, read_yaml, run_command
 from runner import registry
 from runner.selection import describe_selection
 from runner.spec import SearchFile, load_search_file
-from runner.tracking import resolve_store
+from runner.store import resolve_store
 
 CHECKPOINT_ARTIFACT = "checkpoints/best/checkpoint.pt"
 CONFIG_ARTIFACT = "checkpoints/best/config.yaml"
@@ -286,4 +284,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    run_command(main)

@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from runner.names import BEST_EPOCH, SEARCHED_KEYS, STATUS, TRIAL_ID
 from runner.space import SearchSpace
-from runner.tracking import BEST_EPOCH, SEARCHED_KEYS, STATUS, TRIAL_ID
 
 STATUS_COLORS = {
     "finished": "tab:blue",

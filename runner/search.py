@@ -8,7 +8,6 @@ the Tuner, then write the leaderboard and plots to the parent run and print the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import shlex
@@ -20,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localization.config import dump_yaml
-from localization.data.store import describe, pack
-from localization.errors import InputError
-from runner import cluster, report, tracking
+from localization.api import InputError, dump_yaml, load_subset, make_synthetic, pack_features, probe_features
+from runner import cluster, report, search_run
+from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, SPEC_HASH, STATUS, best_metric
+from runner.recorder import TrialRecorder, lost_reason
 from runner.space import make_sampler, sample_configs
 from runner.spec import SearchFile, dump, load_search_file
+from runner.store import connect, experiment_id, resolve_store
 from runner.trial import SCORE_KEY, TrialSetup, run_trial
 
 DRY_RUN_SAMPLES = 4
@@ -113,7 +113,7 @@ def run(
     _ensure_synthetic(spec, echo)
     echo(check_data(spec))
     if spec.base.data.store:  # once per node, before any trial: trials then only map it
-        echo(describe(pack(dataclasses.replace(spec.base.data, features=candidate_streams(spec)))))
+        echo(pack_features(spec.trial_config({"data.features": candidate_streams(spec)}).data))
     if address is not None:  # before anything is written: ray.init retries a dead address for minutes
         cluster.check_reachable(address)
 
@@ -122,9 +122,9 @@ def run(
     ray_path = _resume_path(spec, storage) if resume else storage / f"{spec.experiment}-{stamp}"
     if spec.search.selection is not None:  # before trials exist: every trial (and the hash) sees it
         echo(_apply_selection(spec, ray_path))
-    store = tracking.resolve_store(spec.tracking.uri, Path.cwd())
-    client = tracking.connect(store)
-    exp_id = tracking.experiment_id(client, store, spec.experiment)
+    store = resolve_store(spec.tracking.uri, Path.cwd())
+    client = connect(store)
+    exp_id = experiment_id(client, store, spec.experiment)
     parent_id = _resumable_parent(client, exp_id, spec, ray_path, store) if resume else None
 
     timings = {"validate": time.perf_counter() - started}
@@ -139,12 +139,12 @@ def run(
         outcome.concurrency = concurrency
         searcher = f"optuna-{spec.search.sampler} seed={spec.search.seed} + {spec.search.scheduler.type}"
         if parent_id is None:
-            parent_id = tracking.start_parent(client, exp_id, spec, ray_path, searcher)
+            parent_id = search_run.start_parent(client, exp_id, spec, ray_path, searcher)
         else:
             client.update_run(parent_id, status="RUNNING")
         outcome.parent_run_id = parent_id
         setup = TrialSetup(spec, cluster.torch_threads(resources))
-        recorder = tracking.TrialRecorder(store, exp_id, parent_id, setup)
+        recorder = TrialRecorder(store, exp_id, parent_id, setup)
         echo(
             f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "
             f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU each on a cluster of {info.cpus:g} CPUs, "
@@ -154,15 +154,15 @@ def run(
         mark = time.perf_counter()
         results = tuner.fit()
         timings["fit"] = time.perf_counter() - mark
-        lost = tracking.lost_reason(parent_id)
+        lost = lost_reason(parent_id)
         if lost is not None:
             outcome.status = "tracking_lost"
         else:
             if resume:  # runs of trials Ray never snapshotted: the searcher reran them under new ids
-                tracking.drop_orphans(
+                search_run.drop_orphans(
                     client, exp_id, parent_id, {Path(r.path).name.removeprefix("trial_") for r in results}
                 )
-            interrupted = tracking.close_open_children(client, exp_id, parent_id) > 0 or (
+            interrupted = search_run.close_open_children(client, exp_id, parent_id) > 0 or (
                 len(results) < spec.search.num_samples
             )
             outcome.status = "interrupted" if interrupted else "finished"
@@ -170,7 +170,7 @@ def run(
         mark = time.perf_counter()
         if outcome.parent_run_id is not None and outcome.status != "tracking_lost":
             if outcome.status == "failed":
-                tracking.close_open_children(client, exp_id, outcome.parent_run_id)
+                search_run.close_open_children(client, exp_id, outcome.parent_run_id)
             _finalize(client, exp_id, spec, outcome, echo)
         timings["finalize"] = time.perf_counter() - mark
         if recorder is not None:
@@ -186,7 +186,7 @@ def run(
             echo(f"search interrupted; continue it with: {command}")
         else:
             print(
-                f"error: search stopped: tracking store {store.uri} failed ({tracking.lost_reason(parent_id)}); "
+                f"error: search stopped: tracking store {store.uri} failed ({lost_reason(parent_id)}); "
                 f"trial results and checkpoints are kept in {ray_path}; once the store is back, continue "
                 f"with: {command}",
                 file=sys.stderr,
@@ -199,7 +199,7 @@ def build_tuner(
     ray_path: Path,
     resources: dict[str, float],
     concurrency: int,
-    recorder: tracking.TrialRecorder,
+    recorder: TrialRecorder,
     resume: bool,
 ) -> Any:
     """The Tuner: OptunaSearch (seeded sampler, define-by-run space), ASHA or FIFO, checkpoints."""
@@ -261,17 +261,12 @@ def check_data(spec: SearchFile) -> str:
     Probing reads only the .npy headers (name, 2-D, dtype, dim), once per file and stream, the way
     the engine's datasets do, so a bad file fails here (DataError naming it) rather than in a trial.
     """
-    from localization.data.annotations import load_subset
-    from localization.data.dataset import InferenceDataset
-    from localization.data.features import FeatureReader
-
     data = spec.base.data
     subsets = {name: load_subset(data, name) for name in dict.fromkeys((data.train_subset, data.val_subset))}
     for name in candidate_streams(spec):
         cfg = spec.trial_config({"data.features": [name]}).data
-        reader = FeatureReader(dataclasses.replace(cfg, cache_features=False, store=False))  # the files themselves
         for subset in subsets.values():
-            InferenceDataset(cfg, subset, reader)  # probes every video's file, honours on_missing
+            probe_features(cfg, subset)  # probes every video's file, honours on_missing
     train = subsets[data.train_subset]
     return (
         f"data: {len(train.videos)} {data.train_subset} / {len(subsets[data.val_subset].videos)} "
@@ -292,13 +287,11 @@ def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:
     annotations = Path(spec.base.data.annotations)
     if spec.synthetic is None or annotations.exists():
         return
-    from localization.data.synthetic import generate
-
     echo(
         f"generating the synthetic dataset into {annotations.parent} "
         f"(seed {spec.synthetic.seed}, {spec.synthetic.videos} videos)"
     )
-    generate(annotations.parent, seed=spec.synthetic.seed, videos=spec.synthetic.videos)
+    make_synthetic(annotations.parent, seed=spec.synthetic.seed, videos=spec.synthetic.videos)
     if not annotations.is_file():
         raise InputError(
             f"{spec.source}: data.annotations: the synthetic generator writes "
@@ -345,13 +338,13 @@ def _resume_path(spec: SearchFile, storage: Path) -> Path:
 
 def _resumable_parent(client: Any, exp_id: str, spec: SearchFile, ray_path: Path, store: Any) -> str:
     """The parent run of the search to resume, refusing a finished search or a changed file."""
-    parent_id = tracking.find_parent(client, exp_id, ray_path)
+    parent_id = search_run.find_parent(client, exp_id, ray_path)
     if parent_id is None:
         raise InputError(f"--resume: no MLflow parent run for {ray_path} in {store.uri}")
     tags = client.get_run(parent_id).data.tags
-    if tags.get(tracking.STATUS) == "finished":
+    if tags.get(STATUS) == "finished":
         raise InputError(f"--resume: the last search ({ray_path.name}) finished; nothing to resume")
-    if tags.get(tracking.SPEC_HASH) != tracking.spec_hash(spec):
+    if tags.get(SPEC_HASH) != search_run.spec_hash(spec):
         raise InputError(
             f"--resume: {spec.source} (with --set/--num-samples) differs from the one "
             f"search {ray_path.name} started with; resume with the same file and options"
@@ -363,7 +356,7 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
     """Leaderboard, plots, best trial and status on the parent run; print the summary."""
     parent_id = outcome.parent_run_id
     metric, mode = spec.search.metric, spec.search.mode
-    rows = report.collect(client, tracking.child_runs(client, exp_id, parent_id), metric)
+    rows = report.collect(client, search_run.child_runs(client, exp_id, parent_id), metric)
     table = report.leaderboard(rows, spec.space, metric, mode)
     markdown = report.to_markdown(table)
     with tempfile.TemporaryDirectory() as tmp:
@@ -378,10 +371,10 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
     best = report.best_row(rows, mode)
     outcome.rows, outcome.best = rows, best
     if best is not None:
-        client.log_metric(parent_id, f"best_{metric}", best.best)
-        client.set_tag(parent_id, "runner.best_trial_id", best.trial_id)
-        client.set_tag(parent_id, "runner.best_run_id", best.run_id)
-    client.set_tag(parent_id, tracking.STATUS, outcome.status)
+        client.log_metric(parent_id, best_metric(metric), best.best)
+        client.set_tag(parent_id, BEST_TRIAL_ID, best.trial_id)
+        client.set_tag(parent_id, BEST_RUN_ID, best.run_id)
+    client.set_tag(parent_id, STATUS, outcome.status)
     status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(outcome.status, "FAILED")
     client.set_terminated(parent_id, status)
 

@@ -18,9 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from localization.config import DataConfig
-from localization.data.annotations import load_subset
-from localization.errors import ConfigError
+from localization.api import ConfigError, DataConfig, load_subset
 
 
 def _rank(video_id: str, seed: int) -> str:

@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
-from localization.config import (
+from localization.api import (
     RUN_SECTIONS,
+    ConfigError,
     RunConfig,
     apply_overrides,
     build_section,  # the config module's strict typed reader; reused so errors read the same
@@ -28,7 +29,6 @@ from localization.config import (
     set_dotted,
     to_dict,
 )
-from localization.errors import ConfigError
 from runner.space import SearchSpace, make_sampler, parse_space, sample_configs
 
 SEARCH_SECTIONS = ("experiment", "search", "resources", "tracking", "synthetic")

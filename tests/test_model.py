@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from localization.config import ModelConfig
-from localization.model import ActionFormer, make_points, param_groups
+from localization.model import ActionFormer, make_points
 from localization.model.blocks import MaskedMHCA, global_attention, local_attention
 from localization.model.heads import pack_levels
+from localization.training.optim import param_groups
 
 
 def tiny_config(**overrides) -> ModelConfig:

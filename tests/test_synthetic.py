@@ -12,8 +12,9 @@ import pytest
 
 from localization import cli
 from localization.config import load_config
-from localization.data import InferenceDataset, load_subset
 from localization.data.__main__ import main as data_main
+from localization.data.annotations import load_subset
+from localization.data.dataset import InferenceDataset
 from localization.data.synthetic import CLASS_NAMES, generate
 
 

@@ -1,4 +1,4 @@
-"""Train and evaluate one ActionFormer: the API the runner (and the CLIs) call.
+"""The training loop of one ActionFormer (``localization.api.train`` is the door to it).
 
 ``train`` runs the reference recipe (AdamW with the reference's weight-decay groups, linear
 warm-up then cosine decay stepped per iteration, gradient clipping, EMA of weights evaluated
@@ -19,31 +19,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.checkpoint import (
+from localization.config import RunConfig, inference_div_factor
+from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
+from localization.data.dataset import TrainingDataset, build_loader
+from localization.data.features import FeatureReader
+from localization.inference.evaluation import EvalResult, subset_evaluator
+from localization.inference.prediction import autocast, resolve_device
+from localization.metrics import metrics_as_floats
+from localization.model import ActionFormer, make_points
+from localization.training.checkpoints import (
     checkpoint_state,
     load_checkpoint,
-    model_from_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
-from localization.config import RunConfig, inference_div_factor
-from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
-from localization.data.dataset import InferenceDataset, TrainingDataset, build_loader
-from localization.data.features import FeatureReader
-from localization.inference import autocast, detect, predict, to_submission
-from localization.losses import LossNormalizer, compute_losses
-from localization.metrics import (
-    DetectionMetrics,
-    evaluate_detections,
-    load_ground_truth,
-    predictions_from_arrays,
-    restrict_to_videos,
-    tiou_key,
-)
-from localization.model import ActionFormer, make_points, param_groups
-from localization.optim import ModelEma, build_scheduler
-from localization.postprocess import Candidates, load_candidates, save_candidates
-from localization.targets import assign_targets
+from localization.training.losses import LossNormalizer, compute_losses
+from localization.training.optim import ModelEma, build_scheduler, param_groups
+from localization.training.targets import assign_targets
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,12 +54,6 @@ class EpochReport:
 
 
 @dataclass
-class EvalResult:
-    metrics: DetectionMetrics | None  # None when the subset has no labelled instances
-    predictions: dict[str, Any]  # submission format
-
-
-@dataclass
 class TrainResult:
     epochs_completed: int
     stopped_early: bool
@@ -77,14 +63,6 @@ class TrainResult:
 
 
 OnEpoch = Callable[[EpochReport], bool | None]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available")
-    return torch.device(name)
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
@@ -100,64 +78,12 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def metric_key(tiou: float) -> str:
-    """``mAP_0.50``: per-tIoU metric names (MLflow-safe), keyed like ``metrics.json``."""
-    return f"mAP_{tiou_key(tiou)}"
-
-
-def metrics_as_floats(metrics: DetectionMetrics) -> dict[str, float]:
-    out = {"average_mAP": float(metrics.average_mAP)}
-    for tiou, value in zip(metrics.tiou_thresholds, metrics.mAP, strict=True):
-        out[metric_key(tiou)] = float(value)
-    return out
-
-
 def load_training_subset(cfg: RunConfig) -> SubsetAnnotations:
     """The training videos: ``data.train_subset``, cut to ``data.train_videos`` when given."""
     annotations = load_subset(cfg.data, cfg.data.train_subset)
     if cfg.data.train_videos:
         annotations = restrict_videos(annotations, cfg.data.train_videos, "data.train_videos")
     return annotations
-
-
-def _subset_evaluator(cfg: RunConfig, subset: str, reader: FeatureReader) -> _Evaluator:
-    """An evaluator for ``subset``; the validation subset is cut to ``data.val_videos`` when given."""
-    annotations = load_subset(cfg.data, subset)
-    restricted = subset == cfg.data.val_subset and cfg.data.val_videos is not None
-    if restricted:
-        annotations = restrict_videos(annotations, cfg.data.val_videos, "data.val_videos")
-    return _Evaluator(cfg, reader, annotations, restricted)
-
-
-class _Evaluator:
-    """Scores a model on one subset: the dataset and ground truth are built once."""
-
-    def __init__(self, cfg: RunConfig, reader: FeatureReader, annotations: SubsetAnnotations, restricted: bool = False):
-        """``restricted``: ``annotations`` holds only some videos of its subset (data.val_videos);
-        the ground truth is cut to the same videos."""
-        self.cfg = cfg
-        self.class_names = annotations.class_names
-        self.dataset = InferenceDataset(cfg.data, annotations, reader)
-        ground_truth = load_ground_truth(cfg.data.annotations, annotations.subset, cfg.test.gt_filter)
-        if restricted:
-            ground_truth = restrict_to_videos(ground_truth, [v.video_id for v in annotations.videos])
-        self.ground_truth = ground_truth
-        self.has_labels = len(self.ground_truth.segments) > 0
-
-    def __call__(self, model: ActionFormer, device: torch.device, raw_out: Path | None = None) -> EvalResult:
-        raw = predict(model, self.dataset, self.cfg, device)
-        if raw_out is not None:
-            save_candidates(raw_out, raw)
-        return self.score(raw)
-
-    def score(self, raw: dict[str, Candidates]) -> EvalResult:
-        """Post-process raw candidates with ``cfg.test`` and score them."""
-        detections = detect(raw, self.dataset, self.cfg)
-        metrics = None
-        if self.has_labels:
-            predictions = predictions_from_arrays(detections, self.class_names)
-            metrics = evaluate_detections(self.ground_truth, predictions, self.cfg.test.tiou_thresholds)
-        return EvalResult(metrics, to_submission(detections, self.class_names))
 
 
 def train(
@@ -184,7 +110,7 @@ def train(
     reader = FeatureReader(cfg.data)
     train_ann = load_training_subset(cfg)
     train_set = TrainingDataset(cfg.data, train_ann, reader, seed=cfg.train.seed)
-    evaluator = _subset_evaluator(cfg, cfg.data.val_subset, reader)
+    evaluator = subset_evaluator(cfg, cfg.data.val_subset, reader)
     class_names = train_ann.class_names
     pad_multiple = inference_div_factor(cfg.model)
     loader = build_loader(
@@ -335,23 +261,3 @@ def build_model_for_data(cfg: RunConfig) -> tuple[ActionFormer, str]:
         f"({' + '.join(cfg.data.features)})"
     )
     return model, summary
-
-
-def evaluate(
-    cfg: RunConfig,
-    checkpoint: Path,
-    subset: str,
-    raw_out: Path | None = None,
-    use_ema: bool = True,
-) -> EvalResult:
-    """Score a checkpoint on ``subset`` with ``cfg``'s data and post-processing settings."""
-    ckpt = load_checkpoint(checkpoint)
-    model, cfg, _ = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
-    device = resolve_device(cfg.train.device)
-    return _subset_evaluator(cfg, subset, FeatureReader(cfg.data))(model.to(device), device, raw_out)
-
-
-def evaluate_raw(cfg: RunConfig, raw_path: Path, subset: str) -> EvalResult:
-    """Re-score saved raw candidates (``evaluate(..., raw_out=...)``) with ``cfg``'s post-processing:
-    post-processing settings are compared without running the model again."""
-    return _subset_evaluator(cfg, subset, FeatureReader(cfg.data)).score(load_candidates(raw_path))
