@@ -110,12 +110,15 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> None:
-    """Check every video's feature files (headers only) the way the datasets read them; DataError otherwise."""
+def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> list[str]:
+    """Check every video's feature files the way the datasets read them (DataError otherwise);
+    returns the subset's coverage warnings (a wrong fps or time grid, ``localization.data.report``)."""
     from localization.data.dataset import InferenceDataset
     from localization.data.features import FeatureReader
+    from localization.data.report import data_warnings
 
-    InferenceDataset(data, annotations, FeatureReader(dataclasses.replace(data, cache_features=False, store=False)))
+    reader = FeatureReader(dataclasses.replace(data, cache_features=False, store=False))  # the files themselves
+    return data_warnings({annotations.subset: InferenceDataset(data, annotations, reader)})
 
 
 def pack_features(data: DataConfig) -> str:

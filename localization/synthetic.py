@@ -1,4 +1,4 @@
-"""``python -m localization.synthetic --out DIR [--seed N] [--videos N]``: see localization.data.synthetic."""
+"""``python -m localization.synthetic --out DIR [--seed N] [--videos N] [--format F]``: see localization.data.synthetic."""
 
 from localization import cli
 from localization.data.synthetic import main

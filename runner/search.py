@@ -258,20 +258,24 @@ def trial_dirname(trial: Any) -> str:
 def check_data(spec: SearchFile) -> str:
     """Open the annotations and probe every feature file of every stream the search may use.
 
-    Probing reads only the .npy headers (name, 2-D, dtype, dim), once per file and stream, the way
+    Probing reads the feature files (only the headers of .npy), once per file and stream, the way
     the engine's datasets do, so a bad file fails here (DataError naming it) rather than in a trial.
+    Coverage warnings (``localization.data.report``) follow the summary line, one per line.
     """
     data = spec.base.data
     subsets = {name: load_subset(data, name) for name in dict.fromkeys((data.train_subset, data.val_subset))}
+    warnings = []
     for name in candidate_streams(spec):
         cfg = spec.trial_config({"data.features": [name]}).data
         for subset in subsets.values():
-            probe_features(cfg, subset)  # probes every video's file, honours on_missing
+            # probes every video's file, honours on_missing; coverage catches a wrong time grid
+            warnings += probe_features(cfg, subset)
     train = subsets[data.train_subset]
-    return (
+    summary = (
         f"data: {len(train.videos)} {data.train_subset} / {len(subsets[data.val_subset].videos)} "
         f"{data.val_subset} videos, {len(train.class_names)} classes ({data.annotations})"
     )
+    return "\n".join([summary, *(f"warning: {line}" for line in warnings)])
 
 
 def candidate_streams(spec: SearchFile) -> list[str]:

@@ -159,14 +159,12 @@ def json_without_database(c: Case) -> list[str]:
     return [str(c.data / "annotations_gt.json"), "database: missing"]
 
 
-def label_id_out_of_range(c: Case) -> list[str]:
-    raw = c.annotations()
-    for entry in raw["database"].values():  # one label renumbered consistently, past the class count
-        for ann in entry["annotations"]:
-            if ann["label_id"] == 3:
-                ann["label_id"] = 99
+def label_id_inconsistent(c: Case) -> list[str]:
+    raw = c.annotations()  # ids need not be contiguous (unused ids are fine), but one id per label
+    anns = [ann for entry in raw["database"].values() for ann in entry["annotations"] if ann["label_id"] == 3]
+    anns[-1]["label_id"] = 99
     (c.data / "annotations_gt.json").write_text(json.dumps(raw))
-    return [str(c.data / "annotations_gt.json"), ".label_id: 99 is outside 0.."]
+    return [str(c.data / "annotations_gt.json"), ".label_id: label", "has id 99 here but 3 elsewhere"]
 
 
 def missing_feature_dir(c: Case) -> list[str]:
@@ -272,7 +270,7 @@ ROWS: list[Edit] = [
     unknown_space_key,
     missing_annotation_file,
     json_without_database,
-    label_id_out_of_range,
+    label_id_inconsistent,
     missing_feature_dir,
     wrong_feature_dim,
     unreadable_feature_file,

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -37,6 +38,11 @@ def videos(count: int, seed: int = 0) -> tuple[dict, dict]:
         arrays["a"][f"v{i}"] = rng.standard_normal((steps, 3)).astype(np.float32)
         arrays["b"][f"v{i}"] = rng.standard_normal((2, steps - 1)).astype(np.float16)  # [C, T] on disk
     return database, arrays
+
+
+def video(video_id: str) -> SimpleNamespace:
+    """What FeatureReader.load needs of a video (native grids: the duration is not used)."""
+    return SimpleNamespace(video_id=video_id, duration=10.0, fps=30.0)
 
 
 def config(tiny_data, database: dict, arrays: dict, **fields) -> DataConfig:
@@ -90,7 +96,7 @@ def test_a_changed_file_is_noticed_and_rebuilds_the_store(data):
     assert second_a.built_s is not None and second_a.path != first_a.path  # stream a rebuilt ...
     assert second_b.built_s is None and second_b.path == first_b.path  # ... b untouched
     assert not first_a.path.exists()  # the stale store of stream a is gone
-    np.testing.assert_array_equal(FeatureReader(cfg).load("v2", 0, 5)[:3], new[:5].T)
+    np.testing.assert_array_equal(FeatureReader(cfg).load(video("v2"), 0, 5)[:3], new[:5].T)
     assert [p.name for p in stores_of(cfg)] == sorted([second_a.path.name, second_b.path.name])
 
 
@@ -118,7 +124,9 @@ def test_two_processes_building_the_same_store_at_once_end_with_one_good_store(t
     reader = FeatureReader(cfg)
     assert [s.built_s for s in reader.stores.values()] == [None, None]
     for video_id, array in arrays["a"].items():
-        np.testing.assert_allclose(reader.load(video_id)[:3], array[: arrays["b"][video_id].shape[1]].T, atol=4e-3)
+        np.testing.assert_allclose(
+            reader.load(video(video_id))[:3], array[: arrays["b"][video_id].shape[1]].T, atol=4e-3
+        )
 
 
 def test_a_crashed_build_leaves_no_store_and_the_next_build_cleans_up(data):

@@ -1,6 +1,7 @@
 """The run config: typed sections (data, model, train, test), YAML + ``--set`` loading, validation."""
 
 from localization.config.schema import (
+    FEATURE_FILE_TYPES,
     RUN_SECTIONS,
     DataConfig,
     ModelConfig,
@@ -17,6 +18,7 @@ from localization.config.schema import (
     load_config,
     max_div_factor,
     num_levels,
+    output_classes,
     read_yaml,
     set_dotted,
     to_dict,
@@ -25,6 +27,7 @@ from localization.config.schema import (
 )
 
 __all__ = [
+    "FEATURE_FILE_TYPES",
     "RUN_SECTIONS",
     "DataConfig",
     "ModelConfig",
@@ -41,6 +44,7 @@ __all__ = [
     "load_config",
     "max_div_factor",
     "num_levels",
+    "output_classes",
     "read_yaml",
     "set_dotted",
     "to_dict",

@@ -24,6 +24,7 @@ import yaml
 from localization.errors import ConfigError
 
 RUN_SECTIONS = ("data", "model", "train", "test")
+FEATURE_FILE_TYPES = (".npy", ".npz", ".pt", ".pth")  # chosen by the file_pattern's extension
 __all__ = ["ConfigError", "RunConfig", "config_from_dict", "load_config"]
 
 
@@ -38,10 +39,14 @@ class StreamConfig:
 
     dir: str  # folder holding the per-video feature files
     dim: int  # channels of this stream; checked against every file read
-    feat_stride: int = 16  # frames between consecutive feature steps
-    num_frames: int = 16  # frames seen by one feature (clip length); sets the half-clip offset
+    # frames between consecutive feature steps (fractional allowed); auto: fixed-length features,
+    # stride = clip = the video's frames / its steps
+    feat_stride: int | float | Literal["auto"] = 16
+    num_frames: int | float = 16  # frames seen by one feature (clip length); ignored with feat_stride auto
     layout: Literal["tc", "ct"] = "tc"  # array layout on disk: [T, C] or [C, T]
-    file_pattern: str = "{video_id}.npy"  # file name inside `dir`
+    file_pattern: str = "{video_id}.npy"  # file name inside `dir`; its extension picks .npy/.npz/.pt/.pth
+    key: str | None = None  # .npz / .pt dict entry holding the array; null: the only one, else "feats"
+    downsample: int = 1  # keep every k-th step (stride x k)
 
 
 def _default_streams() -> dict[str, StreamConfig]:
@@ -63,7 +68,9 @@ class DataConfig:
     # e.g. a held-out slice of training to select on (runner: search.selection).
     train_videos: str | None = None
     val_videos: str | None = None
-    default_fps: float = 30.0  # used when a video entry has no "fps"
+    default_fps: float = 30.0  # used when a video entry has no "fps" (always, with force_default_fps)
+    force_default_fps: bool = False  # true: default_fps wins over a per-video "fps" (the public pipelines)
+    resize_length: int | None = None  # resample every video to N steps (OpenTAD's resize recipe, e.g. 192)
     streams: dict[str, StreamConfig] = field(default_factory=_default_streams)
     features: list[str] = field(default_factory=lambda: ["i3d", "slowfast"])  # concat order
     max_seq_len: int = 2304  # training length in feature steps (crop / truncation)
@@ -110,6 +117,7 @@ class ModelConfig:
     cls_prior_prob: float = 0.01
     init_loss_norm: float = 100.0  # initial EMA of the positive count (THUMOS-style recipe)
     label_smoothing: float = 0.0
+    class_agnostic: bool = False  # one foreground class; labels from test.ext_score_file
 
 
 @dataclass
@@ -150,6 +158,8 @@ class TestConfig:
     # The official ActivityNet values, np.linspace(0.5, 0.95, 10) (0.9 is 0.8999999999999999).
     tiou_thresholds: list[float] = field(default_factory=lambda: np.linspace(0.5, 0.95, 10).tolist())
     gt_filter: Literal["none", "actionformer"] = "none"  # evaluation ground-truth filter
+    ext_score_file: str | None = None  # video-level classifier JSON labelling class-agnostic segments
+    ext_topk: int = 2  # classes of ext_score_file each segment becomes (fused score sqrt(p_seg * p_cls))
 
 
 @dataclass
@@ -379,6 +389,11 @@ def num_levels(model: ModelConfig) -> int:
     return model.backbone_arch[2] + 1
 
 
+def output_classes(model: ModelConfig, num_classes: int) -> int:
+    """Classes the model predicts: one foreground class when class-agnostic, else every class."""
+    return 1 if model.class_agnostic else num_classes
+
+
 def window_sizes(model: ModelConfig) -> list[int]:
     """Per-level attention window (an int in the config applies to every level)."""
     if isinstance(model.n_mha_win_size, int):
@@ -429,11 +444,18 @@ def validate(cfg: RunConfig, source: str) -> None:
     if len(set(d.features)) != len(d.features):
         fail("data.features", f"names a stream twice: {d.features}")
     for name, stream in d.streams.items():
-        for key in ("dim", "feat_stride", "num_frames"):
+        for key in ("dim", "num_frames", "downsample"):
             positive(f"data.streams.{name}.{key}", getattr(stream, key))
+        if stream.feat_stride != "auto":
+            positive(f"data.streams.{name}.feat_stride", stream.feat_stride)
         if "{video_id}" not in stream.file_pattern:
             fail(f"data.streams.{name}.file_pattern", "must contain {video_id}")
+        if Path(stream.file_pattern).suffix not in FEATURE_FILE_TYPES:
+            fail(f"data.streams.{name}.file_pattern", f"must end in one of {list(FEATURE_FILE_TYPES)}, "
+                 f"got {stream.file_pattern!r}")
     positive("data.default_fps", d.default_fps)
+    if d.resize_length is not None:
+        positive("data.resize_length", d.resize_length)
     positive("data.max_seq_len", d.max_seq_len)
     if d.crop_ratio is not None and (len(d.crop_ratio) != 2 or not 0 < d.crop_ratio[0] <= d.crop_ratio[1] <= 1):
         fail("data.crop_ratio", f"must be [low, high] with 0 < low <= high <= 1, got {d.crop_ratio}")
@@ -517,6 +539,11 @@ def validate(cfg: RunConfig, source: str) -> None:
         fail("test.duration_thresh", "must be >= 0")
     if s.voting_thresh > 1:
         fail("test.voting_thresh", f"must be <= 1, got {s.voting_thresh}")
+    positive("test.ext_topk", s.ext_topk)
+    if m.class_agnostic and s.ext_score_file is None:
+        fail("model.class_agnostic", "needs test.ext_score_file (the classifier that names the segments)")
+    if s.ext_score_file is not None and not m.class_agnostic:
+        fail("test.ext_score_file", "labels class-agnostic segments: set model.class_agnostic: true")
     if not s.tiou_thresholds:
         fail("test.tiou_thresholds", "must not be empty")
     for i, thr in enumerate(s.tiou_thresholds):

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from localization.config import DataConfig
 from localization.data.annotations import SubsetAnnotations, VideoAnnotation
-from localization.data.features import FeatureReader
-from localization.data.timegrid import feat_offset, seconds_to_grid
+from localization.data.features import FeatureReader, VideoLayout
+from localization.data.timegrid import Grid, feat_offset, seconds_to_grid
 from localization.errors import DataError
 
 MAX_CROP_TRIALS = 200  # reference max_num_trials
@@ -80,10 +80,10 @@ def random_crop(length: int, segments: np.ndarray, max_seq_len: int, trunc_thres
     return Crop(start, start + crop_len, clipped, keep)
 
 
-class _VideoDataset(Dataset):
+class VideoDataset(Dataset):
     """Videos of a subset (from :func:`load_subset`, possibly filtered) that have features, with
-    their aligned lengths (probed up front). Pass one ``reader`` to several datasets to share its
-    feature cache."""
+    their layouts (lengths and time grids, probed up front). Pass one ``reader`` to several
+    datasets to share its feature cache."""
 
     def __init__(self, data_cfg: DataConfig, annotations: SubsetAnnotations,
                  reader: FeatureReader | None = None) -> None:
@@ -91,13 +91,16 @@ class _VideoDataset(Dataset):
         self.annotations = annotations
         self.reader = reader if reader is not None else FeatureReader(data_cfg)
         self.videos: list[VideoAnnotation] = []
-        self.lengths: list[int] = []  # aligned feature steps per video
+        self.layouts: list[VideoLayout] = []  # per video: streams, model input length and grid
+        self.lengths: list[int] = []  # model input steps per video
         self.skipped: list[str] = []  # videos without features (data.on_missing=skip)
         for video in self.annotations.videos:
             if data_cfg.on_missing == "skip" and not self.reader.has(video.video_id):
                 self.skipped.append(video.video_id)
                 continue
-            self.lengths.append(self.reader.probe(video.video_id))
+            layout = self.reader.probe(video)
+            self.layouts.append(layout)
+            self.lengths.append(layout.length)
             self.videos.append(video)
         if not self.videos:
             raise DataError(f"{data_cfg.annotations}: none of the {len(self.skipped)} videos of subset "
@@ -123,12 +126,17 @@ class _VideoDataset(Dataset):
         """Feature steps of video ``index`` (whole video, before any crop)."""
         return self.lengths[index]
 
-    def _grid_segments(self, video: VideoAnnotation) -> np.ndarray:
-        """Ground truth in feature-grid units: (N, 2) float64."""
-        return seconds_to_grid(video.segments, video.fps, self.reader.feat_stride, self.reader.num_frames)
+    def grid(self, index: int) -> Grid:
+        """The time grid of video ``index``'s model input."""
+        return self.layouts[index].grid
 
-    def _item(self, video: VideoAnnotation, feats: np.ndarray, segments: np.ndarray,
-              labels: np.ndarray) -> dict[str, Any]:
+    def _grid_segments(self, index: int) -> np.ndarray:
+        """Ground truth in feature-grid units: (N, 2) float64."""
+        video, grid = self.videos[index], self.grid(index)
+        return seconds_to_grid(video.segments, video.fps, grid.stride, grid.clip)
+
+    def _item(self, index: int, feats: np.ndarray, segments: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        video, grid = self.videos[index], self.grid(index)
         return {
             "video_id": video.video_id,
             "feats": torch.from_numpy(feats),  # (C, T) float32, or the store's dtype
@@ -136,12 +144,12 @@ class _VideoDataset(Dataset):
             "labels": torch.from_numpy(labels.astype(np.int64)),  # (N,)
             "fps": video.fps,
             "duration": video.duration,
-            "feat_stride": self.reader.feat_stride,
-            "num_frames": self.reader.num_frames,
+            "feat_stride": grid.stride,
+            "num_frames": grid.clip,
         }
 
 
-class TrainingDataset(_VideoDataset):
+class TrainingDataset(VideoDataset):
     """Training videos, randomly cropped each epoch (reference section 4.5).
 
     Videos without clean ground truth stay in (all-negative samples). Deviation: the reference
@@ -155,7 +163,6 @@ class TrainingDataset(_VideoDataset):
         super().__init__(data_cfg, annotations, reader)
         self.seed = seed
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by forked/spawned workers
-        self._offset = feat_offset(self.reader.feat_stride, self.reader.num_frames)
 
     @property
     def epoch(self) -> int:
@@ -168,19 +175,19 @@ class TrainingDataset(_VideoDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         video = self.videos[index]
         rng = _generator(self.seed, _CROP_STREAM, self.epoch, index)
-        cfg = self.data_cfg
-        crop = random_crop(self.lengths[index], self._grid_segments(video), cfg.max_seq_len, cfg.trunc_thresh,
-                           cfg.crop_ratio, self._offset, rng)
-        feats = self.reader.load(video.video_id, crop.start, crop.stop)  # (C, L)
-        return self._item(video, feats, crop.segments, video.labels[crop.keep])
+        cfg, grid = self.data_cfg, self.grid(index)
+        crop = random_crop(self.lengths[index], self._grid_segments(index), cfg.max_seq_len, cfg.trunc_thresh,
+                           cfg.crop_ratio, feat_offset(grid.stride, grid.clip), rng)
+        feats = self.reader.load(video, crop.start, crop.stop)  # (C, L)
+        return self._item(index, feats, crop.segments, video.labels[crop.keep])
 
 
-class InferenceDataset(_VideoDataset):
+class InferenceDataset(VideoDataset):
     """Whole videos, ground truth on the grid (for losses or inspection)."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         video = self.videos[index]
-        return self._item(video, self.reader.load(video.video_id), self._grid_segments(video), video.labels)
+        return self._item(index, self.reader.load(video), self._grid_segments(index), video.labels)
 
 
 def collate(items: list[dict[str, Any]], pad_multiple: int) -> dict[str, Any]:
@@ -242,7 +249,7 @@ def _reuse_freed_memory() -> None:
     libc.mallopt(m_mmap_threshold, KEEP_FREED_BYTES)
 
 
-def build_loader(dataset: _VideoDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
+def build_loader(dataset: VideoDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
                  pad_multiple: int, drop_last: bool, pin_memory: bool = False) -> DataLoader:
     """A DataLoader yielding :func:`collate` batches.
 

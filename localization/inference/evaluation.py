@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from localization.config import RunConfig
-from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
+from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos, same_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader
 from localization.inference.postprocess import Candidates, load_candidates, save_candidates
@@ -36,25 +36,41 @@ class EvalResult:
     predictions: dict[str, Any]  # submission format
 
 
-def subset_evaluator(cfg: RunConfig, subset: str, reader: FeatureReader) -> SubsetEvaluator:
-    """An evaluator for ``subset``; the validation subset is cut to ``data.val_videos`` when given."""
+def subset_evaluator(
+    cfg: RunConfig, subset: str, reader: FeatureReader, class_names: list[str] | None = None
+) -> SubsetEvaluator:
+    """An evaluator for ``subset``; the validation subset is cut to ``data.val_videos`` when given.
+
+    ``class_names``: the model's classes (a checkpoint's), default the data's class map; detections
+    are named with them and matched to the ground truth by name, so a class map in another order
+    (the same file with or without ``label_id``) scores the same.
+    """
     annotations = load_subset(cfg.data, subset)
-    restricted = subset == cfg.data.val_subset and cfg.data.val_videos is not None
+    restricted = same_subset(subset, cfg.data.val_subset) and cfg.data.val_videos is not None
     if restricted:
         annotations = restrict_videos(annotations, cfg.data.val_videos, "data.val_videos")
-    return SubsetEvaluator(cfg, reader, annotations, restricted)
+    return SubsetEvaluator(cfg, reader, annotations, restricted, class_names)
 
 
 class SubsetEvaluator:
     """Scores a model on one subset: the dataset and ground truth are built once."""
 
-    def __init__(self, cfg: RunConfig, reader: FeatureReader, annotations: SubsetAnnotations, restricted: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        reader: FeatureReader,
+        annotations: SubsetAnnotations,
+        restricted: bool = False,
+        class_names: list[str] | None = None,
+    ):
         """``restricted``: ``annotations`` holds only some videos of its subset (data.val_videos);
         the ground truth is cut to the same videos."""
         self.cfg = cfg
-        self.class_names = annotations.class_names
+        self.class_names = class_names if class_names is not None else annotations.class_names
         self.dataset = InferenceDataset(cfg.data, annotations, reader)
-        ground_truth = load_ground_truth(cfg.data.annotations, annotations.subset, cfg.test.gt_filter)
+        ground_truth = load_ground_truth(
+            cfg.data.annotations, annotations.subset, cfg.test.gt_filter, cfg.data.class_list
+        )
         if restricted:
             ground_truth = restrict_to_videos(ground_truth, [v.video_id for v in annotations.videos])
         self.ground_truth = ground_truth
@@ -68,7 +84,7 @@ class SubsetEvaluator:
 
     def score(self, raw: dict[str, Candidates]) -> EvalResult:
         """Post-process raw candidates with ``cfg.test`` and score them."""
-        detections = detect(raw, self.dataset, self.cfg)
+        detections = detect(raw, self.dataset, self.cfg, self.class_names)
         metrics = None
         if self.has_labels:
             predictions = predictions_from_arrays(detections, self.class_names)
@@ -85,9 +101,9 @@ def evaluate_checkpoint(
 ) -> EvalResult:
     """Score a checkpoint on ``subset`` with ``cfg``'s data and post-processing settings."""
     ckpt = load_checkpoint(checkpoint)
-    model, cfg, _ = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
+    model, cfg, class_names = model_from_checkpoint(ckpt, use_ema=use_ema, cfg=cfg)
     device = resolve_device(cfg.train.device)
-    return subset_evaluator(cfg, subset, FeatureReader(cfg.data))(model.to(device), device, raw_out)
+    return subset_evaluator(cfg, subset, FeatureReader(cfg.data), class_names)(model.to(device), device, raw_out)
 
 
 def rescore(cfg: RunConfig, raw_path: Path, subset: str) -> EvalResult:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from localization.config import RunConfig, inference_div_factor
+from localization.data.classifier import label_segments, load_classifier_scores
 from localization.data.dataset import InferenceDataset, collate
 from localization.errors import DataError
 from localization.inference.postprocess import Candidates, postprocess, select_candidates
@@ -79,22 +80,34 @@ def predict(
     return raw
 
 
-def detect(raw: dict[str, Candidates], dataset: InferenceDataset, cfg: RunConfig) -> dict[str, Candidates]:
-    """Post-process every video's candidates into detections in seconds (NMS, top-k).
+def detect(
+    raw: dict[str, Candidates], dataset: InferenceDataset, cfg: RunConfig, class_names: list[str] | None = None
+) -> dict[str, Candidates]:
+    """Post-process every video's candidates into detections in seconds (NMS, top-k), each on its
+    own time grid.
 
     ``raw`` may come from :func:`predict` or from a saved file; it must cover ``dataset``'s videos.
+    With ``test.ext_score_file`` (a class-agnostic model) each kept segment then becomes the
+    video's top ``test.ext_topk`` classes of that file (``localization.data.classifier``), as ids
+    into ``class_names`` (the model's; default the dataset's).
     """
     missing = [video.video_id for video in dataset.videos if video.video_id not in raw]
     if missing:
         raise DataError(
             f"raw candidates lack {len(missing)} video(s) of subset {dataset.annotations.subset!r}, e.g. {missing[0]!r}"
         )
-    grid = dataset.reader
-    return {
-        video.video_id: postprocess(
-            raw[video.video_id], cfg.test, video.fps, video.duration, grid.feat_stride, grid.num_frames
+    detections = {}
+    for index, video in enumerate(dataset.videos):
+        grid = dataset.grid(index)
+        detections[video.video_id] = postprocess(
+            raw[video.video_id], cfg.test, video.fps, video.duration, grid.stride, grid.clip
         )
-        for video in dataset.videos
+    if cfg.test.ext_score_file is None:
+        return detections
+    classifier = load_classifier_scores(cfg.test.ext_score_file, class_names or dataset.class_names)
+    return {
+        video_id: Candidates(*label_segments(det.segments, det.scores, classifier.top(video_id, cfg.test.ext_topk)))
+        for video_id, det in detections.items()
     }
 
 

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.config import RunConfig, inference_div_factor
+from localization.config import RunConfig, inference_div_factor, output_classes
 from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
 from localization.data.dataset import TrainingDataset, build_loader
 from localization.data.features import FeatureReader
+from localization.data.report import data_warnings
 from localization.inference.evaluation import EvalResult, subset_evaluator
 from localization.inference.prediction import autocast, resolve_device
 from localization.metrics import metrics_as_floats
@@ -127,7 +128,10 @@ def train(
     if steps_per_epoch == 0:
         raise RuntimeError("the training subset yields no batches")
 
-    model = ActionFormer(cfg.model, reader.dim, len(class_names), cfg.data.max_seq_len).to(device)
+    for warning in data_warnings({ds.annotations.subset: ds for ds in (train_set, evaluator.dataset)}):
+        log(f"warning: {warning}")
+    num_outputs = output_classes(cfg.model, len(class_names))
+    model = ActionFormer(cfg.model, reader.dim, num_outputs, cfg.data.max_seq_len).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     scheduler = build_scheduler(
         optimizer, cfg.train.warmup_epochs * steps_per_epoch, cfg.train.epochs * steps_per_epoch, cfg.train.eta_min
@@ -157,7 +161,7 @@ def train(
         model.train()
         sums = torch.zeros(3, dtype=torch.float64)
         for step, batch in enumerate(loader, start=1):
-            losses = train_step(forward, model, batch, device, cfg, optimizer, normalizer, len(class_names))
+            losses = train_step(forward, model, batch, device, cfg, optimizer, normalizer, num_outputs)
             if not math.isfinite(losses[2]):
                 raise TrainingDiverged(
                     f"loss became {losses[2]} at epoch {epoch}, step {step} "
@@ -219,6 +223,8 @@ def train_step(
     masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
     segments = [s.to(device) for s in batch["segments"]]
     labels = [lab.to(device) for lab in batch["labels"]]
+    if cfg.model.class_agnostic:  # every action is the one foreground class
+        labels = [torch.zeros_like(lab) for lab in labels]
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, cfg.train.bf16):
         out = forward(feats, masks)
@@ -254,7 +260,8 @@ def build_model_for_data(cfg: RunConfig) -> tuple[ActionFormer, str]:
     """The model ``cfg`` would train (input dim and classes from the data) and a data summary."""
     reader = FeatureReader(cfg.data)
     train_ann = load_training_subset(cfg)
-    model = ActionFormer(cfg.model, reader.dim, len(train_ann.class_names), cfg.data.max_seq_len)
+    num_outputs = output_classes(cfg.model, len(train_ann.class_names))
+    model = ActionFormer(cfg.model, reader.dim, num_outputs, cfg.data.max_seq_len)
     summary = (
         f"data: {len(train_ann.videos)} {cfg.data.train_subset} videos, "
         f"{len(train_ann.class_names)} classes, input dim {reader.dim} "
