@@ -17,7 +17,7 @@ import yaml
 from localization.config import DataConfig
 from localization.data.__main__ import main as data_main
 from localization.data.annotations import load_subset
-from localization.data.dataset import TrainingDataset, build_loader
+from localization.data.dataset import TrainingDataset, build_loader, collate
 from localization.data.features import FeatureReader
 from localization.data.store import pack, store_key, stream_files
 from localization.errors import DataError
@@ -78,8 +78,15 @@ def test_store_crops_equal_the_files_crops(data, dtype):
                 torch.testing.assert_close(got, want, rtol=0, atol=0)
             else:
                 torch.testing.assert_close(got.float(), want, rtol=1e-3, atol=1e-3)  # float16 rounding
-    batch = next(iter(build_loader(stored, 4, shuffle=True, num_workers=0, seed=0, pad_multiple=16, drop_last=False)))
-    assert batch["feats"].dtype == getattr(torch, dtype)  # the batch keeps the store's dtype
+    loader = build_loader(stored, 4, shuffle=True, num_workers=0, seed=0, pad_multiple=16, drop_last=False)
+    order = list(loader.sampler)
+    for start, batch in zip(range(0, len(order), 4), loader, strict=True):  # crops read straight into the batch
+        want = collate([by_file[i] for i in order[start : start + 4]], pad_multiple=16)
+        assert batch["feats"].dtype == getattr(torch, dtype)  # the batch keeps the store's dtype
+        torch.testing.assert_close(batch["feats"].float(), want["feats"], rtol=1e-3, atol=1e-3)
+        assert torch.equal(batch["masks"], want["masks"]) and batch["video_ids"] == want["video_ids"]
+        for key in ("segments", "labels"):
+            assert all(torch.equal(x, y) for x, y in zip(batch[key], want[key], strict=True))
 
 
 def test_a_changed_file_is_noticed_and_rebuilds_the_store(data):
@@ -153,3 +160,16 @@ def test_pack_command_prints_the_store_size(data, tmp_path, capsys):
     assert out[1]["steps"] == steps and out[1]["bytes"] == steps * 2 * 2
     assert data_main([str(config), "--pack"]) == 0
     assert "feature store a: " in capsys.readouterr().out
+
+
+def test_store_of_npz_files_with_downsampling_matches_the_files(tiny_data):
+    database, arrays = videos(3, seed=2)
+    cfg = config(tiny_data, database, arrays)
+    for video_id, array in arrays["a"].items():  # stream a as .npz, every 2nd step kept
+        np.savez(Path(cfg.streams["a"].dir) / f"{video_id}.npz", feats=array)
+        arrays["b"][video_id] = arrays["b"][video_id][:, ::2]
+        np.save(Path(cfg.streams["b"].dir) / f"{video_id}.npy", arrays["b"][video_id])
+    cfg.streams["a"].file_pattern, cfg.streams["a"].downsample = "{video_id}.npz", 2
+    stored = FeatureReader(dataclasses.replace(cfg, store=True, store_dtype="float32"))
+    for video_id in arrays["a"]:
+        np.testing.assert_array_equal(stored.load(video(video_id), 1), FeatureReader(cfg).load(video(video_id), 1))

@@ -202,28 +202,35 @@ class FeatureReader:
         """Check every stream's file (readable, 2-D, float, right dim); return the video's layout."""
         return self._layout(video, {name: self._open(name, video.video_id).shape[0] for name in self._streams})
 
-    def load(self, video: TimedVideo, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Aligned, concatenated features of steps ``[start, stop)``: (C, stop - start) of ``self.dtype``."""
+    def load(
+        self, video: TimedVideo, start: int = 0, stop: int | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Aligned, concatenated features of steps ``[start, stop)``: (C, stop - start) of ``self.dtype``,
+        written into ``out`` when given (a batch's row: one copy from the store, not two)."""
         if self._cache is None:
-            return self._read(video, start, stop)
+            return self._read(video, start, stop, out)
         if video.video_id not in self._cache:
-            self._cache[video.video_id] = self._read(video, 0, None)
-        return self._cache[video.video_id][:, start:stop].copy()  # a copy: callers may write into it
+            self._cache[video.video_id] = self._read(video, 0, None, None)
+        cached = self._cache[video.video_id][:, start:stop]
+        return cached.copy() if out is None else _write(out, cached)  # a copy: callers may write into it
 
-    def _read(self, video: TimedVideo, start: int, stop: int | None) -> np.ndarray:
+    def _read(self, video: TimedVideo, start: int, stop: int | None, out: np.ndarray | None) -> np.ndarray:
         arrays = {name: self._open(name, video.video_id) for name in self._streams}  # (T_s, C_s) lazy views
         layout = self._layout(video, {name: a.shape[0] for name, a in arrays.items()})
         if self._resize_length is not None:
-            whole = self._aligned(arrays, layout, 0, layout.aligned)  # (C, T)
+            whole = self._aligned(arrays, layout, 0, layout.aligned, None)  # (C, T)
             first = layout.grids[self._first]
             resized = resample_to_grid(whole.T, first, layout.grid, np.arange(layout.length))  # (N, C)
-            return np.ascontiguousarray(resized.T[:, start:stop], dtype=self.dtype)
+            window = resized.T[:, start:stop]
+            return np.ascontiguousarray(window, dtype=self.dtype) if out is None else _write(out, window)
         start, stop, _ = slice(start, stop).indices(layout.aligned)
-        return self._aligned(arrays, layout, start, stop)
+        return self._aligned(arrays, layout, start, stop, out)
 
-    def _aligned(self, arrays: dict[str, np.ndarray], layout: VideoLayout, start: int, stop: int) -> np.ndarray:
+    def _aligned(
+        self, arrays: dict[str, np.ndarray], layout: VideoLayout, start: int, stop: int, out: np.ndarray | None
+    ) -> np.ndarray:
         """Steps [start, stop) of every stream on the first stream's grid, concatenated: (C, T) ``self.dtype``."""
-        out = np.empty((self.dim, stop - start), dtype=self.dtype)  # (C, T)
+        out = np.empty((self.dim, stop - start), dtype=self.dtype) if out is None else out  # (C, T)
         first = layout.grids[self._first]
         row = 0
         for name, array in arrays.items():
@@ -260,6 +267,11 @@ class FeatureReader:
                            "resampling the other streams onto the %s grid (shown once)",
                            video_id, self._align_tolerance, detail, self._first)
         return lengths[0], True
+
+
+def _write(out: np.ndarray, values: np.ndarray) -> np.ndarray:
+    np.copyto(out, values)
+    return out
 
 
 def _transpose_into(dst: np.ndarray, src: Any) -> None:
