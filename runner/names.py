@@ -52,15 +52,10 @@ SEARCH_PARAM_PREFIX = "search."  # the parent's params: search.<option>, search.
 # A trial's params are its flattened run config: data.*, model.*, train.*, test.*
 
 # ---- Metrics ------------------------------------------------------------------------------------
-AVERAGE_MAP = "average_mAP"  # percent; the validation metrics are AVERAGE_MAP and map_at(tiou)
+AVERAGE_MAP = "average_mAP"  # percent, as localization.api.metrics_as_floats names it (+ metric_key(tiou))
 LOSS_METRICS = ("loss", "cls_loss", "reg_loss")
 EPOCH_METRICS = (*LOSS_METRICS, "lr", "epoch_time_s")  # logged every epoch at step=epoch
 LOSS_HISTORY = "loss"  # the metric whose history says which epochs a run already logged
-
-
-def map_at(tiou_key: str) -> str:
-    """``mAP_0.50``: the per-tIoU metric name (MLflow-safe) for a ``metrics.json`` key ``0.50``."""
-    return f"mAP_{tiou_key}"
 
 
 def best_metric(metric: str) -> str:

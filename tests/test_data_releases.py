@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from localization.config import DataConfig, StreamConfig, config_from_dict
+from localization.config import DataConfig, StreamConfig, config_from_dict, load_config
 from localization.data.annotations import load_subset, read_annotation_file
 from localization.data.dataset import InferenceDataset
 from localization.data.report import coverage_summary, coverage_warnings, data_warnings
@@ -61,8 +61,10 @@ def test_trailing_space_label_matches_the_class_list(tmp_path):
 
 def test_unused_label_ids_keep_the_count_and_get_a_name(tmp_path):
     # ids 0..4 with 1 and 3 unused in the file (a small subset, a class absent from a split)
-    database = {"t": video("training", 9.0, [ann(1, 2, "a", 0), ann(2, 3, "c", 2)]), "v": video("validation", 9.0,
-                [ann(1, 2, "e", 4)])}
+    database = {
+        "t": video("training", 9.0, [ann(1, 2, "a", 0), ann(2, 3, "c", 2)]),
+        "v": video("validation", 9.0, [ann(1, 2, "e", 4)]),
+    }
     file = read_annotation_file(write_file(tmp_path / "gt.json", database))
     assert file.class_map == "label_id" and len(file.class_names) == 5
     assert file.class_names[0::2] == ["a", "c", "e"]
@@ -70,12 +72,16 @@ def test_unused_label_ids_keep_the_count_and_get_a_name(tmp_path):
     named = read_annotation_file(write_file(tmp_path / "tax.json", database, taxonomy=list("abcde")))
     assert named.class_names == ["a", "b", "c", "d", "e"]
     mapped = [{"label_id": 1, "label": "b "}, {"label_id": 3, "label": "d"}]
-    assert read_annotation_file(write_file(tmp_path / "map.json", database, taxonomy=mapped)).class_names == list("abcde")
+    assert read_annotation_file(write_file(tmp_path / "map.json", database, taxonomy=mapped)).class_names == list(
+        "abcde"
+    )
     class_list = tmp_path / "classes.txt"
     class_list.write_text("a\nB\nc\nD\ne\n")  # data.class_list names the unused ids (and sets the map)
     assert read_annotation_file(tmp_path / "gt.json", str(class_list)).class_names == ["a", "B", "c", "D", "e"]
     bad = write_file(tmp_path / "clash.json", database, taxonomy=list("xbcde"))
-    with pytest.raises(DataError, match=r"database\.t\.annotations\[0\]\.label_id: id 0 is 'a' here but 'x' in the taxonomy"):
+    with pytest.raises(
+        DataError, match=r"database\.t\.annotations\[0\]\.label_id: id 0 is 'a' here but 'x' in the taxonomy"
+    ):
         read_annotation_file(bad)
 
 
@@ -123,8 +129,9 @@ def data_cfg(tmp_path: Path, pattern: str, **stream) -> DataConfig:
     folder = tmp_path / "feats"
     folder.mkdir(exist_ok=True)
     streams = {"s": StreamConfig(dir=str(folder), file_pattern=pattern, **{**STREAM, **stream})}
-    return DataConfig(annotations=write_file(tmp_path / "gt.json", DB), streams=streams, features=["s"],
-                      cache_features=False)
+    return DataConfig(
+        annotations=write_file(tmp_path / "gt.json", DB), streams=streams, features=["s"], cache_features=False
+    )
 
 
 def load(cfg: DataConfig) -> np.ndarray:
@@ -155,14 +162,54 @@ def test_every_file_type_reads_the_same_features(tmp_path, pattern, key, save):
 @pytest.mark.parametrize(
     ("pattern", "key", "write", "message"),
     [
-        ("{video_id}.npz", "feats", lambda p: np.savez(p, a=ramp(4), b=ramp(4)), r"no entry 'feats' \(data\.streams\.s\.key; the file holds \['a', 'b'\]\)"),
-        ("{video_id}.npz", None, lambda p: p.write_bytes(b"PK\x03\x04 broken"), r"cannot read as \.npz \(data\.streams\.s\): "),
-        ("{video_id}.pt", None, lambda p: p.write_bytes(b"not a torch file"), r"cannot read as \.pt \(data\.streams\.s\): "),
-        ("{video_id}.pt", None, lambda p: torch.save({"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}, p), r"no entry 'feats'"),
-        ("{video_id}.pt", None, lambda p: torch.save([torch.zeros(2, 3)], p), r"expected a tensor \(data\.streams\.s\), got list"),
-        ("{video_id}.pt", None, lambda p: torch.save(torch.zeros(4, 3, dtype=torch.int32), p), r"expected float16, float32 or float64"),
-        ("{video_id}.pth", None, lambda p: torch.save(torch.nn.Linear(2, 3), p), r"cannot read as \.pth \(data\.streams\.s\): "),
-        ("{video_id}.npy", None, lambda p: np.save(p, np.zeros((4, 3), np.int16)), r"expected float16, float32 or float64"),
+        (
+            "{video_id}.npz",
+            "feats",
+            lambda p: np.savez(p, a=ramp(4), b=ramp(4)),
+            r"no entry 'feats' \(data\.streams\.s\.key; the file holds \['a', 'b'\]\)",
+        ),
+        (
+            "{video_id}.npz",
+            None,
+            lambda p: p.write_bytes(b"PK\x03\x04 broken"),
+            r"cannot read as \.npz \(data\.streams\.s\): ",
+        ),
+        (
+            "{video_id}.pt",
+            None,
+            lambda p: p.write_bytes(b"not a torch file"),
+            r"cannot read as \.pt \(data\.streams\.s\): ",
+        ),
+        (
+            "{video_id}.pt",
+            None,
+            lambda p: torch.save({"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}, p),
+            r"no entry 'feats'",
+        ),
+        (
+            "{video_id}.pt",
+            None,
+            lambda p: torch.save([torch.zeros(2, 3)], p),
+            r"expected a tensor \(data\.streams\.s\), got list",
+        ),
+        (
+            "{video_id}.pt",
+            None,
+            lambda p: torch.save(torch.zeros(4, 3, dtype=torch.int32), p),
+            r"expected float16, float32 or float64",
+        ),
+        (
+            "{video_id}.pth",
+            None,
+            lambda p: torch.save(torch.nn.Linear(2, 3), p),
+            r"cannot read as \.pth \(data\.streams\.s\): ",
+        ),
+        (
+            "{video_id}.npy",
+            None,
+            lambda p: np.save(p, np.zeros((4, 3), np.int16)),
+            r"expected float16, float32 or float64",
+        ),
     ],
 )
 def test_bad_feature_files_are_one_line_naming_file_and_stream(tmp_path, pattern, key, write, message):
@@ -190,8 +237,13 @@ def boundary_case(tmp_path: Path, steps: int, duration: float, fps: float, **fie
     folder.mkdir(exist_ok=True)
     np.save(folder / "v.npy", ramp(steps))
     db = {"v": video("training", duration, [ann(10.0, 12.0, "x", 0)], fps=fps)}
-    cfg = DataConfig(annotations=write_file(tmp_path / "gt.json", db), features=["s"], cache_features=False,
-                     streams={"s": StreamConfig(dir=str(folder), dim=3, **stream)}, **fields)
+    cfg = DataConfig(
+        annotations=write_file(tmp_path / "gt.json", db),
+        features=["s"],
+        cache_features=False,
+        streams={"s": StreamConfig(dir=str(folder), dim=3, **stream)},
+        **fields,
+    )
     dataset = InferenceDataset(cfg, load_subset(cfg, "training"))
     item, grid = dataset[0], dataset.grid(0)
     start = float(item["segments"][0, 0])
@@ -229,8 +281,12 @@ def test_auto_grid_fixes_the_fixed_length_misplacement(tmp_path):
     np.save(folder / "v.npy", ramp(100))
     db = {"v": video("training", 150.0, [ann(100.0, 101.0, "x", 0)], fps=30.0)}
     for stride, expected in ((16, (3000 - 8) / 16), ("auto", (3000 - 22.5) / 45)):
-        cfg = DataConfig(annotations=write_file(tmp_path / "g.json", db), features=["s"], cache_features=False,
-                         streams={"s": StreamConfig(dir=str(folder), dim=3, feat_stride=stride)})
+        cfg = DataConfig(
+            annotations=write_file(tmp_path / "g.json", db),
+            features=["s"],
+            cache_features=False,
+            streams={"s": StreamConfig(dir=str(folder), dim=3, feat_stride=stride)},
+        )
         start = float(InferenceDataset(cfg, load_subset(cfg, "training"))[0]["segments"][0, 0])
         assert start == pytest.approx(expected)
     assert (3000 - 8) / 16 > 186  # native: step 187 of 100; auto: step 66
@@ -274,3 +330,74 @@ def test_coverage_and_its_warning(tmp_path):
     (line,) = data_warnings({"training": own})
     assert line.startswith("training: stream s: median coverage 1.152") and "feat_stride: auto" in line
     assert coverage_warnings("x", {"s": {"min": 0.5, "median": 0.951, "max": 1.0}}) == []  # within 5 %
+
+
+# ------------------------------------------------------------------------------ configs per feature set
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["fineaction", "fineaction_videomaev2_g", "fineaction_videomae_h", "fineaction_internvideo2", "fineaction_i3d100"],
+)
+def test_feature_set_configs_load_and_match_their_search_space(name):
+    from runner.spec import load_search_file
+
+    cfg = load_config(Path("configs") / f"{name}.yaml")
+    spec = load_search_file(Path("search_spaces") / f"{name}.yaml")
+    assert spec.base.data.features == cfg.data.features
+    assert {n: spec.base.data.streams[n] for n in cfg.data.features} == {
+        n: cfg.data.streams[n] for n in cfg.data.features
+    }
+    assert cfg.data.force_default_fps and spec.base.data.force_default_fps
+    searched = (
+        {n for combo in spec.space["data.features"].candidates() for n in combo}
+        if "data.features" in spec.space.keys
+        else set()
+    )
+    assert searched <= set(cfg.data.features)  # only streams the user of this feature set has
+    header = (Path("configs") / f"{name}.yaml").read_text().split("\ndata:")[0]
+    assert "Source" in header and "UNVERIFIED" in header
+
+
+@pytest.mark.parametrize(
+    ("layout", "i3d_file", "slowfast_file"),
+    [
+        ("pt", "v_00000000_spatial_pool_feature_5.pt", "v_00000000.pth"),
+        ("npz", "v_00000000.npz", "v_00000000.npz"),
+        ("fixed", "v_00000000.npy", "v_00000000.npy"),
+        ("official", "v_00000000.npy", "v_00000000.npy"),
+    ],
+)
+def test_synthetic_format_option_writes_each_layout(tmp_path, capsys, layout, i3d_file, slowfast_file):
+    from localization.data.synthetic import TRAILING_SPACE_CLASS
+    from localization.synthetic import main as synthetic_main
+
+    assert synthetic_main(["--out", str(tmp_path / "d"), "--videos", "4", "--format", layout]) == 0
+    cfg = load_config(capsys.readouterr().out.strip())
+    assert (Path(cfg.data.streams["i3d"].dir) / i3d_file).is_file()
+    assert (Path(cfg.data.streams["slowfast"].dir) / slowfast_file).is_file()
+    dataset = InferenceDataset(cfg.data, load_subset(cfg.data, "training"))
+    if layout == "fixed":
+        assert set(dataset.lengths) == {100} and cfg.data.streams["i3d"].feat_stride == "auto"
+        assert coverage_summary(dataset)["i3d"]["median"] == pytest.approx(1.0, abs=1e-3)
+    database = json.loads(Path(cfg.data.annotations).read_text())["database"]
+    anns = [a for entry in database.values() for a in entry["annotations"]]
+    if layout == "official":
+        assert not any("label_id" in a for a in anns) and all(isinstance(e["duration"], str) for e in database.values())
+        assert dataset.annotations.class_map == "sorted labels"
+        spelled = {a["label"] for a in anns}
+        assert TRAILING_SPACE_CLASS not in spelled  # always spelled with its trailing space
+        assert dataset.class_names == sorted({label.strip() for label in spelled})
+    else:
+        assert all("label_id" in a for a in anns)
+
+
+def test_read_stream_gives_one_videos_stream_as_channels_by_time(tmp_path):
+    from localization.data.features import read_stream
+
+    path = tmp_path / "v.pt"
+    torch.save({"feats": torch.from_numpy(ramp(9).T.copy()).half()}, path)  # stored [C, T] in float16
+    stream = StreamConfig(dir=str(tmp_path), dim=3, layout="ct", downsample=2, file_pattern="{video_id}.pt")
+    out = read_stream(path, stream, "s")
+    assert out.dtype == np.float32 and out.shape == (3, 5)
+    np.testing.assert_array_equal(out, ramp(9)[::2].T)

@@ -181,18 +181,25 @@ def test_raw_candidates_rescore_without_the_model(small_dataset, tmp_path, capsy
         == evaluate_checkpoint(hard, result.checkpoint, cfg.data.val_subset).predictions
     )
 
-    out = tmp_path / "pred.json"
+    # the command: --from-raw with another sigma writes exactly what rescore gives for that sigma
+    out, metrics_out = tmp_path / "pred.json", tmp_path / "metrics.json"
     argv = [
         str(small_dataset),
         "--from-raw",
         str(raw),
         "--out",
         str(out),
+        "--metrics",
+        str(metrics_out),
+        *[arg for s in TINY for arg in ("--set", s)],
         "--set",
         "test.nms_sigma=0.9",
-        *[arg for s in TINY for arg in ("--set", s)],
     ]
     with pytest.raises(SystemExit) as exit_info:
         cli.run(evaluate_cli.main, argv)
     assert exit_info.value.code == 0
-    assert "avg" in capsys.readouterr().out and out.is_file()
+    wide = rescore(tiny_config(small_dataset, "test.nms_sigma=0.9"), raw, cfg.data.val_subset)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(wide.predictions))
+    assert json.loads(metrics_out.read_text()) == json.loads(json.dumps(wide.metrics.to_json()))
+    assert wide.predictions != base.predictions  # the override reached the post-processing
+    assert f"{wide.metrics.average_mAP:.2f}" in capsys.readouterr().out  # the printed table is this one

@@ -124,7 +124,7 @@ def test_data_cli_bad_input_is_one_line_and_exit_2(synthetic_dataset, tmp_path, 
 
 
 def test_synthetic_cli(tmp_path):
-    result = run_module("localization.data.synthetic", "--out", str(tmp_path / "s"), "--videos", "8", "--seed", "4")
+    result = run_module("localization.synthetic", "--out", str(tmp_path / "s"), "--videos", "8", "--seed", "4")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str((tmp_path / "s" / "config.yaml").resolve())
     assert len(list((tmp_path / "s" / "features" / "slowfast").glob("*.npy"))) == 8

@@ -451,8 +451,10 @@ def validate(cfg: RunConfig, source: str) -> None:
         if "{video_id}" not in stream.file_pattern:
             fail(f"data.streams.{name}.file_pattern", "must contain {video_id}")
         if Path(stream.file_pattern).suffix not in FEATURE_FILE_TYPES:
-            fail(f"data.streams.{name}.file_pattern", f"must end in one of {list(FEATURE_FILE_TYPES)}, "
-                 f"got {stream.file_pattern!r}")
+            fail(
+                f"data.streams.{name}.file_pattern",
+                f"must end in one of {list(FEATURE_FILE_TYPES)}, got {stream.file_pattern!r}",
+            )
     positive("data.default_fps", d.default_fps)
     if d.resize_length is not None:
         positive("data.resize_length", d.resize_length)

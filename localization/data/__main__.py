@@ -36,14 +36,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.pack:
         stores = pack(cfg.data)
         if args.json:
-            print(json.dumps([{"stream": s.stream, "path": str(s.path), "videos": len(s), "steps": s.steps,
-                               "dtype": str(s.dtype), "bytes": s.nbytes, "built_s": s.built_s} for s in stores]))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "stream": s.stream,
+                            "path": str(s.path),
+                            "videos": len(s),
+                            "steps": s.steps,
+                            "dtype": str(s.dtype),
+                            "bytes": s.nbytes,
+                            "built_s": s.built_s,
+                        }
+                        for s in stores
+                    ]
+                )
+            )
         else:
             print(describe(stores))
         return 0
     reader = FeatureReader(cfg.data)
-    datasets = {subset: InferenceDataset(cfg.data, load_subset(cfg.data, subset), reader)
-                for subset in dict.fromkeys([cfg.data.train_subset, cfg.data.val_subset])}
+    datasets = {
+        subset: InferenceDataset(cfg.data, load_subset(cfg.data, subset), reader)
+        for subset in dict.fromkeys([cfg.data.train_subset, cfg.data.val_subset])
+    }
     report: dict[str, Any] = {subset: summarize(dataset) for subset, dataset in datasets.items()}
     first = next(iter(datasets.values())).annotations
     report["classes"] = first.class_names

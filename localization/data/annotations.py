@@ -99,24 +99,29 @@ def same_subset(name: str, wanted: str) -> bool:
     return name.strip().lower() == wanted.strip().lower()
 
 
-def read_annotation_file(path: str | Path, class_list: str | None = None, default_fps: float = 30.0,
-                         force_default_fps: bool = False) -> AnnotationFile:
+def read_annotation_file(
+    path: str | Path, class_list: str | None = None, default_fps: float = 30.0, force_default_fps: bool = False
+) -> AnnotationFile:
     """Read and check every video of the file; fps as ``data.default_fps`` / ``force_default_fps`` say."""
     path = Path(path)
     raw = read_json_file(path)
     database = database_of(raw, path)
-    class_names, source = class_map(database, raw.get("taxonomy"), path,
-                                    Path(class_list) if class_list is not None else None)
+    class_names, source = class_map(
+        database, raw.get("taxonomy"), path, Path(class_list) if class_list is not None else None
+    )
     label_ids = {name: i for i, name in enumerate(class_names)}
-    videos = [_read_video(video_id, entry, f"{path}: database.{video_id}", label_ids, default_fps, force_default_fps)
-              for video_id, entry in database.items()]
+    videos = [
+        _read_video(video_id, entry, f"{path}: database.{video_id}", label_ids, default_fps, force_default_fps)
+        for video_id, entry in database.items()
+    ]
     return AnnotationFile(path=path, videos=videos, class_names=class_names, class_map=source)
 
 
 def load_subset(data_cfg: DataConfig, subset: str) -> SubsetAnnotations:
     """Videos of ``subset`` (:func:`same_subset`), dirty segments dropped for training."""
-    file = read_annotation_file(data_cfg.annotations, data_cfg.class_list, data_cfg.default_fps,
-                                data_cfg.force_default_fps)
+    file = read_annotation_file(
+        data_cfg.annotations, data_cfg.class_list, data_cfg.default_fps, data_cfg.force_default_fps
+    )
     videos = file.subset(subset)
     dropped = dict.fromkeys(DIRTY_REASONS, 0)
     for video in videos:
@@ -126,8 +131,9 @@ def load_subset(data_cfg: DataConfig, subset: str) -> SubsetAnnotations:
                 dropped[reason] += 1
         keep = np.array([reason is None for reason in reasons], dtype=bool)
         video.segments, video.labels = video.segments[keep], video.labels[keep]
-    return SubsetAnnotations(subset=subset, videos=videos, class_names=file.class_names, dropped=dropped,
-                             class_map=file.class_map)
+    return SubsetAnnotations(
+        subset=subset, videos=videos, class_names=file.class_names, dropped=dropped, class_map=file.class_map
+    )
 
 
 def restrict_videos(annotations: SubsetAnnotations, ids_file: str, key: str) -> SubsetAnnotations:
@@ -144,8 +150,9 @@ def restrict_videos(annotations: SubsetAnnotations, ids_file: str, key: str) -> 
     present = {video.video_id for video in annotations.videos}
     unknown = [vid for vid in wanted if vid not in present]
     if unknown:
-        raise DataError(f"{path}: {key}: {len(unknown)} video id(s) not in subset "
-                        f"{annotations.subset!r}, e.g. {unknown[0]!r}")
+        raise DataError(
+            f"{path}: {key}: {len(unknown)} video id(s) not in subset {annotations.subset!r}, e.g. {unknown[0]!r}"
+        )
     keep = set(wanted)
     return replace(annotations, videos=[v for v in annotations.videos if v.video_id in keep])
 
@@ -199,8 +206,7 @@ def read_class_list(path: Path) -> list[str]:
     return names
 
 
-def class_map(database: dict[str, Any], taxonomy: Any, path: Path,
-              class_list: Path | None) -> tuple[list[str], str]:
+def class_map(database: dict[str, Any], taxonomy: Any, path: Path, class_list: Path | None) -> tuple[list[str], str]:
     """(class names indexed by id, where they came from): see the module docstring.
 
     Names and ids must stay one to one; the reference's ``label_dict`` silently assumes it.
@@ -225,20 +231,21 @@ def class_map(database: dict[str, Any], taxonomy: Any, path: Path,
             if label_id < 0:
                 raise DataError(f"{at}.label_id: must be >= 0, got {label_id}")
             if id_of.setdefault(label, label_id) != label_id:
-                raise DataError(f"{at}.label_id: label {label!r} has id {label_id} here but "
-                                f"{id_of[label]} elsewhere")
+                raise DataError(f"{at}.label_id: label {label!r} has id {label_id} here but {id_of[label]} elsewhere")
             first_label, first_loc = label_of.setdefault(label_id, (label, loc))
             if first_label != label:
-                raise DataError(f"{at}.label_id: id {label_id} is used for {label!r} here and for "
-                                f"{first_label!r} at {first_loc}")
+                raise DataError(
+                    f"{at}.label_id: id {label_id} is used for {label!r} here and for {first_label!r} at {first_loc}"
+                )
     if first_with is not None and first_without is not None:
-        raise DataError(f"{path}: {first_without}.label_id: missing, but {first_with} has one "
-                        "(give every annotation a label_id, or none)")
+        raise DataError(
+            f"{path}: {first_without}.label_id: missing, but {first_with} has one "
+            "(give every annotation a label_id, or none)"
+        )
     if class_list is not None:
         return read_class_list(class_list), "class_list"
     if not id_of:
-        raise DataError(f"{path}: database: no annotation has a label, so there is no class map "
-                        "(set data.class_list)")
+        raise DataError(f"{path}: database: no annotation has a label, so there is no class map (set data.class_list)")
     if not label_of:
         return sorted(id_of), "sorted labels"
     named = _taxonomy_names(taxonomy, path)
@@ -247,8 +254,9 @@ def class_map(database: dict[str, Any], taxonomy: Any, path: Path,
         if label_id in label_of:
             label, loc = label_of[label_id]
             if named.get(label_id, label) != label:
-                raise DataError(f"{path}: {loc}.label_id: id {label_id} is {label!r} here but "
-                                f"{named[label_id]!r} in the taxonomy")
+                raise DataError(
+                    f"{path}: {loc}.label_id: id {label_id} is {label!r} here but {named[label_id]!r} in the taxonomy"
+                )
             names.append(label)
         else:
             names.append(named.get(label_id, f"<label_id {label_id}: unused, no name in the file>"))
@@ -272,8 +280,7 @@ def _taxonomy_names(taxonomy: Any, path: Path) -> dict[int, str]:
     return names
 
 
-def dirty_reasons(segments: np.ndarray, labels: np.ndarray, duration: float,
-                  tolerance: float) -> list[str | None]:
+def dirty_reasons(segments: np.ndarray, labels: np.ndarray, duration: float, tolerance: float) -> list[str | None]:
     """Per segment: the first dirty rule it breaks, or None when it is clean.
 
     segments (N, 2) seconds, labels (N,). A duplicate is a later copy (same label, both ends
@@ -286,8 +293,9 @@ def dirty_reasons(segments: np.ndarray, labels: np.ndarray, duration: float,
             reasons.append("end_not_after_start")
         elif start < -tolerance or end > duration + tolerance:
             reasons.append("outside_video")
-        elif any(labels[j] == labels[i] and np.all(np.abs(segments[j] - segments[i]) <= DUPLICATE_TOLERANCE)
-                 for j in kept):
+        elif any(
+            labels[j] == labels[i] and np.all(np.abs(segments[j] - segments[i]) <= DUPLICATE_TOLERANCE) for j in kept
+        ):
             reasons.append("duplicate")
         else:
             reasons.append(None)
@@ -295,8 +303,9 @@ def dirty_reasons(segments: np.ndarray, labels: np.ndarray, duration: float,
     return reasons
 
 
-def _read_video(video_id: str, entry: Any, where: str, label_ids: dict[str, int], default_fps: float,
-                force_default_fps: bool) -> VideoAnnotation:
+def _read_video(
+    video_id: str, entry: Any, where: str, label_ids: dict[str, int], default_fps: float, force_default_fps: bool
+) -> VideoAnnotation:
     subset = _subset_of(entry, where)
     if "duration" not in entry:
         raise DataError(f"{where}.duration: missing")
@@ -315,8 +324,9 @@ def _read_video(video_id: str, entry: Any, where: str, label_ids: dict[str, int]
             raise DataError(f"{at}.label: {label!r} is not in the class list")
         segments[i] = _segment(ann, at)
         labels[i] = label_ids[label]
-    return VideoAnnotation(video_id=video_id, subset=subset, duration=duration, fps=fps,
-                           segments=segments, labels=labels)
+    return VideoAnnotation(
+        video_id=video_id, subset=subset, duration=duration, fps=fps, segments=segments, labels=labels
+    )
 
 
 def _subset_of(entry: Any, where: str) -> str:

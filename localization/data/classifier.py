@@ -78,8 +78,9 @@ def load_classifier_scores(path: str | Path, class_names: list[str]) -> Classifi
     return ClassifierScores(source=src, scores=scores)
 
 
-def label_segments(segments: np.ndarray, scores: np.ndarray, top: tuple[np.ndarray, np.ndarray]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_segments(
+    segments: np.ndarray, scores: np.ndarray, top: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class-agnostic (N, 2) segments and (N,) scores -> (kN, 2), (kN,) fused scores, (kN,) labels,
     grouped by class rank (all segments with the best class first)."""
     classes, class_scores = top

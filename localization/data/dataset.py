@@ -47,8 +47,15 @@ class Crop:
     keep: np.ndarray  # (N,) bool: which input segments were kept
 
 
-def random_crop(length: int, segments: np.ndarray, max_seq_len: int, trunc_thresh: float,
-                crop_ratio: list[float] | None, offset: float, rng: np.random.Generator) -> Crop:
+def random_crop(
+    length: int,
+    segments: np.ndarray,
+    max_seq_len: int,
+    trunc_thresh: float,
+    crop_ratio: list[float] | None,
+    offset: float,
+    rng: np.random.Generator,
+) -> Crop:
     """The reference's random truncation (``truncate_feats`` with has_action=True).
 
     ``segments`` (N, 2) in grid units. A video longer than ``max_seq_len`` gets a window of
@@ -61,8 +68,11 @@ def random_crop(length: int, segments: np.ndarray, max_seq_len: int, trunc_thres
     if length <= max_seq_len:
         if crop_ratio is None:
             return Crop(0, length, segments, keep_all)
-        crop_len = int(rng.integers(max(round(crop_ratio[0] * length), 1),
-                                    min(round(crop_ratio[1] * length), length), endpoint=True))
+        crop_len = int(
+            rng.integers(
+                max(round(crop_ratio[0] * length), 1), min(round(crop_ratio[1] * length), length), endpoint=True
+            )
+        )
         if crop_len == length:
             return Crop(0, length, segments, keep_all)
     else:
@@ -85,8 +95,9 @@ class VideoDataset(Dataset):
     their layouts (lengths and time grids, probed up front). Pass one ``reader`` to several
     datasets to share its feature cache."""
 
-    def __init__(self, data_cfg: DataConfig, annotations: SubsetAnnotations,
-                 reader: FeatureReader | None = None) -> None:
+    def __init__(
+        self, data_cfg: DataConfig, annotations: SubsetAnnotations, reader: FeatureReader | None = None
+    ) -> None:
         self.data_cfg = data_cfg
         self.annotations = annotations
         self.reader = reader if reader is not None else FeatureReader(data_cfg)
@@ -103,9 +114,11 @@ class VideoDataset(Dataset):
             self.lengths.append(layout.length)
             self.videos.append(video)
         if not self.videos:
-            raise DataError(f"{data_cfg.annotations}: none of the {len(self.skipped)} videos of subset "
-                            f"{annotations.subset!r} has feature files (data.streams.*.dir; "
-                            "data.on_missing=skip)")
+            raise DataError(
+                f"{data_cfg.annotations}: none of the {len(self.skipped)} videos of subset "
+                f"{annotations.subset!r} has feature files (data.streams.*.dir; "
+                "data.on_missing=skip)"
+            )
 
     @property
     def class_names(self) -> list[str]:
@@ -159,8 +172,9 @@ class TrainingDataset(VideoDataset):
     failed" branch would give.
     """
 
-    def __init__(self, data_cfg: DataConfig, annotations: SubsetAnnotations,
-                 reader: FeatureReader | None = None, *, seed: int) -> None:
+    def __init__(
+        self, data_cfg: DataConfig, annotations: SubsetAnnotations, reader: FeatureReader | None = None, *, seed: int
+    ) -> None:
         super().__init__(data_cfg, annotations, reader)
         self.seed = seed
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by forked/spawned workers
@@ -193,8 +207,15 @@ class TrainingDataset(VideoDataset):
         """This epoch's crop of video ``index``: depends on (seed, epoch, index) only."""
         rng = _generator(self.seed, _CROP_STREAM, self.epoch, index)
         cfg, grid = self.data_cfg, self.grid(index)
-        return random_crop(self.lengths[index], self._grid_segments(index), cfg.max_seq_len, cfg.trunc_thresh,
-                           cfg.crop_ratio, feat_offset(grid.stride, grid.clip), rng)
+        return random_crop(
+            self.lengths[index],
+            self._grid_segments(index),
+            cfg.max_seq_len,
+            cfg.trunc_thresh,
+            cfg.crop_ratio,
+            feat_offset(grid.stride, grid.clip),
+            rng,
+        )
 
 
 class InferenceDataset(VideoDataset):
@@ -298,8 +319,16 @@ def _reuse_freed_memory() -> None:
     libc.mallopt(m_mmap_threshold, KEEP_FREED_BYTES)
 
 
-def build_loader(dataset: VideoDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                 pad_multiple: int, drop_last: bool, pin_memory: bool = False) -> DataLoader:
+def build_loader(
+    dataset: VideoDataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    pad_multiple: int,
+    drop_last: bool,
+    pin_memory: bool = False,
+) -> DataLoader:
     """A DataLoader yielding :func:`collate` batches.
 
     ``shuffle`` needs a :class:`TrainingDataset` (its epoch seeds the order). Workers, when any,

@@ -10,7 +10,10 @@ extension of ``file_pattern`` (``../shared/spec/fineaction.md`` 1.5 lists the pu
   with ``torch.load(weights_only=True)``: a feature file cannot run code.
 
 Arrays are stored [T, C] or [C, T] (``layout``). Anything unreadable is one line naming the file
-and the stream. :func:`read_stream` is the one function reading one video's stream as (C, T).
+and the stream. :func:`read_stream` is the one function reading one video's stream as (C, T)
+(what a shared feature store builds on); :func:`open_stream` is its lazy (T, C) form that training
+crops slice. ``.npz`` and ``.pt`` files cannot be memory-mapped: every access reads the whole file,
+so keep ``data.cache_features: true`` for them when the features fit in memory.
 
 Each stream has its own time grid per video (:mod:`localization.data.timegrid`): native
 ``feat_stride`` / ``num_frames``, ``downsample: k``, or ``feat_stride: auto`` for fixed-length
@@ -87,8 +90,9 @@ def open_stream(path: Path, stream: StreamConfig, name: str) -> np.ndarray:
     elif suffix in (".pt", ".pth"):
         array = _load_torch(path, stream.key, where)
     else:
-        raise DataError(f"{path}: unsupported feature file type {suffix!r} ({where}.file_pattern; "
-                        "expected .npy, .npz, .pt or .pth)")
+        raise DataError(
+            f"{path}: unsupported feature file type {suffix!r} ({where}.file_pattern; expected .npy, .npz, .pt or .pth)"
+        )
     shape = array.shape
     if array.ndim != 2:
         raise DataError(f"{path}: expected a 2-D array ({where}.layout), got shape {shape}")
@@ -96,8 +100,10 @@ def open_stream(path: Path, stream: StreamConfig, name: str) -> np.ndarray:
         raise DataError(f"{path}: expected float16, float32 or float64 ({where}), got {array.dtype}")
     array = array if stream.layout == "tc" else array.T  # (T, C)
     if array.shape[1] != stream.dim:
-        raise DataError(f"{path}: expected dim {stream.dim} ({where}.dim), got {array.shape[1]} "
-                        f"(shape {shape}, {where}.layout={stream.layout})")
+        raise DataError(
+            f"{path}: expected dim {stream.dim} ({where}.dim), got {array.shape[1]} "
+            f"(shape {shape}, {where}.layout={stream.layout})"
+        )
     if array.shape[0] == 0:
         raise DataError(f"{path}: no time steps ({where})")
     return array[:: stream.downsample]
@@ -238,7 +244,7 @@ class FeatureReader:
                 block = resample_to_grid(array, layout.grids[name], first, np.arange(start, stop))  # (T, C_s)
             else:
                 block = array[start:stop]  # (T, C_s), read from disk here
-            _transpose_into(out[row:row + self.dims[name]], block)  # (C_s, T)
+            _transpose_into(out[row : row + self.dims[name]], block)  # (C_s, T)
             row += self.dims[name]
         return out
 
@@ -263,9 +269,14 @@ class FeatureReader:
         if not self._warned_resample:
             self._warned_resample = True
             detail = ", ".join(f"{name} {n}" for name, n in zip(self._streams, lengths, strict=True))
-            logger.warning("feature streams of %s differ by more than data.align_tolerance=%d steps (%s): "
-                           "resampling the other streams onto the %s grid (shown once)",
-                           video_id, self._align_tolerance, detail, self._first)
+            logger.warning(
+                "feature streams of %s differ by more than data.align_tolerance=%d steps (%s): "
+                "resampling the other streams onto the %s grid (shown once)",
+                video_id,
+                self._align_tolerance,
+                detail,
+                self._first,
+            )
         return lengths[0], True
 
 

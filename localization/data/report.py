@@ -22,17 +22,21 @@ def stream_coverage(dataset: VideoDataset) -> dict[str, np.ndarray]:
     """Per stream: (V,) coverage of every video of the dataset."""
     out = {}
     for name in dataset.reader.stream_names:
-        out[name] = np.array([
-            layout.grids[name].span(layout.steps[name]) / (video.duration * video.fps)
-            for video, layout in zip(dataset.videos, dataset.layouts, strict=True)
-        ])
+        out[name] = np.array(
+            [
+                layout.grids[name].span(layout.steps[name]) / (video.duration * video.fps)
+                for video, layout in zip(dataset.videos, dataset.layouts, strict=True)
+            ]
+        )
     return out
 
 
 def coverage_summary(dataset: VideoDataset) -> dict[str, dict[str, float]]:
     """Per stream: min / median / max coverage."""
-    return {name: {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
-            for name, values in stream_coverage(dataset).items()}
+    return {
+        name: {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
+        for name, values in stream_coverage(dataset).items()
+    }
 
 
 def coverage_warnings(subset: str, coverage: dict[str, dict[str, float]]) -> list[str]:
@@ -72,12 +76,15 @@ def format_summary(subset: str, s: dict[str, Any]) -> str:
     dropped = ", ".join(f"{reason} {n}" for reason, n in s["dropped"].items())
     length = s["feature_length"]
     dims = " + ".join(f"{name} {dim}" for name, dim in s["dims"].items())
-    coverage = "; ".join(f"{name} {c['min']:.3f} / {c['median']:.3f} / {c['max']:.3f}"
-                         for name, c in s["coverage"].items())
-    return (f"{subset}: {s['videos']} videos, {s['videos_with_features']} with features "
-            f"({s['skipped_without_features']} skipped)\n"
-            f"  instances kept {s['instances']}; dropped: {dropped}\n"
-            f"  feature length (steps): min {length['min']}, median {length['median']:g}, "
-            f"max {length['max']}\n"
-            f"  dims: {dims} = {s['dim']}\n"
-            f"  coverage (min / median / max): {coverage}")
+    coverage = "; ".join(
+        f"{name} {c['min']:.3f} / {c['median']:.3f} / {c['max']:.3f}" for name, c in s["coverage"].items()
+    )
+    return (
+        f"{subset}: {s['videos']} videos, {s['videos_with_features']} with features "
+        f"({s['skipped_without_features']} skipped)\n"
+        f"  instances kept {s['instances']}; dropped: {dropped}\n"
+        f"  feature length (steps): min {length['min']}, median {length['median']:g}, "
+        f"max {length['max']}\n"
+        f"  dims: {dims} = {s['dim']}\n"
+        f"  coverage (min / median / max): {coverage}"
+    )

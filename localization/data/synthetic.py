@@ -1,6 +1,6 @@
 """A small synthetic FineAction look-alike: annotations, two feature streams and a run config.
 
-``python -m localization.data.synthetic --out DIR [--seed N] [--videos N] [--format F]`` writes, in seconds:
+``generate(DIR, seed, videos, layout)`` (the command ``python -m localization.synthetic``) writes, in seconds:
 
 - ``DIR/annotations_gt.json``: FineAction layout, subsets "training" and "validation", fps 24/25/30
   per video, 8 classes, plus a few injected dirty annotations of every kind in both subsets
@@ -33,7 +33,6 @@ weak and temporal context pays.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,6 @@ import numpy as np
 import torch
 import yaml
 
-from localization import cli
 from localization.config import load_config
 from localization.data.features import resample_to_grid
 from localization.data.timegrid import Grid, auto_grid
@@ -103,12 +101,18 @@ def make_directions(rng: np.random.Generator) -> Directions:
     i3d, _ = np.linalg.qr(rng.standard_normal((STREAMS["i3d"]["dim"], len(GROUPS) + 2)))  # (32, 6)
     slowfast, _ = np.linalg.qr(rng.standard_normal((STREAMS["slowfast"]["dim"], 1 + len(SUBTYPES))))
     groups = len(GROUPS)
-    return Directions(group=i3d[:, :groups].T, onset=i3d[:, groups], offset=i3d[:, groups + 1],
-                      presence=slowfast[:, 0], subtype=slowfast[:, 1:].T)
+    return Directions(
+        group=i3d[:, :groups].T,
+        onset=i3d[:, groups],
+        offset=i3d[:, groups + 1],
+        presence=slowfast[:, 0],
+        subtype=slowfast[:, 1:].T,
+    )
 
 
-def place_intervals(rng: np.random.Generator, steps: int, count: int, taken: list[tuple[int, int]],
-                    length_steps: tuple[int, int]) -> list[tuple[int, int]]:
+def place_intervals(
+    rng: np.random.Generator, steps: int, count: int, taken: list[tuple[int, int]], length_steps: tuple[int, int]
+) -> list[tuple[int, int]]:
     """Up to ``count`` random frame intervals inside ``steps`` clips, apart from ``taken`` and each other."""
     placed: list[tuple[int, int]] = []
     for _ in range(count * 20):
@@ -130,7 +134,10 @@ def sample_video(rng: np.random.Generator, video_id: str, subset: str) -> Synthe
     actions = place_intervals(rng, steps, int(rng.integers(1, 6, endpoint=True)), [], ACTION_STEPS)
     distractors = place_intervals(rng, steps, int(rng.integers(0, 2, endpoint=True)), actions, (3, 15))
     return SyntheticVideo(
-        video_id=video_id, subset=subset, fps=float(rng.choice(FPS_CHOICES)), num_frames=num_frames,
+        video_id=video_id,
+        subset=subset,
+        fps=float(rng.choice(FPS_CHOICES)),
+        num_frames=num_frames,
         actions=np.array(actions, dtype=np.int64).reshape(-1, 2),
         labels=rng.integers(0, len(CLASS_NAMES), size=len(actions)),
         distractors=np.array(distractors, dtype=np.int64).reshape(-1, 2),
@@ -177,17 +184,24 @@ def slowfast_features(video: SyntheticVideo, d: Directions, rng: np.random.Gener
 
 def annotations_of(video: SyntheticVideo) -> list[dict]:
     """Clean FineAction-style annotations of a video, in seconds (3 decimals, inside [0, duration])."""
-    return [{"segment": [round(s / video.fps, 3), round(e / video.fps, 3)],
-             "label": CLASS_NAMES[label], "label_id": int(label)}
-            for (s, e), label in zip(video.actions.tolist(), video.labels.tolist(), strict=True)]
+    return [
+        {
+            "segment": [round(s / video.fps, 3), round(e / video.fps, 3)],
+            "label": CLASS_NAMES[label],
+            "label_id": int(label),
+        }
+        for (s, e), label in zip(video.actions.tolist(), video.labels.tolist(), strict=True)
+    ]
 
 
 def as_official(database: dict[str, dict]) -> dict[str, dict]:
     """The reported official layout: no label_id, one label with a trailing space, string durations."""
     out = {}
     for video_id, entry in database.items():
-        anns = [{"segment": a["segment"], "label": a["label"] + (" " if a["label"] == TRAILING_SPACE_CLASS else "")}
-                for a in entry["annotations"]]
+        anns = [
+            {"segment": a["segment"], "label": a["label"] + (" " if a["label"] == TRAILING_SPACE_CLASS else "")}
+            for a in entry["annotations"]
+        ]
         out[video_id] = {**entry, "duration": str(entry["duration"]), "annotations": anns}
     return out
 
@@ -206,16 +220,25 @@ def write_features(out_dir: Path, video: SyntheticVideo, feats: dict[str, np.nda
         for name, array in feats.items():
             if layout == "fixed":  # resampled at the clip centres of FIXED_LENGTH equal clips
                 native = Grid(FEAT_STRIDE, STREAMS[name]["num_frames"])
-                array = resample_to_grid(array, native, auto_grid(video.num_frames, FIXED_LENGTH),
-                                         np.arange(FIXED_LENGTH))
+                array = resample_to_grid(
+                    array, native, auto_grid(video.num_frames, FIXED_LENGTH), np.arange(FIXED_LENGTH)
+                )
             np.save(folder[name] / f"{vid}.npy", array)
 
 
 def stream_configs(out_dir: Path, layout: str) -> dict[str, dict]:
     """The ``data.streams`` entries that read ``layout``."""
-    streams = {name: {"dir": str(out_dir / "features" / name), "dim": spec["dim"], "feat_stride": FEAT_STRIDE,
-                      "num_frames": spec["num_frames"], "layout": "tc", "file_pattern": "{video_id}.npy"}
-               for name, spec in STREAMS.items()}
+    streams = {
+        name: {
+            "dir": str(out_dir / "features" / name),
+            "dim": spec["dim"],
+            "feat_stride": FEAT_STRIDE,
+            "num_frames": spec["num_frames"],
+            "layout": "tc",
+            "file_pattern": "{video_id}.npy",
+        }
+        for name, spec in STREAMS.items()
+    }
     if layout == "pt":
         streams["i3d"]["file_pattern"] = "{video_id}_spatial_pool_feature_5.pt"
         streams["slowfast"].update(file_pattern="{video_id}.pth", key="feats")
@@ -230,8 +253,10 @@ def stream_configs(out_dir: Path, layout: str) -> dict[str, dict]:
 
 def inject_dirty(rng: np.random.Generator, entries: dict[str, dict]) -> dict[str, int]:
     """Insert 1-3 dirty annotations of each reason at random places; return the counts by reason."""
-    counts = {reason: int(rng.integers(1, 3, endpoint=True))
-              for reason in ("end_not_after_start", "outside_video", "duplicate")}
+    counts = {
+        reason: int(rng.integers(1, 3, endpoint=True))
+        for reason in ("end_not_after_start", "outside_video", "duplicate")
+    }
     video_ids = list(entries)
     for reason, count in counts.items():
         for k in range(count):
@@ -252,10 +277,19 @@ def inject_dirty(rng: np.random.Generator, entries: dict[str, dict]) -> dict[str
 def write_config(out_dir: Path, layout: str = "native") -> Path:
     """A full run config pointing at absolute paths under ``out_dir``, for a small fast model."""
     config = {
-        "data": {"annotations": str(out_dir / "annotations_gt.json"), "train_subset": "training",
-                 "val_subset": "validation", "default_fps": 30.0, "streams": stream_configs(out_dir, layout),
-                 "features": list(STREAMS), "max_seq_len": MAX_SEQ_LEN, "crop_ratio": [0.9, 1.0],
-                 "trunc_thresh": 0.5, "cache_features": True, "num_workers": 0},
+        "data": {
+            "annotations": str(out_dir / "annotations_gt.json"),
+            "train_subset": "training",
+            "val_subset": "validation",
+            "default_fps": 30.0,
+            "streams": stream_configs(out_dir, layout),
+            "features": list(STREAMS),
+            "max_seq_len": MAX_SEQ_LEN,
+            "crop_ratio": [0.9, 1.0],
+            "trunc_thresh": 0.5,
+            "cache_features": True,
+            "num_workers": 0,
+        },
         # max_div_factor = 32 * (9 // 2) * 2 = 256 divides max_seq_len
         "model": {"embd_dim": 64, "fpn_dim": 64, "head_dim": 64, "n_head": 4, "n_mha_win_size": 9},
         # ~15 steps an epoch: the default EMA decay 0.999 would leave the evaluated EMA weights
@@ -285,34 +319,18 @@ def generate(out_dir: str | Path, seed: int = 0, videos: int = 160, layout: str 
         video = sample_video(rng, f"v_{i:08d}", "validation" if i >= videos - num_val else "training")
         feats = {"i3d": i3d_features(video, directions, rng), "slowfast": slowfast_features(video, directions, rng)}
         write_features(out_dir, video, feats, layout)
-        database[video.video_id] = {"subset": video.subset, "duration": video.duration, "fps": video.fps,
-                                    "annotations": annotations_of(video)}
-    injected = {subset: inject_dirty(rng, {k: v for k, v in database.items() if v["subset"] == subset})
-                for subset in ("training", "validation")}
+        database[video.video_id] = {
+            "subset": video.subset,
+            "duration": video.duration,
+            "fps": video.fps,
+            "annotations": annotations_of(video),
+        }
+    injected = {
+        subset: inject_dirty(rng, {k: v for k, v in database.items() if v["subset"] == subset})
+        for subset in ("training", "validation")
+    }
     if layout == "official":
         database = as_official(database)
     (out_dir / "annotations_gt.json").write_text(json.dumps({"version": "synthetic", "database": database}))
     (out_dir / "injected_dirty.json").write_text(json.dumps(injected, indent=2))
     return write_config(out_dir, layout)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localization.data.synthetic",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--videos", type=int, default=160, help="number of videos (3/4 training)")
-    parser.add_argument("--format", choices=FORMATS, default="native",
-                        help="layout of the files (a public FineAction release's; see the module docstring)")
-    args = parser.parse_args(argv)
-    if args.videos < 2:
-        parser.error("--videos must be >= 2")
-    try:
-        print(generate(args.out, args.seed, args.videos, args.format))
-    except OSError as exc:
-        raise InputError(f"{args.out}: cannot write the synthetic dataset: {exc.strerror}") from None
-    return 0
-
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -91,7 +91,9 @@ def model_from_checkpoint(
     """
     cfg = cfg or checkpoint_config(ckpt, "checkpoint")
     class_names = list(ckpt["class_names"])
-    model = ActionFormer(cfg.model, ckpt["input_dim"], output_classes(cfg.model, len(class_names)), cfg.data.max_seq_len)
+    model = ActionFormer(
+        cfg.model, ckpt["input_dim"], output_classes(cfg.model, len(class_names)), cfg.data.max_seq_len
+    )
     model.load_state_dict(ckpt["ema" if use_ema else "model"])
     return model.eval(), cfg, class_names
 
