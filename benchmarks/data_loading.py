@@ -86,7 +86,7 @@ def write_dataset(root: Path, videos: int, seed: int = 0) -> dict[str, Any]:
 
 
 def data_config(root: Path, store: bool) -> Any:
-    from localization.config import DataConfig, StreamConfig
+    from localization.config.schema import DataConfig, StreamConfig
 
     streams = {
         name: StreamConfig(dir=str(root / "features" / name), dim=dim, num_frames=frames)

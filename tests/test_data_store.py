@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from localization.config import DataConfig
+from localization.config.schema import DataConfig
 from localization.data.__main__ import main as data_main
 from localization.data.annotations import load_subset
 from localization.data.dataset import TrainingDataset, build_loader, collate

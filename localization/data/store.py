@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.config import DataConfig, StreamConfig
+from localization.config.schema import DataConfig, StreamConfig
 from localization.errors import DataError
 
 logger = logging.getLogger(__name__)
