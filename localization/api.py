@@ -79,6 +79,7 @@ __all__ = [
     "make_synthetic",
     "metric_key",
     "metrics_as_floats",
+    "pack_features",
     "probe_features",
     "read_yaml",
     "rescore",
@@ -109,8 +110,16 @@ def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> list[str
     from localization.data.features import FeatureReader
     from localization.data.report import data_warnings
 
-    reader = FeatureReader(dataclasses.replace(data, cache_features=False))
+    reader = FeatureReader(dataclasses.replace(data, cache_features=False, store=False))  # the files themselves
     return data_warnings({annotations.subset: InferenceDataset(data, annotations, reader)})
+
+
+def pack_features(data: DataConfig) -> str:
+    """Build (or find) the node's feature store of ``data.features`` (``data.store_dir``) before any trial
+    starts, so trials only map it; returns one line per stream (where, size, built or found)."""
+    from localization.data.store import describe, pack
+
+    return describe(pack(data))
 
 
 def set_torch_threads(num_threads: int) -> None:

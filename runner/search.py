@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localization.api import InputError, dump_yaml, load_subset, make_synthetic, probe_features
+from localization.api import InputError, dump_yaml, load_subset, make_synthetic, pack_features, probe_features
 from runner import cluster, report, search_run
 from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, SPEC_HASH, STATUS, best_metric
 from runner.recorder import TrialRecorder, lost_reason
@@ -148,6 +148,8 @@ def _check_inputs(
     """Everything that can fail on bad input, before anything is written; returns the Ray path."""
     _ensure_synthetic(spec, echo)
     echo(check_data(spec))
+    if spec.base.data.store:  # once per node, before any trial: trials then only map it
+        echo(pack_features(spec.trial_config({"data.features": candidate_streams(spec)}).data))
     if address is not None:  # before anything is written: ray.init retries a dead address for minutes
         cluster.check_reachable(address)
     storage = _writable_storage(storage_path)
@@ -279,11 +281,8 @@ def check_data(spec: SearchFile) -> str:
     """
     data = spec.base.data
     subsets = {name: load_subset(data, name) for name in dict.fromkeys((data.train_subset, data.val_subset))}
-    streams = list(data.features)
-    if "data.features" in spec.space.keys:
-        streams += [name for combo in spec.space["data.features"].candidates() for name in combo]
     warnings = []
-    for name in dict.fromkeys(streams):
+    for name in candidate_streams(spec):
         cfg = spec.trial_config({"data.features": [name]}).data
         for subset in subsets.values():
             # probes every video's file, honours on_missing; coverage catches a wrong time grid
@@ -294,6 +293,14 @@ def check_data(spec: SearchFile) -> str:
         f"{data.val_subset} videos, {len(train.class_names)} classes ({data.annotations})"
     )
     return "\n".join([summary, *(f"warning: {line}" for line in warnings)])
+
+
+def candidate_streams(spec: SearchFile) -> list[str]:
+    """Every feature stream some trial of the search may read."""
+    streams = list(spec.base.data.features)
+    if "data.features" in spec.space.keys:
+        streams += [name for combo in spec.space["data.features"].candidates() for name in combo]
+    return list(dict.fromkeys(streams))
 
 
 def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:

@@ -69,7 +69,10 @@ class DataConfig:
     boundary_tolerance: float = 0.0  # seconds a segment may overshoot [0, duration] and be kept
     align_tolerance: int = 2  # streams whose lengths differ by at most this are trimmed
     on_missing: Literal["error", "skip"] = "error"  # a video without features: fail, or skip
-    cache_features: bool = True  # keep loaded features in memory (per process)
+    cache_features: bool = True  # keep loaded features in memory (per process; off when `store` is on)
+    store: bool = False  # read features from the node's packed, memory-mapped store (one copy per node)
+    store_dir: str | None = None  # where stores are built; default: a "store" folder beside the first stream's
+    store_dtype: Literal["float16", "float32"] = "float16"  # precision of the packed features
     num_workers: int = 0  # DataLoader worker processes for training
 
 

@@ -1,4 +1,4 @@
-"""``python -m localization.data CONFIG [--set key=value ...] [--json]``: what the data looks like.
+"""``python -m localization.data CONFIG [--set key=value ...] [--json] [--pack]``: what the data looks like.
 
 Per subset (``data.train_subset`` and ``data.val_subset``): videos, videos with features, clean
 instances, instances dropped per dirty rule, feature lengths and dims, and per stream the
@@ -6,6 +6,8 @@ coverage of the videos by their features (min / median / max, ``localization.dat
 It builds the same datasets training does, so every file is probed and a bad one fails here first
 (one line, exit 2). Prints one JSON object with ``--json`` (subset -> videos, instances, dropped,
 feature_length, dims, dim, coverage; plus classes, class_map and warnings).
+``--pack`` instead builds (or finds) the feature store of ``data.features`` under ``data.store_dir``
+and prints where it is and its size (``--json``: a list, one object per stream).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader
 from localization.data.report import data_warnings, format_summary, summarize
+from localization.data.store import describe, pack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +30,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="run config YAML")
     cli.add_set_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--pack", action="store_true", help="build the feature store (data.store_dir) and print it")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    if args.pack:
+        stores = pack(cfg.data)
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "stream": s.stream,
+                            "path": str(s.path),
+                            "videos": len(s),
+                            "steps": s.steps,
+                            "dtype": str(s.dtype),
+                            "bytes": s.nbytes,
+                            "built_s": s.built_s,
+                        }
+                        for s in stores
+                    ]
+                )
+            )
+        else:
+            print(describe(stores))
+        return 0
     reader = FeatureReader(cfg.data)
     datasets = {
         subset: InferenceDataset(cfg.data, load_subset(cfg.data, subset), reader)

@@ -22,6 +22,10 @@ stream. Streams rarely have the same length: a 32-frame SlowFast clip fits one s
 16-frame I3D clip, so lengths within ``data.align_tolerance`` are trimmed to the shortest; larger
 gaps mean a different sampling, and the other streams are resampled onto the first stream's clip
 centres (logged once). ``data.resize_length: N`` then resamples the whole video to N steps.
+
+With ``data.store`` the streams come from the node's packed feature store instead
+(``localization.data.store``, built from :meth:`FeatureReader._open`'s arrays): crops are slices of
+one memory-mapped array per stream, returned in the store's dtype (float16 by default).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 
 from localization.config.schema import DataConfig, StreamConfig
+from localization.data.store import StreamStore, open_stores
 from localization.data.timegrid import Grid, auto_grid
 from localization.errors import DataError
 
@@ -163,7 +168,8 @@ class FeatureReader:
 
     The optional cache (``data.cache_features``) keeps whole (C, T) float32 videos per process:
     about 17 KB per step for I3D + SlowFast, so ~44 GB for FineAction's training subset; each
-    DataLoader worker holds its own. Use it when the data fits in memory.
+    DataLoader worker holds its own. Use it when the data fits in memory. ``data.store`` replaces
+    it: one shared copy per node, so the cache is off then.
     """
 
     def __init__(self, data_cfg: DataConfig) -> None:
@@ -176,8 +182,12 @@ class FeatureReader:
         self._first = data_cfg.features[0]  # the common grid is the first stream's
         self._align_tolerance = data_cfg.align_tolerance
         self._resize_length = data_cfg.resize_length
-        self._cache: dict[str, np.ndarray] | None = {} if data_cfg.cache_features else None
+        self._cache: dict[str, np.ndarray] | None = {} if data_cfg.cache_features and not data_cfg.store else None
         self._warned_resample = False
+        self.stores: dict[str, StreamStore] | None = None  # None while open_stores packs the files
+        if data_cfg.store:
+            self.stores = open_stores(data_cfg, self._open)
+        self.dtype = np.dtype(data_cfg.store_dtype if data_cfg.store else np.float32)  # of `load`'s arrays
 
     @property
     def stream_names(self) -> list[str]:
@@ -190,34 +200,43 @@ class FeatureReader:
 
     def has(self, video_id: str) -> bool:
         """Whether every stream has a file for this video (contents are checked by `probe`)."""
+        if self.stores is not None:
+            return all(video_id in store for store in self.stores.values())
         return all(self.path(name, video_id).is_file() for name in self._streams)
 
     def probe(self, video: TimedVideo) -> VideoLayout:
         """Check every stream's file (readable, 2-D, float, right dim); return the video's layout."""
         return self._layout(video, {name: self._open(name, video.video_id).shape[0] for name in self._streams})
 
-    def load(self, video: TimedVideo, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Aligned, concatenated features of steps ``[start, stop)``: (C, stop - start) float32."""
+    def load(
+        self, video: TimedVideo, start: int = 0, stop: int | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Aligned, concatenated features of steps ``[start, stop)``: (C, stop - start) of ``self.dtype``,
+        written into ``out`` when given (a batch's row: one copy from the store, not two)."""
         if self._cache is None:
-            return self._read(video, start, stop)
+            return self._read(video, start, stop, out)
         if video.video_id not in self._cache:
-            self._cache[video.video_id] = self._read(video, 0, None)
-        return self._cache[video.video_id][:, start:stop].copy()  # a copy: callers may write into it
+            self._cache[video.video_id] = self._read(video, 0, None, None)
+        cached = self._cache[video.video_id][:, start:stop]
+        return cached.copy() if out is None else _write(out, cached)  # a copy: callers may write into it
 
-    def _read(self, video: TimedVideo, start: int, stop: int | None) -> np.ndarray:
+    def _read(self, video: TimedVideo, start: int, stop: int | None, out: np.ndarray | None) -> np.ndarray:
         arrays = {name: self._open(name, video.video_id) for name in self._streams}  # (T_s, C_s) lazy views
         layout = self._layout(video, {name: a.shape[0] for name, a in arrays.items()})
         if self._resize_length is not None:
-            whole = self._aligned(arrays, layout, 0, layout.aligned)  # (C, T)
+            whole = self._aligned(arrays, layout, 0, layout.aligned, None)  # (C, T)
             first = layout.grids[self._first]
             resized = resample_to_grid(whole.T, first, layout.grid, np.arange(layout.length))  # (N, C)
-            return np.ascontiguousarray(resized.T[:, start:stop])
+            window = resized.T[:, start:stop]
+            return np.ascontiguousarray(window, dtype=self.dtype) if out is None else _write(out, window)
         start, stop, _ = slice(start, stop).indices(layout.aligned)
-        return self._aligned(arrays, layout, start, stop)
+        return self._aligned(arrays, layout, start, stop, out)
 
-    def _aligned(self, arrays: dict[str, np.ndarray], layout: VideoLayout, start: int, stop: int) -> np.ndarray:
-        """Steps [start, stop) of every stream on the first stream's grid, concatenated: (C, T) float32."""
-        out = np.empty((self.dim, stop - start), dtype=np.float32)  # (C, T)
+    def _aligned(
+        self, arrays: dict[str, np.ndarray], layout: VideoLayout, start: int, stop: int, out: np.ndarray | None
+    ) -> np.ndarray:
+        """Steps [start, stop) of every stream on the first stream's grid, concatenated: (C, T) ``self.dtype``."""
+        out = np.empty((self.dim, stop - start), dtype=self.dtype) if out is None else out  # (C, T)
         first = layout.grids[self._first]
         row = 0
         for name, array in arrays.items():
@@ -225,11 +244,14 @@ class FeatureReader:
                 block = resample_to_grid(array, layout.grids[name], first, np.arange(start, stop))  # (T, C_s)
             else:
                 block = array[start:stop]  # (T, C_s), read from disk here
-            _transpose_into(out[row : row + self.dims[name]], block)  # (C_s, T) float32
+            _transpose_into(out[row : row + self.dims[name]], block)  # (C_s, T)
             row += self.dims[name]
         return out
 
     def _open(self, name: str, video_id: str) -> np.ndarray:
+        """One stream of one video as (T, C): a view of the store when it has the video, else the file."""
+        if self.stores is not None and video_id in self.stores[name]:
+            return self.stores[name].rows(video_id)
         return open_stream(self.path(name, video_id), self._streams[name], name)
 
     def _layout(self, video: TimedVideo, steps: dict[str, int]) -> VideoLayout:
@@ -258,8 +280,13 @@ class FeatureReader:
         return lengths[0], True
 
 
+def _write(out: np.ndarray, values: np.ndarray) -> np.ndarray:
+    np.copyto(out, values)
+    return out
+
+
 def _transpose_into(dst: np.ndarray, src: Any) -> None:
-    """dst (C, T) float32 <- src (T, C) of any float dtype.
+    """dst (C, T) <- src (T, C) of any float dtype (a store's rows are a transposed view: then a plain copy).
 
     torch's blocked transpose copy is 2-7x faster than numpy's strided one here (a row of 2048
     float32 is 8 KB, a worst case for cache associativity).

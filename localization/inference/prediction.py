@@ -65,7 +65,7 @@ def predict(
     raw: dict[str, Candidates] = {}
     for indices in _length_batches(dataset, max_batch_steps):
         batch = collate([dataset[i] for i in indices], pad_multiple)
-        feats = batch["feats"].to(device, non_blocking=True)  # (B, C, T)
+        feats = batch["feats"].to(device, non_blocking=True).float()  # (B, C, T); float16 store features cross as such
         masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
         with autocast(device, cfg.train.bf16):
             out = model(feats, masks)

@@ -183,6 +183,7 @@ def _build(cfg: RunConfig, device: torch.device) -> _TrainingState:
         seed=cfg.train.seed,
         pad_multiple=inference_div_factor(cfg.model),
         drop_last=len(train_set) > cfg.train.batch_size,
+        pin_memory=device.type == "cuda",
     )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -286,7 +287,7 @@ def train_step(
 ) -> tuple[float, float, float]:
     """One optimizer step (forward, targets, losses, backward, clipping, update); returns
     (cls_loss, reg_loss, final_loss) as floats. The caller steps the schedule and the EMA."""
-    feats = batch["feats"].to(device, non_blocking=True)  # (B, C, T)
+    feats = batch["feats"].to(device, non_blocking=True).float()  # (B, C, T); float16 store features cross as such
     masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
     segments = [s.to(device) for s in batch["segments"]]
     labels = [lab.to(device) for lab in batch["labels"]]
