@@ -27,27 +27,28 @@ from localization.config.loading import (
     set_dotted,
     to_dict,
 )
-from localization.config.schema import RUN_SECTIONS, DataConfig, RunConfig
+from localization.config.schema import RESCORABLE_TEST_KEYS, RUN_SECTIONS, DataConfig, RunConfig, TestConfig
 from localization.data.annotations import SubsetAnnotations, load_subset
 from localization.errors import ConfigError, DataError, InputError
 from localization.metrics import DetectionMetrics, format_table, metric_key, metrics_as_floats, tiou_key
 
 if TYPE_CHECKING:
     from localization.inference.detector import Detector, Segment
-    from localization.inference.evaluation import EvalResult, evaluate_checkpoint, rescore
+    from localization.inference.evaluation import EvalResult, SubsetScorer, evaluate_checkpoint, rescore
     from localization.training.checkpoints import save_inference_checkpoint
     from localization.training.loop import EpochReport, OnEpoch, TrainingDiverged, TrainResult, train
 
 # module -> the names of it this door offers, imported on first use
 _LAZY_MODULES: dict[str, tuple[str, ...]] = {
     "localization.training.loop": ("train", "EpochReport", "OnEpoch", "TrainResult", "TrainingDiverged"),
-    "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult"),
+    "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult", "SubsetScorer"),
     "localization.inference.detector": ("Detector", "Segment"),
     "localization.training.checkpoints": ("save_inference_checkpoint",),
 }
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 __all__ = [
+    "RESCORABLE_TEST_KEYS",
     "RUN_SECTIONS",
     "ConfigError",
     "DataConfig",
@@ -61,6 +62,8 @@ __all__ = [
     "RunConfig",
     "Segment",
     "SubsetAnnotations",
+    "SubsetScorer",
+    "TestConfig",
     "TrainResult",
     "TrainingDiverged",
     "add_set_argument",
@@ -76,6 +79,7 @@ __all__ = [
     "make_synthetic",
     "metric_key",
     "metrics_as_floats",
+    "pack_features",
     "probe_features",
     "read_yaml",
     "rescore",
@@ -99,12 +103,23 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> None:
-    """Check every video's feature files (headers only) the way the datasets read them; DataError otherwise."""
+def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> list[str]:
+    """Check every video's feature files the way the datasets read them (DataError otherwise);
+    returns the subset's coverage warnings (a wrong fps or time grid, ``localization.data.report``)."""
     from localization.data.dataset import InferenceDataset
     from localization.data.features import FeatureReader
+    from localization.data.report import data_warnings
 
-    InferenceDataset(data, annotations, FeatureReader(dataclasses.replace(data, cache_features=False)))
+    reader = FeatureReader(dataclasses.replace(data, cache_features=False, store=False))  # the files themselves
+    return data_warnings({annotations.subset: InferenceDataset(data, annotations, reader)})
+
+
+def pack_features(data: DataConfig) -> str:
+    """Build (or find) the node's feature store of ``data.features`` (``data.store_dir``) before any trial
+    starts, so trials only map it; returns one line per stream (where, size, built or found)."""
+    from localization.data.store import describe, pack
+
+    return describe(pack(data))
 
 
 def set_torch_threads(num_threads: int) -> None:

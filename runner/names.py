@@ -21,6 +21,7 @@ TRIAL_ID = "runner.trial_id"
 TRIAL_DIR = "runner.trial_dir"
 SEARCHED_KEYS = "runner.searched_keys"  # comma-separated dotted keys the sampler chose
 BEST_EPOCH = "runner.best_epoch"
+POSTPROCESS_PREFIX = "postprocess."  # + test.<key>: the tuned post-processing of the best checkpoint
 RETRIES = "runner.retries"
 LAST_ERROR = "runner.last_error"
 REPEAT_OF = "runner.repeat_of"  # a search.repeat_top run: the trial id whose config it re-trains
@@ -75,6 +76,7 @@ SEARCH_PARAM_PREFIX = "search."  # the parent's params: search.<option>, search.
 AVERAGE_MAP = "average_mAP"  # percent, as localization.api.metrics_as_floats names it (+ metric_key(tiou))
 LOSS_METRICS = ("loss", "cls_loss", "reg_loss")
 EPOCH_METRICS = (*LOSS_METRICS, "lr", "epoch_time_s")  # logged every epoch at step=epoch
+POSTPROCESS_SECONDS = "postprocess_search_s"  # evaluated epochs: time of the post-processing search
 LOSS_HISTORY = "loss"  # the metric whose history says which epochs a run already logged
 
 

@@ -9,7 +9,7 @@ errored trial with a metric reads as COMPLETE too (stack notes R13). Here instea
 - a trial that reached its last planned epoch is COMPLETE with its best measured value;
 - a trial stopped earlier (by the scheduler) is PRUNED, carrying its intermediate values, which
   is how TPE ranks pruned trials (by how far they got, then by their last value);
-- a trial that errored is FAIL.
+- a trial that errored, or diverged (runner.diverged), is FAIL.
 
 Seed configs are queued in the study (``enqueue_trial``) before anything is sampled. The whole
 object, study included, is pickled by Ray into ``searcher-state-*.pkl`` in the experiment folder
@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from runner.trial import PLANNED_EPOCHS_KEY, SCORE_KEY
+from runner.trial import PLANNED_EPOCHS_KEY, SCORE_KEY, diverged
 
 STATE_GLOB = "searcher-state-*.pkl"  # Ray's Searcher.CKPT_FILE_TMPL
 
@@ -60,7 +60,7 @@ class MultiFidelityOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         measured = [v for v in self._frozen(ot_trial).intermediate_values.values() if math.isfinite(v)]
         reached_end = bool(result) and int(result.get("epoch", 0)) >= int(result.get(PLANNED_EPOCHS_KEY, math.inf))
-        if error or (reached_end and not measured):
+        if error or diverged(result) is not None or (reached_end and not measured):
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif reached_end:
             best = max(measured) if self._mode == "max" else min(measured)

@@ -42,7 +42,7 @@ def build_tuner(
     from runner.searcher import MultiFidelityOptunaSearch
 
     spec = setup.spec
-    if resume:
+    if resume:  # the run config (callbacks, stopper, checkpoint policy) comes back from ray_path
         trainable = trainable_for(setup, resources)
         return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     s = spec.search
@@ -78,6 +78,9 @@ def new_tuner(
     (the search's own, and runner.repeats' re-training of its best configs)."""
     from ray import tune
 
+    from runner.diverged import StopDiverged
+    from runner.restore import ContinueFromNewestCheckpoint
+
     s = setup.spec.search
     return tune.Tuner(
         trainable_for(setup, resources),
@@ -95,7 +98,10 @@ def new_tuner(
         run_config=tune.RunConfig(
             name=ray_path.name,
             storage_path=str(ray_path.parent),
-            callbacks=[recorder],
+            # The keep policy below can delete the checkpoint a crash's last snapshot names: a
+            # restored trial is pointed at its newest existing one (runner.restore)
+            callbacks=[recorder, ContinueFromNewestCheckpoint()],
+            stop=StopDiverged(),  # a diverged trial fails once (runner.diverged)
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max"
             ),
