@@ -27,16 +27,17 @@ import dataclasses
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow.tracking import MlflowClient
 
 from localization.api import config_from_dict, evaluate_checkpoint, make_synthetic, read_yaml
 from runner import cluster, search
-from runner.names import CHECKPOINT_FILE, CONFIG_FILE
-from runner.trial_results import best_checkpoint
+from runner.names import BEST_CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE
 
 TEST_SUBSET = "validation"  # never seen by a search decision: selection uses a slice of training
 
@@ -105,14 +106,14 @@ def run_one(base: dict[str, Any], name: str, change: dict[str, Any], seed: int, 
         "selection_mAP": best.best if best else None,
         "test_mAP": None,
     }
-    if best is not None:
-        found = best_checkpoint(outcome.ray_path / f"trial_{best.trial_id}", "average_mAP", 1.0)
-        if found is not None:
-            directory, _ = found
+    if best is not None:  # its best checkpoint and config (tuned post-processing included), from MLflow
+        client = MlflowClient(tracking_uri=raw["tracking"]["uri"])
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(client.download_artifacts(best.run_id, BEST_CHECKPOINT_DIR, tmp))
             cfg = config_from_dict(read_yaml(directory / CONFIG_FILE), str(directory / CONFIG_FILE))
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_subset=TEST_SUBSET, val_videos=None))
             scored = evaluate_checkpoint(cfg, directory / CHECKPOINT_FILE, TEST_SUBSET)
-            result["test_mAP"] = float(scored.metrics.average_mAP) if scored.metrics is not None else None
+        result["test_mAP"] = float(scored.metrics.average_mAP) if scored.metrics is not None else None
     print(json.dumps(result), file=sys.stderr, flush=True)
     return result
 
