@@ -17,7 +17,7 @@ import torch
 
 from localization.config import ModelConfig, inference_div_factor
 from localization.model import ActionFormer
-from localization.model.blocks import local_attention
+from localization.model.attention import local_attention
 
 
 def parse_args() -> argparse.Namespace:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from localization.model.attention import band_attention, global_attention
+
 
 def time_major(x: Tensor) -> Tensor:
     """(B, C, T) with time-major storage; a no-op (no copy) when ``x`` is stored that way already."""
@@ -154,56 +156,6 @@ def sinusoid_encoding(length: int, dim: int) -> Tensor:
     return table.to(torch.float32).T.unsqueeze(0)  # (1, C, T)
 
 
-# --------------------------------------------------------------------------------------------
-# Attention
-# --------------------------------------------------------------------------------------------
-
-
-def global_attention(q: Tensor, k: Tensor, v: Tensor, kv_mask: Tensor) -> Tensor:
-    """Dense attention over the valid keys (the reference's MaskedMHCA).
-
-    q: (B, H, Tq, d) and k, v: (B, H, Tk, d), unscaled; kv_mask: (B, Tk) bool. -> (B, H, Tq, d).
-    A sample without any valid key attends to all of them, so its (masked later) rows stay finite.
-    """
-    valid = kv_mask | ~kv_mask.any(dim=-1, keepdim=True)  # (B, Tk)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
-
-
-def local_attention(q: Tensor, k: Tensor, v: Tensor, kv_mask: Tensor, window: int, chunk: int = 32) -> Tensor:
-    """Banded attention: query t sees the valid keys t - w//2 .. t + w//2, in O(T * w).
-
-    Same result as dense attention with the band mask |i - j| <= w//2 plus the key padding mask
-    (the reference's Longformer-style LocalMaskedMHCA), but for any length T: queries are cut
-    into chunks of ``chunk`` steps, each chunk is multiplied with the ``chunk + w - 1`` keys it
-    can see, and the band is read off the product with a pad-and-reshape skew.
-
-    q, k, v: (B, H, T, d), unscaled; kv_mask: (B, T) bool. -> (B, H, T, d). Rows whose window has
-    no valid key (padded queries) get a uniform average: finite, and masked by the caller.
-    """
-    batch, heads, length, dim = q.shape
-    radius = window // 2
-    c = min(chunk, length)  # queries per chunk
-    n = -(-length // c)  # chunks
-    tail = n * c - length  # queries added to fill the last chunk
-    span = c + 2 * radius  # keys one chunk sees
-    q = F.pad(q * dim**-0.5, (0, 0, 0, tail)).view(batch, heads, n, c, dim)  # (B, H, n, c, d)
-    # keys/values padded by the radius on both sides: padded position p holds key p - radius
-    k = F.pad(k, (0, 0, radius, radius + tail)).unfold(2, span, c)  # (B, H, n, d, span)
-    v = F.pad(v, (0, 0, radius, radius + tail)).unfold(2, span, c).transpose(-1, -2)  # (B, H, n, span, d)
-    valid = F.pad(kv_mask, (radius, radius + tail)).unfold(1, window, 1)  # (B, n*c, w)
-
-    scores = q @ k  # (B, H, n, c, span); band[j, o] = scores[j, j + o], o = 0..w-1
-    band = F.pad(scores.flatten(-2), (0, c)).view(batch, heads, n, c, span + 1)[..., :window]
-    band = band.reshape(batch, heads, n * c, window).float()  # (B, H, n*c, w), fp32 softmax
-    band = band.masked_fill(~valid[:, None], torch.finfo(band.dtype).min)
-    probs = band.softmax(dim=-1).to(v.dtype).view(batch, heads, n, c, window)  # (B, H, n, c, w)
-
-    # inverse skew: dense[j, j + o] = probs[j, o], zero elsewhere
-    dense = F.pad(probs, (0, span + 1 - window)).flatten(-2)[..., : c * span]  # (B, H, n, c*span)
-    out = dense.view(batch, heads, n, c, span) @ v  # (B, H, n, c, d)
-    return out.view(batch, heads, n * c, dim)[:, :, :length]  # (B, H, T, d)
-
-
 class MaskedMHCA(nn.Module):
     """Multi-head conv-attention (reference MaskedMHCA / LocalMaskedMHCA).
 
@@ -254,7 +206,7 @@ class MaskedMHCA(nn.Module):
 
         kv_mask = out_mask[:, 0, :]  # (B, T')
         if self.window_size > 1:
-            out = local_attention(heads(q), heads(k), heads(v), kv_mask, self.window_size)
+            out = band_attention(heads(q), heads(k), heads(v), kv_mask, self.window_size)
         else:
             out = global_attention(heads(q), heads(k), heads(v), kv_mask)  # (B, H, T', d)
         out = out.transpose(1, 2).reshape(batch, -1, channels).transpose(1, 2)  # (B, C, T') time-major
