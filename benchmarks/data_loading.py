@@ -75,7 +75,8 @@ def run_setting(root: Path, cache: bool, workers: int, epochs: int, batch_size: 
     import torch
 
     from localization.config import DataConfig, StreamConfig
-    from localization.data import TrainingDataset, build_loader, load_subset
+    from localization.data.annotations import load_subset
+    from localization.data.dataset import TrainingDataset, build_loader
 
     torch.set_num_threads(1)  # as inside a DataLoader worker; intra-op threads only add noise here
     streams = {

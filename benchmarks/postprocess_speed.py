@@ -24,7 +24,7 @@ import time
 import torch
 
 from localization.config import TestConfig
-from localization.postprocess import batched_nms, select_candidates
+from localization.inference.postprocess import batched_nms, select_candidates
 
 STRIDES = [1, 2, 4, 8, 16, 32]
 NUM_CLASSES = 106

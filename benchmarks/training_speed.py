@@ -23,12 +23,12 @@ import torch
 
 from localization.config import inference_div_factor, load_config
 from localization.data.dataset import collate
-from localization.engine import resolve_device, train_step
-from localization.inference import autocast
-from localization.losses import LossNormalizer
-from localization.model import ActionFormer, make_points, param_groups
-from localization.optim import ModelEma
-from localization.postprocess import postprocess, select_candidates
+from localization.inference.postprocess import postprocess, select_candidates
+from localization.inference.prediction import autocast
+from localization.model import ActionFormer, make_points
+from localization.training.loop import resolve_device, train_step
+from localization.training.losses import LossNormalizer
+from localization.training.optim import ModelEma, param_groups
 
 NUM_CLASSES = 106
 LONGEST_VIDEO_STEPS = 14_208  # ~7,600 s at 30 fps, stride 16 (fineaction.md 1.2), rounded to 32

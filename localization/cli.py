@@ -1,10 +1,13 @@
-"""Shared command-line plumbing: ``--set`` overrides and the one-line error contract."""
+"""Shared command-line plumbing: ``--set`` overrides, the one-line error contract, atomic output files."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from localization.errors import InputError
 
@@ -32,3 +35,12 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON via a temp file and a rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(path)

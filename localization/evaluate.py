@@ -12,8 +12,7 @@ import argparse
 from pathlib import Path
 
 from localization import cli
-from localization.config import load_config
-from localization.io import write_json
+from localization.api import evaluate_checkpoint, format_table, load_config, rescore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,20 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
 
-    from localization.engine import evaluate, evaluate_raw
-    from localization.metrics import format_table
-
     subset = args.subset or cfg.data.val_subset
     if args.from_raw is not None:
-        result = evaluate_raw(cfg, args.from_raw, subset)
+        result = rescore(cfg, args.from_raw, subset)
     else:
-        result = evaluate(cfg, args.checkpoint, subset, raw_out=args.raw, use_ema=not args.no_ema)
-    write_json(args.out, result.predictions)
+        result = evaluate_checkpoint(cfg, args.checkpoint, subset, raw_out=args.raw, use_ema=not args.no_ema)
+    cli.write_json(args.out, result.predictions)
     if result.metrics is None:
         print(f"{subset}: no labelled instances; wrote the submission file {args.out}, no mAP can be computed")
         return 0
     if args.metrics:
-        write_json(args.metrics, result.metrics.to_json())
+        cli.write_json(args.metrics, result.metrics.to_json())
     print(format_table(result.metrics))
     return 0
 

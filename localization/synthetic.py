@@ -1,7 +1,32 @@
-"""``python -m localization.synthetic --out DIR [--seed N] [--videos N]``: see localization.data.synthetic."""
+"""``python -m localization.synthetic --out DIR [--seed N] [--videos N]``: writes the synthetic dataset.
+
+FineAction's layout, two feature streams and a run config (see localization.data.synthetic).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
 
 from localization import cli
-from localization.data.synthetic import main
+from localization.data.synthetic import generate
+from localization.errors import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localization.synthetic", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--videos", type=int, default=160, help="number of videos (3/4 training)")
+    args = parser.parse_args(argv)
+    if args.videos < 2:
+        parser.error("--videos must be >= 2")
+    try:
+        print(generate(args.out, args.seed, args.videos))
+    except OSError as exc:
+        raise InputError(f"{args.out}: cannot write the synthetic dataset: {exc.strerror}") from None
+    return 0
+
 
 if __name__ == "__main__":
     cli.run(main)

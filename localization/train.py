@@ -12,7 +12,6 @@ from pathlib import Path
 
 from localization import cli
 from localization.config import dump_yaml, load_config
-from localization.io import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,22 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        from localization.engine import build_model_for_data
+        from localization.training.loop import build_model_for_data
 
         model, summary = build_model_for_data(cfg)
         print(summary)
         print(f"parameters: {sum(p.numel() for p in model.parameters())}")
         return 0
 
-    from localization.engine import train
+    from localization.training.loop import train
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.yaml").write_text(dump_yaml(cfg))
     result = train(cfg, args.out, resume=args.resume)
     if result.last_eval is not None:
-        write_json(args.out / "predictions.json", result.last_eval.predictions)
+        cli.write_json(args.out / "predictions.json", result.last_eval.predictions)
         if result.last_eval.metrics is not None:
-            write_json(args.out / "metrics.json", result.last_eval.metrics.to_json())
+            cli.write_json(args.out / "metrics.json", result.last_eval.metrics.to_json())
             from localization.metrics import format_table
 
             print(format_table(result.last_eval.metrics))

@@ -21,7 +21,6 @@ signature does not declare, and the type hints below are the signature.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -29,15 +28,9 @@ import mlflow
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from pydantic import BaseModel
 
-from localization.checkpoint import load_checkpoint, model_from_checkpoint
-from localization.config import apply_overrides, config_from_dict, read_yaml
-from localization.data.annotations import load_subset
-from localization.data.dataset import InferenceDataset
-from localization.data.features import FeatureReader
-from localization.engine import resolve_device
-from localization.errors import DataError
-from localization.inference import detect, predict
-from runner.registry import CLASS_NAMES, CONFIG, WEIGHTS
+from localization import api
+from localization.api import DataError, apply_overrides, config_from_dict, read_yaml
+from runner.names import CLASS_NAMES, CONFIG, WEIGHTS
 
 
 class Detection(BaseModel):
@@ -58,33 +51,14 @@ class ActionFormerModel(PythonModel):
         raw = read_yaml(context.artifacts[CONFIG])
         apply_overrides(raw, list(settings.get("set", [])), "model_config.set")
         cfg = config_from_dict(raw, context.artifacts[CONFIG])
-        ckpt = load_checkpoint(Path(context.artifacts[WEIGHTS]))  # weights_only=True
-        self.model, self.cfg, self.class_names = model_from_checkpoint(ckpt, use_ema=True, cfg=cfg)
+        self.detector = api.Detector(Path(context.artifacts[WEIGHTS]), cfg)  # weights_only=True
         stored = json.loads(Path(context.artifacts[CLASS_NAMES]).read_text())
-        if stored != self.class_names:
+        if stored != self.detector.class_names:
             raise DataError(f"{context.artifacts[CLASS_NAMES]}: class names differ from the weights' own")
-        self.subset = settings.get("subset") or self.cfg.data.val_subset
-        self.device = resolve_device(self.cfg.train.device)
-        self.model.to(self.device)
+        self.subset = settings.get("subset") or cfg.data.val_subset
 
     def predict(self, context: PythonModelContext, model_input: list[str]) -> list[Detection]:
-        video_ids = list(model_input)
-        subset = self.subset
-        annotations = load_subset(self.cfg.data, subset)
-        by_id = {video.video_id: video for video in annotations.videos}
-        unknown = [vid for vid in video_ids if vid not in by_id]
-        if unknown:
-            raise DataError(f"{self.cfg.data.annotations}: subset {subset!r} has no video {unknown[0]!r}")
-        chosen = dataclasses.replace(annotations, videos=[by_id[vid] for vid in video_ids])
-        dataset = InferenceDataset(self.cfg.data, chosen, FeatureReader(self.cfg.data))
-        raw = predict(self.model, dataset, self.cfg, self.device)
-        return [
-            Detection(
-                video_id=vid, t_start=float(s), t_end=float(e), label=self.class_names[int(label)], score=float(score)
-            )
-            for vid, det in detect(raw, dataset, self.cfg).items()
-            for (s, e), score, label in zip(det.segments, det.scores, det.labels, strict=True)
-        ]
+        return [Detection(**segment._asdict()) for segment in self.detector.detect(list(model_input), self.subset)]
 
 
 mlflow.models.set_model(ActionFormerModel())

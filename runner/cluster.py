@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import ray
 
-from localization.errors import InputError
+from localization.api import InputError
 from runner.spec import ResourcesSpec, SearchOptions
 
 OBJECT_STORE_BYTES = 384 * 1024**2

@@ -3,7 +3,7 @@
 Final evaluation of a promoted model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
 ``models:/m-ID`` or ``runs:/RUN_ID/PATH``): whole-video inference on a subset with the model's
 own weights (EMA, as the trial's evaluation used) and config (``--set`` overrides any key, for
-example data paths), then in DIR:
+example data paths; ``--set tracking.uri=URI`` names the tracking store), then in DIR:
 
 - ``predictions.json``: detections in the ActivityNet submission format;
 - ``metrics.json``: the trainer's keys (``{"average_mAP": ..., "mAP": {"0.50": ...}, ...}``);
@@ -27,20 +27,44 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from localization import cli
-from localization.config import RunConfig, apply_overrides, config_from_dict, read_yaml
-from localization.engine import EvalResult, evaluate, metrics_as_floats
-from localization.errors import ConfigError
-from localization.io import write_json
-from localization.metrics import DetectionMetrics, format_table, tiou_key
+from localization import api
+from localization.api import (
+    ConfigError,
+    DetectionMetrics,
+    RunConfig,
+    add_set_argument,
+    apply_overrides,
+    config_from_dict,
+    format_table,
+    metrics_as_floats,
+    read_yaml,
+    run_command,
+    set_torch_threads,
+    tiou_key,
+    write_json,
+)
 from runner import registry
+from runner.names import (
+    MODEL_ALIAS,
+    MODEL_NAME,
+    MODEL_URI,
+    MODEL_VERSION,
+    PARENT,
+    ROLE,
+    ROLE_EVALUATION,
+    SELECTION,
+    SELECTION_SUBSET,
+    SELECTION_WARNING,
+    SOURCE_RUN_ID,
+    SUBSET,
+)
 from runner.selection import Selection, describe_selection
-from runner.tracking import resolve_store
+from runner.spec import check_tracking_uri
+from runner.store import resolve_store
 
 
 def model_config(files: registry.ModelFiles, overrides: list[str]) -> RunConfig:
@@ -55,13 +79,31 @@ def model_config(files: registry.ModelFiles, overrides: list[str]) -> RunConfig:
     return cfg
 
 
+def split_overrides(overrides: list[str], tracking_uri: str | None) -> tuple[list[str], str | None]:
+    """``--set`` items for the model's run config, and the tracking URI (``--set tracking.uri=...``
+    wins over ``--tracking-uri``); ``tracking.uri`` is the only runner setting evaluation takes."""
+    run_overrides, tracking = [], {}
+    for item in overrides:
+        if item.strip().startswith("tracking."):
+            apply_overrides(tracking, [item])
+        else:
+            run_overrides.append(item)
+    settings = tracking.get("tracking", {})
+    unknown = sorted(set(settings) - {"uri"})
+    if unknown:
+        raise ConfigError(f"--set: tracking.{unknown[0]}: runner.evaluate takes only tracking.uri")
+    uri = settings.get("uri", tracking_uri)
+    check_tracking_uri(uri, "--set")
+    return run_overrides, uri
+
+
 def selection_of(client: MlflowClient, ref: registry.ModelRef) -> Selection | None:
     """How the model's trial was selected, read from its run and search; None when unknown."""
     if ref.source_run_id is None:
         return None
     try:
         run = client.get_run(ref.source_run_id)
-        parent_id = run.data.tags.get("mlflow.parentRunId")
+        parent_id = run.data.tags.get(PARENT)
         parent_tags = client.get_run(parent_id).data.tags if parent_id else {}
     except MlflowException:
         return None
@@ -102,7 +144,7 @@ def plot_per_class_ap(path: Path, metrics: DetectionMetrics, title: str) -> None
     fig.savefig(path, dpi=120)
 
 
-def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> list[Path]:
+def write_outputs(out: Path, result: api.EvalResult, summary: dict[str, Any]) -> list[Path]:
     """Write every file of the evaluation in ``out``; returns them (what the MLflow run holds)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "predictions.json", result.predictions)
@@ -128,7 +170,7 @@ def write_outputs(out: Path, result: EvalResult, summary: dict[str, Any]) -> lis
 
 
 def log_evaluation_run(
-    client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: EvalResult, summary: dict[str, Any]
+    client: MlflowClient, ref: registry.ModelRef, files: list[Path], result: api.EvalResult, summary: dict[str, Any]
 ) -> str:
     """An MLflow run holding the evaluation, in the experiment of the model's training run."""
     experiment_id = None
@@ -138,18 +180,18 @@ def log_evaluation_run(
         except MlflowException:
             experiment_id = None  # the training run was deleted: the default experiment
     tags = {
-        "runner.role": "evaluation",
-        "runner.model_uri": ref.uri,
-        "runner.subset": summary["subset"],
-        "runner.model_name": ref.name or "",
-        "runner.model_version": ref.version or "",
-        "runner.model_alias": ref.alias or "",
-        "runner.source_run_id": ref.source_run_id or "",
-        "runner.selection_subset": summary["selected_on_subset"] or "unknown",
-        "runner.selection": summary["selected_on"] or "unknown",
+        ROLE: ROLE_EVALUATION,
+        MODEL_URI: ref.uri,
+        SUBSET: summary["subset"],
+        MODEL_NAME: ref.name or "",
+        MODEL_VERSION: ref.version or "",
+        MODEL_ALIAS: ref.alias or "",
+        SOURCE_RUN_ID: ref.source_run_id or "",
+        SELECTION_SUBSET: summary["selected_on_subset"] or "unknown",
+        SELECTION: summary["selected_on"] or "unknown",
     }
     if summary["warning"]:
-        tags["runner.selection_warning"] = summary["warning"]
+        tags[SELECTION_WARNING] = summary["warning"]
     label = f"{ref.name} v{ref.version}" if ref.version else ref.uri
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"evaluate {label} on {summary['subset']}", tags=tags
@@ -168,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.evaluate", description=__doc__.split("\n\n")[1])
     parser.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/ID/PATH")
     parser.add_argument("--subset", default="validation", help="subset to evaluate (default: validation)")
-    cli.add_set_argument(parser)
+    add_set_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="folder for the evaluation files")
     parser.add_argument(
         "--tracking-uri",
@@ -176,15 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    client = registry.use_store(resolve_store(args.tracking_uri, Path.cwd()))
+    run_overrides, tracking_uri = split_overrides(args.overrides, args.tracking_uri)
+    client = registry.use_store(resolve_store(tracking_uri, Path.cwd()))
     uri = client.tracking_uri
     ref = registry.resolve_model(client, args.model_uri)
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         files = registry.download_model(ref, Path(tmp), uri)
-        cfg = model_config(files, args.overrides)
+        cfg = model_config(files, run_overrides)
         if cfg.train.num_threads > 0:  # as the trial ran: float sums, hence mAP, match to the last digit
-            torch.set_num_threads(cfg.train.num_threads)
-        result = evaluate(cfg, files.weights, args.subset)  # EMA weights, the model's post-processing
+            set_torch_threads(cfg.train.num_threads)
+        result = api.evaluate_checkpoint(cfg, files.weights, args.subset)  # EMA weights, the model's post-processing
 
     selection = selection_of(client, ref)
     warning = selection.warning_for(args.subset) if selection else None
@@ -196,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_alias": ref.alias,
         "source_run_id": ref.source_run_id,
         "subset": args.subset,
-        "overrides": args.overrides,
+        "overrides": run_overrides,
         "selected_on_subset": selection.subset if selection else None,
         "selected_on": selection.description if selection else None,
         "warning": warning,
@@ -221,4 +264,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    run_command(main)

@@ -1,4 +1,4 @@
-"""``python -m runner.promote SEARCH.yaml [--run-id ID] [--parent ID] [--alias champion] [--allow-partial]``
+"""``python -m runner.promote SEARCH.yaml [--set KEY=VALUE] [--run-id ID] [--parent ID] [--alias A] [--allow-partial]``
 
 Promotes the best trial of a finished search, read from MLflow itself (not from Ray's files): its
 best checkpoint becomes a pickle-free MLflow model (``runner.registry``), registered as a new
@@ -25,16 +25,29 @@ from mlflow.entities import Experiment, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from localization import cli
-from localization.config import config_from_dict, read_yaml
-from localization.errors import InputError
+from localization.api import InputError, add_set_argument, config_from_dict, read_yaml, run_command
 from runner import registry
+from runner.names import (
+    BEST_EPOCH,
+    CHECKPOINT_ARTIFACT,
+    CONFIG_ARTIFACT,
+    FAILURE,
+    METRIC,
+    MODE,
+    NUM_SAMPLES,
+    PARENT,
+    ROLE,
+    ROLE_SEARCH,
+    ROLE_TRIAL,
+    SEARCH_FILE,
+    STATUS,
+    TRIAL_ID,
+    best_metric,
+)
 from runner.selection import describe_selection
 from runner.spec import SearchFile, load_search_file
-from runner.tracking import resolve_store
+from runner.store import resolve_store
 
-CHECKPOINT_ARTIFACT = "checkpoints/best/checkpoint.pt"
-CONFIG_ARTIFACT = "checkpoints/best/config.yaml"
 DONE = ("finished", "pruned")  # runner.status values of trials that count towards num_samples
 
 
@@ -55,12 +68,12 @@ class SearchRecord:
 
     @property
     def summary_metric(self) -> str:
-        return f"best_{self.metric}"
+        return best_metric(self.metric)
 
 
 def _status(run: Run) -> str:
     """The trial's end status per the layout contract (tag runner.status), else MLflow's."""
-    return run.data.tags.get("runner.status", run.info.status.lower())
+    return run.data.tags.get(STATUS, run.info.status.lower())
 
 
 def find_search(client: MlflowClient, spec: SearchFile, parent_id: str | None = None) -> SearchRecord:
@@ -68,12 +81,12 @@ def find_search(client: MlflowClient, spec: SearchFile, parent_id: str | None = 
     experiment = _get_experiment(client, spec)
     if parent_id is not None:
         parent = _get_run(client, parent_id, experiment)
-        if parent.data.tags.get("runner.role") != "search":
+        if parent.data.tags.get(ROLE) != ROLE_SEARCH:
             raise PromotionRefused(f"run {parent_id}: not a search's parent run (tag runner.role != search)")
     else:
         parents = client.search_runs(
             [experiment.experiment_id],
-            "tags.`runner.role` = 'search'",
+            f"tags.`{ROLE}` = '{ROLE_SEARCH}'",
             order_by=["attribute.start_time DESC"],
             max_results=1,
         )
@@ -83,17 +96,17 @@ def find_search(client: MlflowClient, spec: SearchFile, parent_id: str | None = 
                 f"in {client.tracking_uri} (run the search first)"
             )
         parent = parents[0]
-    trials = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`runner.role` = 'trial'"
+    trials = f"tags.`{PARENT}` = '{parent.info.run_id}' and tags.`{ROLE}` = '{ROLE_TRIAL}'"
     children = _search_all(client, experiment.experiment_id, trials)
     tags = parent.data.tags
     # The parent's tags record what the search actually ran (--num-samples may override the file).
-    num_samples = int(tags.get("runner.num_samples", spec.search.num_samples))
+    num_samples = int(tags.get(NUM_SAMPLES, spec.search.num_samples))
     return SearchRecord(
         experiment,
         parent,
         children,
-        tags.get("runner.metric", spec.search.metric),
-        tags.get("runner.mode", spec.search.mode),
+        tags.get(METRIC, spec.search.metric),
+        tags.get(MODE, spec.search.mode),
         num_samples,
     )
 
@@ -131,7 +144,7 @@ def _get_run(client: MlflowClient, run_id: str, experiment: Experiment) -> Run:
 def unfinished_reasons(record: SearchRecord) -> list[str]:
     """What keeps the search from counting as finished; empty when it is complete."""
     reasons = []
-    parent_status = record.parent.data.tags.get("runner.status")
+    parent_status = record.parent.data.tags.get(STATUS)
     if record.parent.info.status == "RUNNING":
         reasons.append("the search is still running")
     elif parent_status not in (None, "finished"):
@@ -155,9 +168,9 @@ def unfinished_reasons(record: SearchRecord) -> list[str]:
 def _trial_ids(runs: list[Run], with_reason: bool = False) -> str:
     items = []
     for run in runs[:5]:
-        item = run.data.tags.get("runner.trial_id", run.info.run_id)
-        if with_reason and "runner.failure" in run.data.tags:
-            item += f": {run.data.tags['runner.failure'][:80]}"
+        item = run.data.tags.get(TRIAL_ID, run.info.run_id)
+        if with_reason and FAILURE in run.data.tags:
+            item += f": {run.data.tags[FAILURE][:80]}"
         items.append(item)
     return ", ".join(items) + (", ..." if len(runs) > 5 else "")
 
@@ -193,16 +206,16 @@ def lineage_tags(record: SearchRecord, run: Run, config_yaml: Path, partial: boo
         "experiment_name": record.experiment.name,
         "parent_run_id": record.parent.info.run_id,
         "child_run_id": run.info.run_id,
-        "trial_id": run.data.tags.get("runner.trial_id", ""),
+        "trial_id": run.data.tags.get(TRIAL_ID, ""),
         "metric": record.summary_metric,
         "metric_value": repr(run.data.metrics[record.summary_metric]),
-        "best_epoch": run.data.tags.get("runner.best_epoch", ""),
+        "best_epoch": run.data.tags.get(BEST_EPOCH, ""),
         "data.features": json.dumps(cfg.data.features),
         "data.annotations": str(annotations),
         "data.annotations_sha256": digest,
         "selection_subset": selection.subset,
         "selection": selection.description,
-        "search_file": record.parent.data.tags.get("runner.search_file", ""),
+        "search_file": record.parent.data.tags.get(SEARCH_FILE, ""),
         "search_complete": str(not partial).lower(),
     }
 
@@ -251,15 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-partial", action="store_true", help="promote from an unfinished, interrupted or partly failed search"
     )
+    add_set_argument(parser)  # any key of the search file, e.g. --set tracking.uri=http://host:5000
     args = parser.parse_args(argv)
 
-    spec = load_search_file(args.search_file)
+    spec = load_search_file(args.search_file, args.overrides)
     client = registry.use_store(resolve_store(spec.tracking.uri, Path.cwd()))
     run = None
     parent_id = args.parent
     if args.run_id:
         run = _get_run(client, args.run_id, _get_experiment(client, spec))
-        parent_id = run.data.tags.get("mlflow.parentRunId")
+        parent_id = run.data.tags.get(PARENT)
         if parent_id is None:
             raise PromotionRefused(f"run {args.run_id}: not a trial of a search (no parent run)")
     record = find_search(client, spec, parent_id)
@@ -277,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         client, record, run, model_name=spec.tracking.model_name, alias=args.alias, partial=bool(reasons)
     )
     print(
-        f"promoted trial {run.data.tags.get('runner.trial_id', '?')} (MLflow run {run.info.run_id}, "
+        f"promoted trial {run.data.tags.get(TRIAL_ID, '?')} (MLflow run {run.info.run_id}, "
         f"{record.summary_metric} {run.data.metrics[record.summary_metric]:.4f}) as "
         f"{spec.tracking.model_name} version {version.version}, alias {args.alias!r}"
     )
@@ -286,4 +300,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    run_command(main)

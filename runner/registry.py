@@ -11,6 +11,7 @@ Registry stages are deprecated (MLflow 2.9+): versions are addressed by alias.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -20,26 +21,21 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from localization.checkpoint import load_checkpoint
-from localization.errors import InputError
-from runner.tracking import Store, connect
+from localization import api
+from localization.api import InputError
+from runner.names import CLASS_NAMES, CONFIG, LOGGED_MODEL_NAME, WEIGHTS
+from runner.names import MODEL_FILE_NAMES as FILE_NAMES
+from runner.store import Store, connect
 
-# Keys of the pyfunc model's artifacts (``context.artifacts``) and their file names.
-WEIGHTS, CONFIG, CLASS_NAMES = "weights", "config", "class_names"
-FILE_NAMES = {WEIGHTS: "weights.pt", CONFIG: "config.yaml", CLASS_NAMES: "class_names.json"}
-LOGGED_MODEL_NAME = "actionformer"  # name of the model inside its source run
 PYFUNC_CODE = Path(__file__).with_name("actionformer_pyfunc.py")
 # Load-time settings of the pyfunc (mlflow.pyfunc.load_model(..., model_config=...)); MLflow only
 # accepts keys declared when the model is logged. subset None: the stored data.val_subset.
 DEFAULT_MODEL_CONFIG = {"subset": None, "set": []}
-# What inference needs from an engine checkpoint (localization.checkpoint.load_checkpoint checks them).
-INFERENCE_KEYS = ("model", "ema", "config", "class_names", "input_dim", "epoch")
 
 
 class ModelNotFound(InputError):
@@ -99,12 +95,11 @@ def export_model_files(checkpoint: Path, config_yaml: Path, out_dir: Path) -> Mo
 
     The optimizer, scheduler and RNG state are dropped: they only matter to resume training.
     """
-    ckpt = load_checkpoint(checkpoint)  # weights_only=True; checks INFERENCE_KEYS are present
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ModelFiles(*(out_dir / FILE_NAMES[key] for key in (WEIGHTS, CONFIG, CLASS_NAMES)))
-    torch.save({key: ckpt[key] for key in INFERENCE_KEYS}, files.weights)
+    class_names = api.save_inference_checkpoint(checkpoint, files.weights)
     shutil.copyfile(config_yaml, files.config)
-    files.class_names.write_text(json.dumps(list(ckpt["class_names"]), indent=1))
+    files.class_names.write_text(json.dumps(class_names, indent=1))
     return files
 
 
@@ -112,7 +107,7 @@ def _pip_requirements() -> list[str]:
     # Exact versions without local labels ("2.13.0+cpu" warns, stack-notes M9). The project
     # package itself (localization, runner) must be installed where the model is loaded.
     return [
-        f"torch=={torch.__version__.split('+')[0]}",
+        f"torch=={importlib.metadata.version('torch').split('+')[0]}",
         f"numpy=={np.__version__}",
         f"mlflow=={mlflow.__version__}",
         "pyyaml",

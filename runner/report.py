@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from runner.names import BEST_EPOCH, SEARCHED_KEYS, STATUS, TRIAL_ID, best_metric
 from runner.space import SearchSpace
-from runner.tracking import BEST_EPOCH, SEARCHED_KEYS, STATUS, TRIAL_ID
 
 STATUS_COLORS = {
     "finished": "tab:blue",
@@ -63,7 +63,7 @@ def collect(client: Any, runs: list[Any], metric: str) -> list[TrialRow]:
                 trial_id=tags.get(TRIAL_ID, ""),
                 run_id=run_id,
                 status=tags.get(STATUS, "unknown"),
-                best=float(run.data.metrics.get(f"best_{metric}", math.nan)),
+                best=float(run.data.metrics.get(best_metric(metric), math.nan)),
                 best_epoch=int(tags[BEST_EPOCH]) if BEST_EPOCH in tags else None,
                 epochs=max((m.step for m in times), default=0),
                 train_time_s=sum(m.value for m in times),
@@ -95,7 +95,7 @@ def leaderboard(rows: list[TrialRow], space: SearchSpace, metric: str, mode: str
             "rank": rank,
             "trial": row.name,
             "status": row.status,
-            f"best_{metric}": row.best,
+            best_metric(metric): row.best,
             "best_epoch": row.best_epoch,
             "epochs": row.epochs,
             "train_time_s": round(row.train_time_s, 1),

@@ -8,7 +8,6 @@ the Tuner, then write the leaderboard and plots to the parent run and print the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import shlex
@@ -20,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localization.config import dump_yaml
-from localization.errors import InputError
-from runner import cluster, report, tracking
+from localization.api import InputError, dump_yaml, load_subset, make_synthetic, probe_features
+from runner import cluster, report, search_run
+from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, SPEC_HASH, STATUS, best_metric
+from runner.recorder import TrialRecorder, lost_reason
 from runner.space import make_sampler, sample_configs
 from runner.spec import SearchFile, dump, load_search_file
-from runner.trial import SCORE_KEY, TrialSetup, run_trial
+from runner.store import Store, connect, experiment_id, resolve_store
+from runner.trial import TrialSetup
+from runner.tuner import build_tuner
 
 DRY_RUN_SAMPLES = 4
 DEFAULT_STORAGE = "ray_results"
@@ -109,147 +111,162 @@ def run(
     if dry_run:
         _print_dry_run(spec, echo)
         return SearchOutcome(status="finished")
-    _ensure_synthetic(spec, echo)
-    echo(check_data(spec))
-    if address is not None:  # before anything is written: ray.init retries a dead address for minutes
-        cluster.check_reachable(address)
-
-    storage = _writable_storage(storage_path)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    ray_path = _resume_path(spec, storage) if resume else storage / f"{spec.experiment}-{stamp}"
-    if spec.search.selection is not None:  # before trials exist: every trial (and the hash) sees it
-        echo(_apply_selection(spec, ray_path))
-    store = tracking.resolve_store(spec.tracking.uri, Path.cwd())
-    client = tracking.connect(store)
-    exp_id = tracking.experiment_id(client, store, spec.experiment)
-    parent_id = _resumable_parent(client, exp_id, spec, ray_path, store) if resume else None
-
+    ray_path = _check_inputs(spec, address, storage_path, resume, echo)
+    record = _open_record(spec)
+    parent_id = _resumable_parent(record, spec, ray_path) if resume else None
     timings = {"validate": time.perf_counter() - started}
+
     mark = time.perf_counter()
     info = cluster.start(address)
     timings["ray_start"] = time.perf_counter() - mark
     outcome = SearchOutcome(status="failed", ray_path=ray_path, timings=timings)
     recorder = None
     try:
-        resources = cluster.trial_resources(spec.resources, info)
-        concurrency = cluster.max_concurrent(spec.search, info, resources)
-        outcome.concurrency = concurrency
-        searcher = f"optuna-{spec.search.sampler} seed={spec.search.seed} + {spec.search.scheduler.type}"
-        if parent_id is None:
-            parent_id = tracking.start_parent(client, exp_id, spec, ray_path, searcher)
-        else:
-            client.update_run(parent_id, status="RUNNING")
-        outcome.parent_run_id = parent_id
-        setup = TrialSetup(spec, cluster.torch_threads(resources))
-        recorder = tracking.TrialRecorder(store, exp_id, parent_id, setup)
-        echo(
-            f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "
-            f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU each on a cluster of {info.cpus:g} CPUs, "
-            f"{info.gpus:g} GPUs; MLflow {store.uri} (experiment {spec.experiment}, parent run {parent_id})"
-        )
-        tuner = build_tuner(setup, ray_path, resources, concurrency, recorder, resume)
-        mark = time.perf_counter()
-        results = tuner.fit()
-        timings["fit"] = time.perf_counter() - mark
-        lost = tracking.lost_reason(parent_id)
-        if lost is not None:
-            outcome.status = "tracking_lost"
-        else:
-            if resume:  # runs of trials Ray never snapshotted: the searcher reran them under new ids
-                tracking.drop_orphans(
-                    client, exp_id, parent_id, {Path(r.path).name.removeprefix("trial_") for r in results}
-                )
-            interrupted = tracking.close_open_children(client, exp_id, parent_id) > 0 or (
-                len(results) < spec.search.num_samples
-            )
-            outcome.status = "interrupted" if interrupted else "finished"
+        trials = _place_trials(spec, record, info, ray_path, parent_id, outcome, echo)
+        recorder = trials.recorder
+        _fit(spec, record, trials, ray_path, resume, outcome)
     finally:
-        mark = time.perf_counter()
-        if outcome.parent_run_id is not None and outcome.status != "tracking_lost":
-            if outcome.status == "failed":
-                tracking.close_open_children(client, exp_id, outcome.parent_run_id)
-            _finalize(client, exp_id, spec, outcome, echo)
-        timings["finalize"] = time.perf_counter() - mark
-        if recorder is not None:
-            outcome.tracking_seconds, outcome.tracking_calls = recorder.seconds, recorder.calls
-        mark = time.perf_counter()
-        cluster.stop(info)
-        timings["ray_stop"] = time.perf_counter() - mark
+        _close(spec, record, info, recorder, outcome, echo)
     timings["total"] = time.perf_counter() - started
-    if outcome.status in ("interrupted", "tracking_lost"):
-        again = ["python", "-m", "runner.search", *(argv if argv is not None else sys.argv[1:])]
-        command = shlex.join([*again, *([] if "--resume" in again else ["--resume"])])
-        if outcome.status == "interrupted":
-            echo(f"search interrupted; continue it with: {command}")
-        else:
-            print(
-                f"error: search stopped: tracking store {store.uri} failed ({tracking.lost_reason(parent_id)}); "
-                f"trial results and checkpoints are kept in {ray_path}; once the store is back, continue "
-                f"with: {command}",
-                file=sys.stderr,
-            )
+    _say_how_to_continue(outcome, record.store, argv, echo)
     return outcome
 
 
-def build_tuner(
-    setup: TrialSetup,
+@dataclass
+class _Record:
+    """The MLflow side of a search: the store, a client and the experiment's id."""
+
+    store: Store
+    client: Any  # MlflowClient
+    exp_id: str
+
+
+def _check_inputs(
+    spec: SearchFile, address: str | None, storage_path: Path, resume: bool, echo: Callable[[str], None]
+) -> Path:
+    """Everything that can fail on bad input, before anything is written; returns the Ray path."""
+    _ensure_synthetic(spec, echo)
+    echo(check_data(spec))
+    if address is not None:  # before anything is written: ray.init retries a dead address for minutes
+        cluster.check_reachable(address)
+    storage = _writable_storage(storage_path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    ray_path = _resume_path(spec, storage) if resume else storage / f"{spec.experiment}-{stamp}"
+    if spec.search.selection is not None:  # before trials exist: every trial (and the hash) sees it
+        echo(_apply_selection(spec, ray_path))
+    return ray_path
+
+
+def _open_record(spec: SearchFile) -> _Record:
+    store = resolve_store(spec.tracking.uri, Path.cwd())
+    client = connect(store)
+    return _Record(store, client, experiment_id(client, store, spec.experiment))
+
+
+@dataclass
+class _Trials:
+    """How trials run: their setup, resources each, how many at once, and their MLflow recorder."""
+
+    setup: TrialSetup
+    resources: dict[str, float]
+    concurrency: int
+    recorder: TrialRecorder
+
+
+def _place_trials(
+    spec: SearchFile,
+    record: _Record,
+    info: cluster.Cluster,
     ray_path: Path,
-    resources: dict[str, float],
-    concurrency: int,
-    recorder: tracking.TrialRecorder,
-    resume: bool,
-) -> Any:
-    """The Tuner: OptunaSearch (seeded sampler, define-by-run space), ASHA or FIFO, checkpoints."""
-    from ray import tune  # Ray is imported only when a search runs
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
+    parent_id: str | None,
+    outcome: SearchOutcome,
+    echo: Callable[[str], None],
+) -> _Trials:
+    """Size the trials to the cluster, open (or reopen) the parent run, set up the recorder."""
+    client, exp_id = record.client, record.exp_id
+    resources = cluster.trial_resources(spec.resources, info)
+    concurrency = cluster.max_concurrent(spec.search, info, resources)
+    outcome.concurrency = concurrency
+    searcher = f"optuna-{spec.search.sampler} seed={spec.search.seed} + {spec.search.scheduler.type}"
+    if parent_id is None:
+        parent_id = search_run.start_parent(client, exp_id, spec, ray_path, searcher)
+    else:
+        client.update_run(parent_id, status="RUNNING")
+    outcome.parent_run_id = parent_id
+    setup = TrialSetup(spec, cluster.torch_threads(resources))
+    recorder = TrialRecorder(record.store, exp_id, parent_id, setup)
+    echo(
+        f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "
+        f"{resources['cpu']:g} CPU + {resources['gpu']:g} GPU each on a cluster of {info.cpus:g} CPUs, "
+        f"{info.gpus:g} GPUs; MLflow {record.store.uri} (experiment {spec.experiment}, parent run {parent_id})"
+    )
+    return _Trials(setup, resources, concurrency, recorder)
 
-    spec = setup.spec
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
-    if resume:
-        return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    s = spec.search
-    # metric/mode go to OptunaSearch and TuneConfig, never the scheduler (stack notes R6)
-    searcher = OptunaSearch(space=spec.space, metric=s.metric, mode=s.mode, sampler=make_sampler(s.sampler, s.seed))
-    scheduler = (
-        ASHAScheduler(
-            time_attr="epoch",
-            max_t=spec.max_epochs(),
-            grace_period=s.scheduler.grace_period,
-            reduction_factor=s.scheduler.reduction_factor,
+
+def _fit(
+    spec: SearchFile, record: _Record, trials: _Trials, ray_path: Path, resume: bool, outcome: SearchOutcome
+) -> None:
+    """Run the Tuner to its end; sets ``outcome.status``."""
+    tuner = build_tuner(trials.setup, ray_path, trials.resources, trials.concurrency, trials.recorder, resume)
+    mark = time.perf_counter()
+    results = tuner.fit()
+    outcome.timings["fit"] = time.perf_counter() - mark
+    outcome.status = _fit_status(spec, record, outcome.parent_run_id, resume, results)
+
+
+def _fit_status(spec: SearchFile, record: _Record, parent_id: str, resume: bool, results: Any) -> str:
+    """finished, interrupted (trials left to run) or tracking_lost; closes children left open."""
+    if lost_reason(parent_id) is not None:
+        return "tracking_lost"
+    client, exp_id = record.client, record.exp_id
+    if resume:  # runs of trials Ray never snapshotted: the searcher reran them under new ids
+        search_run.drop_orphans(client, exp_id, parent_id, {Path(r.path).name.removeprefix("trial_") for r in results})
+    interrupted = search_run.close_open_children(client, exp_id, parent_id) > 0 or (
+        len(results) < spec.search.num_samples
+    )
+    return "interrupted" if interrupted else "finished"
+
+
+def _close(
+    spec: SearchFile,
+    record: _Record,
+    info: cluster.Cluster,
+    recorder: TrialRecorder | None,
+    outcome: SearchOutcome,
+    echo: Callable[[str], None],
+) -> None:
+    """Finish the parent run (unless its store is lost), keep the tracking overhead, stop Ray."""
+    timings = outcome.timings
+    mark = time.perf_counter()
+    if outcome.parent_run_id is not None and outcome.status != "tracking_lost":
+        if outcome.status == "failed":
+            search_run.close_open_children(record.client, record.exp_id, outcome.parent_run_id)
+        _finalize(record.client, record.exp_id, spec, outcome, echo)
+    timings["finalize"] = time.perf_counter() - mark
+    if recorder is not None:
+        outcome.tracking_seconds, outcome.tracking_calls = recorder.seconds, recorder.calls
+    mark = time.perf_counter()
+    cluster.stop(info)
+    timings["ray_stop"] = time.perf_counter() - mark
+
+
+def _say_how_to_continue(
+    outcome: SearchOutcome, store: Store, argv: list[str] | None, echo: Callable[[str], None]
+) -> None:
+    """An interrupted search, or one whose tracking store failed, prints the command that resumes it."""
+    if outcome.status not in ("interrupted", "tracking_lost"):
+        return
+    again = ["python", "-m", "runner.search", *(argv if argv is not None else sys.argv[1:])]
+    command = shlex.join([*again, *([] if "--resume" in again else ["--resume"])])
+    if outcome.status == "interrupted":
+        echo(f"search interrupted; continue it with: {command}")
+    else:
+        print(
+            f"error: search stopped: tracking store {store.uri} failed ({lost_reason(outcome.parent_run_id)}); "
+            f"trial results and checkpoints are kept in {outcome.ray_path}; once the store is back, continue "
+            f"with: {command}",
+            file=sys.stderr,
         )
-        if s.scheduler.type == "asha"
-        else FIFOScheduler()
-    )
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=s.metric,
-            mode=s.mode,
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=s.num_samples,
-            max_concurrent_trials=concurrency,
-            reuse_actors=resources["gpu"] == 0,
-            trial_dirname_creator=trial_dirname,
-            trial_name_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=ray_path.name,
-            storage_path=str(ray_path.parent),
-            callbacks=[recorder],
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max"
-            ),
-            failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            verbose=1,
-        ),
-    )
-
-
-def trial_dirname(trial: Any) -> str:
-    """Short trial folder names (Ray's default embeds every config value, stack notes R9)."""
-    return f"trial_{trial.trial_id}"
 
 
 def check_data(spec: SearchFile) -> str:
@@ -258,10 +275,6 @@ def check_data(spec: SearchFile) -> str:
     Probing reads only the .npy headers (name, 2-D, dtype, dim), once per file and stream, the way
     the engine's datasets do, so a bad file fails here (DataError naming it) rather than in a trial.
     """
-    from localization.data.annotations import load_subset
-    from localization.data.dataset import InferenceDataset
-    from localization.data.features import FeatureReader
-
     data = spec.base.data
     subsets = {name: load_subset(data, name) for name in dict.fromkeys((data.train_subset, data.val_subset))}
     streams = list(data.features)
@@ -269,9 +282,8 @@ def check_data(spec: SearchFile) -> str:
         streams += [name for combo in spec.space["data.features"].candidates() for name in combo]
     for name in dict.fromkeys(streams):
         cfg = spec.trial_config({"data.features": [name]}).data
-        reader = FeatureReader(dataclasses.replace(cfg, cache_features=False))
         for subset in subsets.values():
-            InferenceDataset(cfg, subset, reader)  # probes every video's file, honours on_missing
+            probe_features(cfg, subset)  # probes every video's file, honours on_missing
     train = subsets[data.train_subset]
     return (
         f"data: {len(train.videos)} {data.train_subset} / {len(subsets[data.val_subset].videos)} "
@@ -284,13 +296,11 @@ def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:
     annotations = Path(spec.base.data.annotations)
     if spec.synthetic is None or annotations.exists():
         return
-    from localization.data.synthetic import generate
-
     echo(
         f"generating the synthetic dataset into {annotations.parent} "
         f"(seed {spec.synthetic.seed}, {spec.synthetic.videos} videos)"
     )
-    generate(annotations.parent, seed=spec.synthetic.seed, videos=spec.synthetic.videos)
+    make_synthetic(annotations.parent, seed=spec.synthetic.seed, videos=spec.synthetic.videos)
     if not annotations.is_file():
         raise InputError(
             f"{spec.source}: data.annotations: the synthetic generator writes "
@@ -335,15 +345,15 @@ def _resume_path(spec: SearchFile, storage: Path) -> Path:
     raise InputError(f"--resume: no search of experiment {spec.experiment!r} to resume under {storage}")
 
 
-def _resumable_parent(client: Any, exp_id: str, spec: SearchFile, ray_path: Path, store: Any) -> str:
+def _resumable_parent(record: _Record, spec: SearchFile, ray_path: Path) -> str:
     """The parent run of the search to resume, refusing a finished search or a changed file."""
-    parent_id = tracking.find_parent(client, exp_id, ray_path)
+    parent_id = search_run.find_parent(record.client, record.exp_id, ray_path)
     if parent_id is None:
-        raise InputError(f"--resume: no MLflow parent run for {ray_path} in {store.uri}")
-    tags = client.get_run(parent_id).data.tags
-    if tags.get(tracking.STATUS) == "finished":
+        raise InputError(f"--resume: no MLflow parent run for {ray_path} in {record.store.uri}")
+    tags = record.client.get_run(parent_id).data.tags
+    if tags.get(STATUS) == "finished":
         raise InputError(f"--resume: the last search ({ray_path.name}) finished; nothing to resume")
-    if tags.get(tracking.SPEC_HASH) != tracking.spec_hash(spec):
+    if tags.get(SPEC_HASH) != search_run.spec_hash(spec):
         raise InputError(
             f"--resume: {spec.source} (with --set/--num-samples) differs from the one "
             f"search {ray_path.name} started with; resume with the same file and options"
@@ -355,7 +365,7 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
     """Leaderboard, plots, best trial and status on the parent run; print the summary."""
     parent_id = outcome.parent_run_id
     metric, mode = spec.search.metric, spec.search.mode
-    rows = report.collect(client, tracking.child_runs(client, exp_id, parent_id), metric)
+    rows = report.collect(client, search_run.child_runs(client, exp_id, parent_id), metric)
     table = report.leaderboard(rows, spec.space, metric, mode)
     markdown = report.to_markdown(table)
     with tempfile.TemporaryDirectory() as tmp:
@@ -370,10 +380,10 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
     best = report.best_row(rows, mode)
     outcome.rows, outcome.best = rows, best
     if best is not None:
-        client.log_metric(parent_id, f"best_{metric}", best.best)
-        client.set_tag(parent_id, "runner.best_trial_id", best.trial_id)
-        client.set_tag(parent_id, "runner.best_run_id", best.run_id)
-    client.set_tag(parent_id, tracking.STATUS, outcome.status)
+        client.log_metric(parent_id, best_metric(metric), best.best)
+        client.set_tag(parent_id, BEST_TRIAL_ID, best.trial_id)
+        client.set_tag(parent_id, BEST_RUN_ID, best.run_id)
+    client.set_tag(parent_id, STATUS, outcome.status)
     status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(outcome.status, "FAILED")
     client.set_terminated(parent_id, status)
 

@@ -18,9 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from localization.config import DataConfig
-from localization.data.annotations import load_subset
-from localization.errors import ConfigError
+from localization.api import ConfigError, DataConfig, load_subset
+from runner.names import SELECTION
 
 
 def _rank(video_id: str, seed: int) -> str:
@@ -84,7 +83,7 @@ def describe_selection(params: Mapping[str, str], search_tags: Mapping[str, str]
     subset = params.get("data.val_subset", "validation")
     if params.get("data.val_videos") in (None, "", "None", "null"):  # MLflow params are text
         return Selection(subset, False, f"the whole {subset!r} subset")
-    settings = json.loads(search_tags.get("runner.selection", "{}"))
+    settings = json.loads(search_tags.get(SELECTION, "{}"))
     detail = f" ({settings['holdout_fraction']:.0%}, seed {settings['seed']})" if settings else ""
     return Selection(subset, True, f"a held-out slice of {subset!r}{detail}, not trained on")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from localization.errors import ConfigError
+from localization.api import ConfigError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "value")
 _OPTIONS = {"uniform": {"step"}, "loguniform": set(), "int": {"step", "log"}, "choice": set(), "value": set()}

@@ -17,23 +17,24 @@ from typing import Any, Literal
 
 import yaml
 
-from localization.config import (
+from localization.api import (
     RUN_SECTIONS,
+    ConfigError,
     RunConfig,
     apply_overrides,
     build_section,  # the config module's strict typed reader; reused so errors read the same
     config_from_dict,
     flatten,
+    metric_key,
     read_yaml,
     set_dotted,
     to_dict,
 )
-from localization.errors import ConfigError
+from runner.names import AVERAGE_MAP, LOSS_METRICS
 from runner.space import SearchSpace, make_sampler, parse_space, sample_configs
 
 SEARCH_SECTIONS = ("experiment", "search", "resources", "tracking", "synthetic")
 # Engine metrics a trial reports every epoch, and the ones only evaluated epochs carry.
-LOSS_METRICS = ("loss", "cls_loss", "reg_loss")
 VALIDATION_SAMPLES = 8  # sampled configs built (type- and range-checked) before the search starts
 
 
@@ -54,7 +55,7 @@ class SelectionSpec:
 
 @dataclass(frozen=True)
 class SearchOptions:
-    metric: str = "average_mAP"  # an engine metric: average_mAP, mAP_0.50, ..., or a loss
+    metric: str = AVERAGE_MAP  # an engine metric: average_mAP, mAP_0.50, ..., or a loss
     mode: Literal["max", "min"] = "max"
     num_samples: int = 8
     max_concurrent: int | None = None  # null: one trial per GPU, or per 2 CPUs without GPUs
@@ -224,9 +225,7 @@ def _validate(spec: SearchFile) -> None:
         fail("resources.cpu", f"must be > 0, got {spec.resources.cpu}")
     if spec.resources.gpu < 0:
         fail("resources.gpu", f"must be >= 0, got {spec.resources.gpu}")
-    uri = spec.tracking.uri
-    if uri is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S*|databricks(://\S*)?", uri):
-        fail("tracking.uri", f"expected a URI such as sqlite:////abs/mlflow.db or http://host:5000, got {uri!r}")
+    check_tracking_uri(spec.tracking.uri, source)
     if spec.synthetic is not None and spec.synthetic.videos < 2:
         fail("synthetic.videos", f"must be >= 2, got {spec.synthetic.videos}")
 
@@ -271,9 +270,19 @@ def _unknown_key_message(key: str, leaves: dict[str, Any]) -> str:
     return f"not a run-config value (keys here: {near})"
 
 
+def check_tracking_uri(uri: str | None, source: str) -> None:
+    """``tracking.uri`` must look like a URI (None: the default store); ConfigError naming ``source``."""
+    if uri is not None and not (
+        isinstance(uri, str) and re.fullmatch(r"[a-z][a-z0-9+.-]*://\S*|databricks(://\S*)?", uri)
+    ):
+        raise ConfigError(
+            f"{source}: tracking.uri: expected a URI such as sqlite:////abs/mlflow.db or http://host:5000, got {uri!r}"
+        )
+
+
 def validation_metrics(cfg: RunConfig) -> list[str]:
     """Metrics the engine reports only on evaluated epochs: average_mAP and mAP at each tIoU."""
-    return ["average_mAP", *(f"mAP_{t:.2f}" for t in cfg.test.tiou_thresholds)]
+    return [AVERAGE_MAP, *(metric_key(t) for t in cfg.test.tiou_thresholds)]
 
 
 def dump(data: Any) -> str:

@@ -32,13 +32,10 @@ from typing import Any
 import ray
 from ray import tune
 
-from localization.config import RunConfig, dump_yaml
+from localization.api import RunConfig, dump_yaml
+from runner.names import CHECKPOINT_FILE, CONFIG_FILE, PREDICTIONS_FILE, REPORT_FILE
 from runner.spec import SearchFile, validation_metrics
 
-CHECKPOINT_FILE = "checkpoint.pt"
-CONFIG_FILE = "config.yaml"
-REPORT_FILE = "report.json"
-PREDICTIONS_FILE = "predictions.json"
 SCORE_KEY = "checkpoint_score"
 
 
@@ -60,7 +57,7 @@ def trial_run_config(setup: TrialSetup, values: dict[str, Any]) -> RunConfig:
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """The Tune function trainable. ``config`` is ``{dotted key: value}`` from the space."""
-    from localization.engine import train  # torch is imported in trial workers only
+    from localization.api import train  # torch is imported in trial workers only
 
     cfg = trial_run_config(setup, config)
     # Ray logs "Checkpoint successfully created" for every epoch of every trial: console noise
@@ -124,7 +121,7 @@ class EpochReporter:
         """Engine progress lines go to the worker log (Ray forwards them with a trial prefix)."""
         print(line, flush=True)
 
-    def __call__(self, report: Any) -> None:  # report: localization.engine.EpochReport
+    def __call__(self, report: Any) -> None:  # report: localization.api.EpochReport
         metrics = dict(report.metrics)
         fresh = self.metric in metrics
         if report.evaluated:

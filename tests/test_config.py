@@ -7,7 +7,6 @@ import re
 import pytest
 
 from localization.config import (
-    ConfigError,
     RunConfig,
     config_from_dict,
     dump_yaml,
@@ -15,6 +14,7 @@ from localization.config import (
     load_config,
     max_div_factor,
 )
+from localization.errors import ConfigError
 
 
 def write(tmp_path, text: str):

@@ -17,8 +17,10 @@ from localization import evaluate as evaluate_cli
 from localization import train as train_cli
 from localization.config import load_config
 from localization.data.synthetic import generate
-from localization.engine import TrainingDiverged, evaluate, evaluate_raw, metrics_as_floats, train
-from localization.optim import ModelEma, warmup_cosine_lr
+from localization.inference.evaluation import evaluate_checkpoint, rescore
+from localization.metrics import metrics_as_floats
+from localization.training.loop import TrainingDiverged, train
+from localization.training.optim import ModelEma, warmup_cosine_lr
 
 TINY = [
     "model.embd_dim=16",
@@ -109,7 +111,7 @@ def test_callback_sees_every_epoch_and_evaluation_cadence(small_dataset, tmp_pat
 def test_evaluate_reproduces_the_last_epoch_metrics(small_dataset, tmp_path):
     cfg = tiny_config(small_dataset)
     result = train(cfg, tmp_path / "run", log=lambda _: None)
-    again = evaluate(cfg, result.checkpoint, cfg.data.val_subset, raw_out=tmp_path / "raw.npz")
+    again = evaluate_checkpoint(cfg, result.checkpoint, cfg.data.val_subset, raw_out=tmp_path / "raw.npz")
     assert metrics_as_floats(again.metrics) == metrics_as_floats(result.last_eval.metrics)
     assert again.predictions == result.last_eval.predictions
     assert (tmp_path / "raw.npz").is_file()
@@ -170,27 +172,34 @@ def test_raw_candidates_rescore_without_the_model(small_dataset, tmp_path, capsy
     cfg = tiny_config(small_dataset)
     result = train(cfg, tmp_path / "run", log=lambda _: None)
     raw = tmp_path / "raw.npz"
-    base = evaluate(cfg, result.checkpoint, cfg.data.val_subset, raw_out=raw)
-    assert metrics_as_floats(evaluate_raw(cfg, raw, cfg.data.val_subset).metrics) == metrics_as_floats(base.metrics)
+    base = evaluate_checkpoint(cfg, result.checkpoint, cfg.data.val_subset, raw_out=raw)
+    assert metrics_as_floats(rescore(cfg, raw, cfg.data.val_subset).metrics) == metrics_as_floats(base.metrics)
 
     hard = tiny_config(small_dataset, "test.nms_method=hard", "test.iou_threshold=0.3")
     assert (
-        evaluate_raw(hard, raw, cfg.data.val_subset).predictions
-        == evaluate(hard, result.checkpoint, cfg.data.val_subset).predictions
+        rescore(hard, raw, cfg.data.val_subset).predictions
+        == evaluate_checkpoint(hard, result.checkpoint, cfg.data.val_subset).predictions
     )
 
-    out = tmp_path / "pred.json"
+    # the command: --from-raw with another sigma writes exactly what rescore gives for that sigma
+    out, metrics_out = tmp_path / "pred.json", tmp_path / "metrics.json"
     argv = [
         str(small_dataset),
         "--from-raw",
         str(raw),
         "--out",
         str(out),
+        "--metrics",
+        str(metrics_out),
+        *[arg for s in TINY for arg in ("--set", s)],
         "--set",
         "test.nms_sigma=0.9",
-        *[arg for s in TINY for arg in ("--set", s)],
     ]
     with pytest.raises(SystemExit) as exit_info:
         cli.run(evaluate_cli.main, argv)
     assert exit_info.value.code == 0
-    assert "avg" in capsys.readouterr().out and out.is_file()
+    wide = rescore(tiny_config(small_dataset, "test.nms_sigma=0.9"), raw, cfg.data.val_subset)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(wide.predictions))
+    assert json.loads(metrics_out.read_text()) == json.loads(json.dumps(wide.metrics.to_json()))
+    assert wide.predictions != base.predictions  # the override reached the post-processing
+    assert f"{wide.metrics.average_mAP:.2f}" in capsys.readouterr().out  # the printed table is this one

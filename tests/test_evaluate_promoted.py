@@ -161,12 +161,21 @@ def test_evaluation_reproduces_the_logged_map_and_is_in_mlflow(
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == EVALUATION_FILES
 
 
-def test_version_and_run_uris_load_the_same_model(promoted: Promoted, tmp_path: Path) -> None:
+def test_version_and_run_uris_load_the_same_model(
+    promoted: Promoted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     client = MlflowClient(promoted.uri, promoted.uri)
     results = []
-    for uri in (f"models:/{MODEL}/1", f"runs:/{promoted.best_run_id}/actionformer"):
+    # the store named both ways: --tracking-uri, and --set tracking.uri (run from another folder,
+    # so the default embedded store would not find the model)
+    for uri, store in (
+        (f"models:/{MODEL}/1", ["--tracking-uri", promoted.uri]),
+        (f"runs:/{promoted.best_run_id}/actionformer", ["--set", f"tracking.uri={promoted.uri}"]),
+    ):
         out = tmp_path / uri.replace("/", "_").replace(":", "")
-        assert run_cli(evaluate.main, [uri, "--out", str(out), "--tracking-uri", promoted.uri]) == 0
+        assert run_cli(evaluate.main, [uri, "--out", str(out), *store]) == 0
         results.append(json.loads((out / "metrics.json").read_text())["average_mAP"])
     assert results[0] == results[1]
     assert results[0] == pytest.approx(client.get_run(promoted.best_run_id).data.metrics["best_average_mAP"], abs=1e-6)
@@ -189,6 +198,37 @@ def test_unknown_models_are_refused(
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {uri}: ") and message in err and "\n" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("tracking.uri=not-a-uri", "--set: tracking.uri: expected a URI such as sqlite:////abs/mlflow.db"),
+        ("tracking.model_name=other", "--set: tracking.model_name: runner.evaluate takes only tracking.uri"),
+    ],
+)
+def test_bad_tracking_settings_are_refused(
+    promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, message: str
+) -> None:
+    out = tmp_path / "never"
+    assert run_cli(evaluate.main, [f"models:/{MODEL}@champion", "--out", str(out), "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
+    assert not out.exists()
+
+
+def test_promote_takes_the_store_and_model_name_from_set(promoted: Promoted, tmp_path: Path) -> None:
+    """The search file names another (empty) store; --set points promotion at the search's own."""
+    raw = yaml.safe_load(promoted.search_file.read_text())
+    raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    moved = tmp_path / "search.yaml"
+    moved.write_text(yaml.safe_dump(raw))
+    argv = [str(moved), "--set", f"tracking.uri={promoted.uri}", "--set", "tracking.model_name=via-set"]
+    assert run_cli(promote.main, argv) == 0
+    client = MlflowClient(promoted.uri, promoted.uri)
+    version = client.get_model_version_by_alias("via-set", "champion")
+    assert version.run_id == promoted.best_run_id
+    assert not (tmp_path / "elsewhere").exists()  # the file's own store was never opened
 
 
 def test_overrides_may_not_change_the_architecture(

@@ -26,9 +26,10 @@ from mlflow.tracking import MlflowClient
 
 from localization.data.synthetic import generate
 from runner import cluster, search
+from runner.names import REPORT_FILE
 from runner.space import make_sampler, sample_configs
 from runner.spec import load_search_file
-from runner.trial import REPORT_FILE, latest_checkpoint
+from runner.trial import latest_checkpoint
 
 EPOCHS = 20  # long enough to kill a trial in the middle, short enough for CI (~0.3 s per epoch)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from localization.config import ModelConfig
-from localization.losses import LossNormalizer, compute_losses, ctr_diou_loss_1d, sigmoid_focal_loss
+from localization.training.losses import LossNormalizer, compute_losses, ctr_diou_loss_1d, sigmoid_focal_loss
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
 

@@ -435,7 +435,7 @@ def test_json_files_end_to_end(tmp_path):
 
 def test_predictions_from_objects_with_array_attributes():
     @dataclass
-    class Candidates:  # the shape of localization.postprocess.Candidates
+    class Candidates:  # the shape of localization.inference.postprocess.Candidates
         segments: np.ndarray
         scores: np.ndarray
         labels: np.ndarray

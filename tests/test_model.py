@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from localization.config import ModelConfig
-from localization.model import ActionFormer, make_points, param_groups
+from localization.model import ActionFormer, make_points
 from localization.model.attention import (
     band_attention_backend,
     blocked_attention,
@@ -20,6 +20,7 @@ from localization.model.attention import (
 )
 from localization.model.blocks import MaskedMHCA
 from localization.model.heads import pack_levels
+from localization.training.optim import param_groups
 
 
 def tiny_config(**overrides) -> ModelConfig:

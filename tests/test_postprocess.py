@@ -13,7 +13,7 @@ import torch
 
 from localization.config import TestConfig as PostConfig  # alias: pytest would try to collect Test*
 from localization.errors import DataError
-from localization.postprocess import (
+from localization.inference.postprocess import (
     Candidates,
     batched_nms,
     hard_nms,

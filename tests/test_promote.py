@@ -26,8 +26,9 @@ from mlflow.entities import Param
 from localization import cli
 from localization.config import RunConfig, dump_yaml, flatten, load_config
 from localization.data.synthetic import generate
-from localization.engine import evaluate, load_training_subset, train
 from localization.errors import ConfigError
+from localization.inference.evaluation import evaluate_checkpoint
+from localization.training.loop import load_training_subset, train
 from runner import promote
 from runner.registry import CLASS_NAMES, CONFIG, WEIGHTS
 from runner.selection import describe_selection, holdout_split, write_selection
@@ -368,7 +369,7 @@ def test_model_loads_without_pickle(
     # MLflow refuses pickled pyfunc models unless this is true: keep it false and load.
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion", model_config={"subset": "validation"})
-    expected = evaluate(trained.cfg, trained.checkpoint, "validation").predictions["results"]
+    expected = evaluate_checkpoint(trained.cfg, trained.checkpoint, "validation").predictions["results"]
     video_ids = sorted(expected)[:3]
     detections = pd.DataFrame([d.model_dump() for d in model.predict(video_ids)])
     assert len(detections)

@@ -12,7 +12,7 @@ import ray
 import yaml
 
 from localization.errors import InputError
-from runner import cluster, tracking
+from runner import cluster, recorder, store
 from runner.space import make_sampler, sample_configs
 from runner.spec import ResourcesSpec, SearchOptions, load_search_file
 from runner.trial import TrialSetup
@@ -68,11 +68,11 @@ def test_space_and_recorder_survive_plain_pickle(tmp_path: Path):
     expected = sample_configs(spec.space, make_sampler("tpe", 0), 4)
     assert sample_configs(space, make_sampler("tpe", 0), 4) == expected
 
-    store = tracking.resolve_store(f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}", tmp_path)
-    client = tracking.connect(store)
-    exp_id = tracking.experiment_id(client, store, "p")
+    tracking_store = store.resolve_store(f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}", tmp_path)
+    client = store.connect(tracking_store)
+    exp_id = store.experiment_id(client, tracking_store, "p")
     assert client.get_experiment(exp_id).artifact_location == (tmp_path / "db" / "artifacts" / "p").as_uri()
-    recorder = tracking.TrialRecorder(store, exp_id, "parent", TrialSetup(spec, num_threads=1))
-    assert recorder.client is not None  # a live client is not picklable state
-    copy = pickle.loads(pickle.dumps(recorder))
-    assert copy.parent_id == "parent" and copy.client.tracking_uri == store.uri
+    trial_recorder = recorder.TrialRecorder(tracking_store, exp_id, "parent", TrialSetup(spec, num_threads=1))
+    assert trial_recorder.client is not None  # a live client is not picklable state
+    copy = pickle.loads(pickle.dumps(trial_recorder))
+    assert copy.parent_id == "parent" and copy.client.tracking_uri == tracking_store.uri

@@ -16,8 +16,11 @@ from mlflow.tracking import MlflowClient
 from localization.config import flatten
 from localization.data.synthetic import generate
 from runner import cluster, search
+from runner.names import REPORT_FILE
 from runner.space import make_sampler, sample_configs
 from runner.spec import load_search_file
+from runner.trial import SCORE_KEY
+from runner.trial_results import reported_results
 
 BEST_LINE = re.compile(r"^best validation mAP: (\S+) \(trial (\S+), MLflow run (\w+)\)$", re.M)
 NUM_TRIALS, EPOCHS = 3, 2
@@ -221,5 +224,11 @@ def test_child_runs_hold_params_metric_history_and_best_checkpoint(finished_sear
 def test_ray_keeps_best_and_latest_checkpoint_per_trial(finished_search):
     ray_path = finished_search["outcome"].ray_path
     for trial_dir in ray_path.glob("trial_*"):
-        kept = list(trial_dir.glob("checkpoint_*"))
-        assert len(kept) <= 2
+        kept = {json.loads((d / REPORT_FILE).read_text())["epoch"] for d in trial_dir.glob("checkpoint_*")}
+        results = reported_results(trial_dir)
+        if not results:  # failed before its first report
+            assert kept == set()
+            continue
+        latest = max(r["epoch"] for r in results)
+        best = max(results, key=lambda r: (r[SCORE_KEY], r["epoch"]))["epoch"]  # ties: the later epoch
+        assert kept == {best, latest}

@@ -12,8 +12,9 @@ import pytest
 
 from localization import cli
 from localization.config import load_config
-from localization.data import InferenceDataset, load_subset
 from localization.data.__main__ import main as data_main
+from localization.data.annotations import load_subset
+from localization.data.dataset import InferenceDataset
 from localization.data.synthetic import CLASS_NAMES, generate
 
 
@@ -118,7 +119,7 @@ def test_data_cli_bad_input_is_one_line_and_exit_2(synthetic_dataset, tmp_path, 
 
 
 def test_synthetic_cli(tmp_path):
-    result = run_module("localization.data.synthetic", "--out", str(tmp_path / "s"), "--videos", "8", "--seed", "4")
+    result = run_module("localization.synthetic", "--out", str(tmp_path / "s"), "--videos", "8", "--seed", "4")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str((tmp_path / "s" / "config.yaml").resolve())
     assert len(list((tmp_path / "s" / "features" / "slowfast").glob("*.npy"))) == 8

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from localization.targets import assign_targets
+from localization.training.targets import assign_targets
 
 WIDE = [0.0, 1e4]  # a regression range that never filters
 

@@ -30,8 +30,7 @@ def summarize(dataset: InferenceDataset) -> dict[str, Any]:
         "skipped_without_features": len(dataset.skipped),
         "instances": int(sum(len(v.segments) for v in dataset.annotations.videos)),
         "dropped": dict(dataset.annotations.dropped),
-        "feature_length": {"min": int(lengths.min()), "median": float(np.median(lengths)),
-                           "max": int(lengths.max())},
+        "feature_length": {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())},
         "dims": dict(dataset.reader.dims),
         "dim": dataset.reader.dim,
     }
@@ -41,12 +40,14 @@ def format_summary(subset: str, s: dict[str, Any]) -> str:
     dropped = ", ".join(f"{reason} {n}" for reason, n in s["dropped"].items())
     length = s["feature_length"]
     dims = " + ".join(f"{name} {dim}" for name, dim in s["dims"].items())
-    return (f"{subset}: {s['videos']} videos, {s['videos_with_features']} with features "
-            f"({s['skipped_without_features']} skipped)\n"
-            f"  instances kept {s['instances']}; dropped: {dropped}\n"
-            f"  feature length (steps): min {length['min']}, median {length['median']:g}, "
-            f"max {length['max']}\n"
-            f"  dims: {dims} = {s['dim']}")
+    return (
+        f"{subset}: {s['videos']} videos, {s['videos_with_features']} with features "
+        f"({s['skipped_without_features']} skipped)\n"
+        f"  instances kept {s['instances']}; dropped: {dropped}\n"
+        f"  feature length (steps): min {length['min']}, median {length['median']:g}, "
+        f"max {length['max']}\n"
+        f"  dims: {dims} = {s['dim']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     reader = FeatureReader(cfg.data)
-    datasets = {subset: InferenceDataset(cfg.data, load_subset(cfg.data, subset), reader)
-                for subset in dict.fromkeys([cfg.data.train_subset, cfg.data.val_subset])}
+    datasets = {
+        subset: InferenceDataset(cfg.data, load_subset(cfg.data, subset), reader)
+        for subset in dict.fromkeys([cfg.data.train_subset, cfg.data.val_subset])
+    }
     report: dict[str, Any] = {subset: summarize(dataset) for subset, dataset in datasets.items()}
     report["classes"] = next(iter(datasets.values())).class_names
     if args.json:

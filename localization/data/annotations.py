@@ -61,8 +61,11 @@ def load_subset(data_cfg: DataConfig, subset: str) -> SubsetAnnotations:
     """Videos whose ``subset`` equals ``subset`` (case-insensitive), dirty segments dropped."""
     path = Path(data_cfg.annotations)
     database = read_database(path)
-    class_names = (read_class_list(Path(data_cfg.class_list)) if data_cfg.class_list is not None
-                   else class_names_from_database(database, path))
+    class_names = (
+        read_class_list(Path(data_cfg.class_list))
+        if data_cfg.class_list is not None
+        else class_names_from_database(database, path)
+    )
     label_ids = {name: i for i, name in enumerate(class_names)}
     videos: list[VideoAnnotation] = []
     dropped = dict.fromkeys(DIRTY_REASONS, 0)
@@ -98,8 +101,9 @@ def restrict_videos(annotations: SubsetAnnotations, ids_file: str, key: str) -> 
     present = {video.video_id for video in annotations.videos}
     unknown = [vid for vid in wanted if vid not in present]
     if unknown:
-        raise DataError(f"{path}: {key}: {len(unknown)} video id(s) not in subset "
-                        f"{annotations.subset!r}, e.g. {unknown[0]!r}")
+        raise DataError(
+            f"{path}: {key}: {len(unknown)} video id(s) not in subset {annotations.subset!r}, e.g. {unknown[0]!r}"
+        )
     keep = set(wanted)
     return replace(annotations, videos=[v for v in annotations.videos if v.video_id in keep])
 
@@ -168,25 +172,25 @@ def class_names_from_database(database: dict[str, Any], path: Path) -> list[str]
             if isinstance(label_id, bool) or not isinstance(label_id, int):
                 raise DataError(f"{at}.label_id: expected an integer, got {label_id!r}")
             if id_of.setdefault(label, label_id) != label_id:
-                raise DataError(f"{at}.label_id: label {label!r} has id {label_id} here but "
-                                f"{id_of[label]} elsewhere")
+                raise DataError(f"{at}.label_id: label {label!r} has id {label_id} here but {id_of[label]} elsewhere")
             first_label, first_loc = label_of.setdefault(label_id, (label, loc))
             if first_label != label:
-                raise DataError(f"{at}.label_id: id {label_id} is used for {label!r} here and for "
-                                f"{first_label!r} at {first_loc}")
+                raise DataError(
+                    f"{at}.label_id: id {label_id} is used for {label!r} here and for {first_label!r} at {first_loc}"
+                )
     if not id_of:
-        raise DataError(f"{path}: database: no annotation has a label, so there is no class map "
-                        "(set data.class_list)")
+        raise DataError(f"{path}: database: no annotation has a label, so there is no class map (set data.class_list)")
     num_classes = len(id_of)
     for label_id, (_, loc) in sorted(label_of.items()):
         if not 0 <= label_id < num_classes:
-            raise DataError(f"{path}: {loc}.label_id: {label_id} is outside 0..{num_classes - 1} "
-                            f"({num_classes} distinct labels; ids must be contiguous)")
+            raise DataError(
+                f"{path}: {loc}.label_id: {label_id} is outside 0..{num_classes - 1} "
+                f"({num_classes} distinct labels; ids must be contiguous)"
+            )
     return [label_of[i][0] for i in range(num_classes)]
 
 
-def dirty_reasons(segments: np.ndarray, labels: np.ndarray, duration: float,
-                  tolerance: float) -> list[str | None]:
+def dirty_reasons(segments: np.ndarray, labels: np.ndarray, duration: float, tolerance: float) -> list[str | None]:
     """Per segment: the first dirty rule it breaks, or None when it is clean.
 
     segments (N, 2) seconds, labels (N,). A duplicate is a later copy (same label, both ends
@@ -199,8 +203,9 @@ def dirty_reasons(segments: np.ndarray, labels: np.ndarray, duration: float,
             reasons.append("end_not_after_start")
         elif start < -tolerance or end > duration + tolerance:
             reasons.append("outside_video")
-        elif any(labels[j] == labels[i] and np.all(np.abs(segments[j] - segments[i]) <= DUPLICATE_TOLERANCE)
-                 for j in kept):
+        elif any(
+            labels[j] == labels[i] and np.all(np.abs(segments[j] - segments[i]) <= DUPLICATE_TOLERANCE) for j in kept
+        ):
             reasons.append("duplicate")
         else:
             reasons.append(None)
@@ -208,8 +213,9 @@ def dirty_reasons(segments: np.ndarray, labels: np.ndarray, duration: float,
     return reasons
 
 
-def _read_video(video_id: str, entry: dict[str, Any], where: str, label_ids: dict[str, int],
-                default_fps: float) -> VideoAnnotation:
+def _read_video(
+    video_id: str, entry: dict[str, Any], where: str, label_ids: dict[str, int], default_fps: float
+) -> VideoAnnotation:
     if "duration" not in entry:
         raise DataError(f"{where}.duration: missing")
     duration = _positive_number(entry["duration"], f"{where}.duration")
@@ -225,8 +231,9 @@ def _read_video(video_id: str, entry: dict[str, Any], where: str, label_ids: dic
             raise DataError(f"{at}.label: {label!r} is not in the class list")
         segments[i] = _segment(ann, at)
         labels[i] = label_ids[label]
-    return VideoAnnotation(video_id=video_id, subset=entry["subset"], duration=duration, fps=fps,
-                           segments=segments, labels=labels)
+    return VideoAnnotation(
+        video_id=video_id, subset=entry["subset"], duration=duration, fps=fps, segments=segments, labels=labels
+    )
 
 
 def _subset_of(entry: Any, where: str) -> str:

@@ -45,8 +45,15 @@ class Crop:
     keep: np.ndarray  # (N,) bool: which input segments were kept
 
 
-def random_crop(length: int, segments: np.ndarray, max_seq_len: int, trunc_thresh: float,
-                crop_ratio: list[float] | None, offset: float, rng: np.random.Generator) -> Crop:
+def random_crop(
+    length: int,
+    segments: np.ndarray,
+    max_seq_len: int,
+    trunc_thresh: float,
+    crop_ratio: list[float] | None,
+    offset: float,
+    rng: np.random.Generator,
+) -> Crop:
     """The reference's random truncation (``truncate_feats`` with has_action=True).
 
     ``segments`` (N, 2) in grid units. A video longer than ``max_seq_len`` gets a window of
@@ -59,8 +66,11 @@ def random_crop(length: int, segments: np.ndarray, max_seq_len: int, trunc_thres
     if length <= max_seq_len:
         if crop_ratio is None:
             return Crop(0, length, segments, keep_all)
-        crop_len = int(rng.integers(max(round(crop_ratio[0] * length), 1),
-                                    min(round(crop_ratio[1] * length), length), endpoint=True))
+        crop_len = int(
+            rng.integers(
+                max(round(crop_ratio[0] * length), 1), min(round(crop_ratio[1] * length), length), endpoint=True
+            )
+        )
         if crop_len == length:
             return Crop(0, length, segments, keep_all)
     else:
@@ -83,8 +93,9 @@ class _VideoDataset(Dataset):
     their aligned lengths (probed up front). Pass one ``reader`` to several datasets to share its
     feature cache."""
 
-    def __init__(self, data_cfg: DataConfig, annotations: SubsetAnnotations,
-                 reader: FeatureReader | None = None) -> None:
+    def __init__(
+        self, data_cfg: DataConfig, annotations: SubsetAnnotations, reader: FeatureReader | None = None
+    ) -> None:
         self.data_cfg = data_cfg
         self.annotations = annotations
         self.reader = reader if reader is not None else FeatureReader(data_cfg)
@@ -98,9 +109,11 @@ class _VideoDataset(Dataset):
             self.lengths.append(self.reader.probe(video.video_id))
             self.videos.append(video)
         if not self.videos:
-            raise DataError(f"{data_cfg.annotations}: none of the {len(self.skipped)} videos of subset "
-                            f"{annotations.subset!r} has feature files (data.streams.*.dir; "
-                            "data.on_missing=skip)")
+            raise DataError(
+                f"{data_cfg.annotations}: none of the {len(self.skipped)} videos of subset "
+                f"{annotations.subset!r} has feature files (data.streams.*.dir; "
+                "data.on_missing=skip)"
+            )
 
     @property
     def class_names(self) -> list[str]:
@@ -125,8 +138,9 @@ class _VideoDataset(Dataset):
         """Ground truth in feature-grid units: (N, 2) float64."""
         return seconds_to_grid(video.segments, video.fps, self.reader.feat_stride, self.reader.num_frames)
 
-    def _item(self, video: VideoAnnotation, feats: np.ndarray, segments: np.ndarray,
-              labels: np.ndarray) -> dict[str, Any]:
+    def _item(
+        self, video: VideoAnnotation, feats: np.ndarray, segments: np.ndarray, labels: np.ndarray
+    ) -> dict[str, Any]:
         return {
             "video_id": video.video_id,
             "feats": torch.from_numpy(feats),  # (C, T) float32
@@ -148,8 +162,9 @@ class TrainingDataset(_VideoDataset):
     failed" branch would give.
     """
 
-    def __init__(self, data_cfg: DataConfig, annotations: SubsetAnnotations,
-                 reader: FeatureReader | None = None, *, seed: int) -> None:
+    def __init__(
+        self, data_cfg: DataConfig, annotations: SubsetAnnotations, reader: FeatureReader | None = None, *, seed: int
+    ) -> None:
         super().__init__(data_cfg, annotations, reader)
         self.seed = seed
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by forked/spawned workers
@@ -167,8 +182,15 @@ class TrainingDataset(_VideoDataset):
         video = self.videos[index]
         rng = _generator(self.seed, _CROP_STREAM, self.epoch, index)
         cfg = self.data_cfg
-        crop = random_crop(self.lengths[index], self._grid_segments(video), cfg.max_seq_len, cfg.trunc_thresh,
-                           cfg.crop_ratio, self._offset, rng)
+        crop = random_crop(
+            self.lengths[index],
+            self._grid_segments(video),
+            cfg.max_seq_len,
+            cfg.trunc_thresh,
+            cfg.crop_ratio,
+            self._offset,
+            rng,
+        )
         feats = self.reader.load(video.video_id, crop.start, crop.stop)  # (C, L)
         return self._item(video, feats, crop.segments, video.labels[crop.keep])
 
@@ -222,8 +244,15 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(rng.permutation(len(self.dataset)).tolist())
 
 
-def build_loader(dataset: _VideoDataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                 pad_multiple: int, drop_last: bool) -> DataLoader:
+def build_loader(
+    dataset: _VideoDataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    pad_multiple: int,
+    drop_last: bool,
+) -> DataLoader:
     """A DataLoader yielding :func:`collate` batches.
 
     ``shuffle`` needs a :class:`TrainingDataset` (its epoch seeds the order). Workers, when any,

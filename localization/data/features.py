@@ -81,7 +81,7 @@ class FeatureReader:
                 block = resample_to_grid(array, stream, self._grid, np.arange(start, stop))  # (T, C_s)
             else:
                 block = array[start:stop]  # (T, C_s), read from disk here
-            _transpose_into(out[row:row + stream.dim], block)  # (C_s, T) float32
+            _transpose_into(out[row : row + stream.dim], block)  # (C_s, T) float32
             row += stream.dim
         return out
 
@@ -90,8 +90,10 @@ class FeatureReader:
         stream = self._streams[name]
         path = self.path(name, video_id)
         if not path.is_file():
-            raise DataError(f"{path}: feature file not found (data.streams.{name}.dir; "
-                            "set data.on_missing=skip to skip such videos)")
+            raise DataError(
+                f"{path}: feature file not found (data.streams.{name}.dir; "
+                "set data.on_missing=skip to skip such videos)"
+            )
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
@@ -103,8 +105,10 @@ class FeatureReader:
             raise DataError(f"{path}: expected float32 or float16 (data.streams.{name}), got {array.dtype}")
         array = array if stream.layout == "tc" else array.T  # (T, C)
         if array.shape[1] != stream.dim:
-            raise DataError(f"{path}: expected dim {stream.dim} (data.streams.{name}.dim), got "
-                            f"{array.shape[1]} (shape {shape}, data.streams.{name}.layout={stream.layout})")
+            raise DataError(
+                f"{path}: expected dim {stream.dim} (data.streams.{name}.dim), got "
+                f"{array.shape[1]} (shape {shape}, data.streams.{name}.layout={stream.layout})"
+            )
         if array.shape[0] == 0:
             raise DataError(f"{path}: no time steps (data.streams.{name})")
         return array
@@ -116,9 +120,14 @@ class FeatureReader:
         if not self._warned_resample:
             self._warned_resample = True
             detail = ", ".join(f"{name} {n}" for name, n in zip(self._streams, lengths, strict=True))
-            logger.warning("feature streams of %s differ by more than data.align_tolerance=%d steps (%s): "
-                           "resampling the other streams onto the %s grid (shown once)",
-                           video_id, self._align_tolerance, detail, next(iter(self._streams)))
+            logger.warning(
+                "feature streams of %s differ by more than data.align_tolerance=%d steps (%s): "
+                "resampling the other streams onto the %s grid (shown once)",
+                video_id,
+                self._align_tolerance,
+                detail,
+                next(iter(self._streams)),
+            )
         return lengths[0], True
 
 
@@ -133,8 +142,7 @@ def _transpose_into(dst: np.ndarray, src: np.ndarray) -> None:
         torch.from_numpy(dst).copy_(torch.from_numpy(src).T)
 
 
-def resample_to_grid(feats: np.ndarray, src: StreamConfig, dst: StreamConfig,
-                     steps: np.ndarray) -> np.ndarray:
+def resample_to_grid(feats: np.ndarray, src: StreamConfig, dst: StreamConfig, steps: np.ndarray) -> np.ndarray:
     """Linear interpolation in time of a (T_src, C) stream at the clip centres of ``dst`` steps.
 
     Step i of a stream is centred at frame ``i*feat_stride + 0.5*num_frames``; positions before the

@@ -1,6 +1,6 @@
 """A small synthetic FineAction look-alike: annotations, two feature streams and a run config.
 
-``python -m localization.data.synthetic --out DIR [--seed N] [--videos N]`` writes, in seconds:
+``generate(DIR, seed, videos)`` (the command ``python -m localization.synthetic``) writes, in seconds:
 
 - ``DIR/annotations_gt.json``: FineAction layout, subsets "training" and "validation", fps 24/25/30
   per video, 8 classes, plus a few injected dirty annotations of every kind in both subsets
@@ -19,7 +19,6 @@ weak and temporal context pays.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from localization import cli
 from localization.config import load_config
-from localization.errors import InputError
 
 GROUPS = ("jump", "throw", "swing", "spin")
 SUBTYPES = ("forward", "backward")
@@ -83,12 +80,18 @@ def make_directions(rng: np.random.Generator) -> Directions:
     i3d, _ = np.linalg.qr(rng.standard_normal((STREAMS["i3d"]["dim"], len(GROUPS) + 2)))  # (32, 6)
     slowfast, _ = np.linalg.qr(rng.standard_normal((STREAMS["slowfast"]["dim"], 1 + len(SUBTYPES))))
     groups = len(GROUPS)
-    return Directions(group=i3d[:, :groups].T, onset=i3d[:, groups], offset=i3d[:, groups + 1],
-                      presence=slowfast[:, 0], subtype=slowfast[:, 1:].T)
+    return Directions(
+        group=i3d[:, :groups].T,
+        onset=i3d[:, groups],
+        offset=i3d[:, groups + 1],
+        presence=slowfast[:, 0],
+        subtype=slowfast[:, 1:].T,
+    )
 
 
-def place_intervals(rng: np.random.Generator, steps: int, count: int, taken: list[tuple[int, int]],
-                    length_steps: tuple[int, int]) -> list[tuple[int, int]]:
+def place_intervals(
+    rng: np.random.Generator, steps: int, count: int, taken: list[tuple[int, int]], length_steps: tuple[int, int]
+) -> list[tuple[int, int]]:
     """Up to ``count`` random frame intervals inside ``steps`` clips, apart from ``taken`` and each other."""
     placed: list[tuple[int, int]] = []
     for _ in range(count * 20):
@@ -110,7 +113,10 @@ def sample_video(rng: np.random.Generator, video_id: str, subset: str) -> Synthe
     actions = place_intervals(rng, steps, int(rng.integers(1, 6, endpoint=True)), [], ACTION_STEPS)
     distractors = place_intervals(rng, steps, int(rng.integers(0, 2, endpoint=True)), actions, (3, 15))
     return SyntheticVideo(
-        video_id=video_id, subset=subset, fps=float(rng.choice(FPS_CHOICES)), num_frames=num_frames,
+        video_id=video_id,
+        subset=subset,
+        fps=float(rng.choice(FPS_CHOICES)),
+        num_frames=num_frames,
         actions=np.array(actions, dtype=np.int64).reshape(-1, 2),
         labels=rng.integers(0, len(CLASS_NAMES), size=len(actions)),
         distractors=np.array(distractors, dtype=np.int64).reshape(-1, 2),
@@ -157,15 +163,22 @@ def slowfast_features(video: SyntheticVideo, d: Directions, rng: np.random.Gener
 
 def annotations_of(video: SyntheticVideo) -> list[dict]:
     """Clean FineAction-style annotations of a video, in seconds (3 decimals, inside [0, duration])."""
-    return [{"segment": [round(s / video.fps, 3), round(e / video.fps, 3)],
-             "label": CLASS_NAMES[label], "label_id": int(label)}
-            for (s, e), label in zip(video.actions.tolist(), video.labels.tolist(), strict=True)]
+    return [
+        {
+            "segment": [round(s / video.fps, 3), round(e / video.fps, 3)],
+            "label": CLASS_NAMES[label],
+            "label_id": int(label),
+        }
+        for (s, e), label in zip(video.actions.tolist(), video.labels.tolist(), strict=True)
+    ]
 
 
 def inject_dirty(rng: np.random.Generator, entries: dict[str, dict]) -> dict[str, int]:
     """Insert 1-3 dirty annotations of each reason at random places; return the counts by reason."""
-    counts = {reason: int(rng.integers(1, 3, endpoint=True))
-              for reason in ("end_not_after_start", "outside_video", "duplicate")}
+    counts = {
+        reason: int(rng.integers(1, 3, endpoint=True))
+        for reason in ("end_not_after_start", "outside_video", "duplicate")
+    }
     video_ids = list(entries)
     for reason, count in counts.items():
         for k in range(count):
@@ -185,14 +198,31 @@ def inject_dirty(rng: np.random.Generator, entries: dict[str, dict]) -> dict[str
 
 def write_config(out_dir: Path) -> Path:
     """A full run config pointing at absolute paths under ``out_dir``, for a small fast model."""
-    streams = {name: {"dir": str(out_dir / "features" / name), "dim": spec["dim"], "feat_stride": FEAT_STRIDE,
-                      "num_frames": spec["num_frames"], "layout": "tc", "file_pattern": "{video_id}.npy"}
-               for name, spec in STREAMS.items()}
+    streams = {
+        name: {
+            "dir": str(out_dir / "features" / name),
+            "dim": spec["dim"],
+            "feat_stride": FEAT_STRIDE,
+            "num_frames": spec["num_frames"],
+            "layout": "tc",
+            "file_pattern": "{video_id}.npy",
+        }
+        for name, spec in STREAMS.items()
+    }
     config = {
-        "data": {"annotations": str(out_dir / "annotations_gt.json"), "train_subset": "training",
-                 "val_subset": "validation", "default_fps": 30.0, "streams": streams,
-                 "features": list(STREAMS), "max_seq_len": MAX_SEQ_LEN, "crop_ratio": [0.9, 1.0],
-                 "trunc_thresh": 0.5, "cache_features": True, "num_workers": 0},
+        "data": {
+            "annotations": str(out_dir / "annotations_gt.json"),
+            "train_subset": "training",
+            "val_subset": "validation",
+            "default_fps": 30.0,
+            "streams": streams,
+            "features": list(STREAMS),
+            "max_seq_len": MAX_SEQ_LEN,
+            "crop_ratio": [0.9, 1.0],
+            "trunc_thresh": 0.5,
+            "cache_features": True,
+            "num_workers": 0,
+        },
         # max_div_factor = 32 * (9 // 2) * 2 = 256 divides max_seq_len
         "model": {"embd_dim": 64, "fpn_dim": 64, "head_dim": 64, "n_head": 4, "n_mha_win_size": 9},
         # ~15 steps an epoch: the default EMA decay 0.999 would leave the evaluated EMA weights
@@ -218,32 +248,17 @@ def generate(out_dir: str | Path, seed: int = 0, videos: int = 160) -> Path:
     for i in range(videos):
         video = sample_video(rng, f"v_{i:08d}", "validation" if i >= videos - num_val else "training")
         np.save(out_dir / "features" / "i3d" / f"{video.video_id}.npy", i3d_features(video, directions, rng))
-        np.save(out_dir / "features" / "slowfast" / f"{video.video_id}.npy",
-                slowfast_features(video, directions, rng))
-        database[video.video_id] = {"subset": video.subset, "duration": video.duration, "fps": video.fps,
-                                    "annotations": annotations_of(video)}
-    injected = {subset: inject_dirty(rng, {k: v for k, v in database.items() if v["subset"] == subset})
-                for subset in ("training", "validation")}
+        np.save(out_dir / "features" / "slowfast" / f"{video.video_id}.npy", slowfast_features(video, directions, rng))
+        database[video.video_id] = {
+            "subset": video.subset,
+            "duration": video.duration,
+            "fps": video.fps,
+            "annotations": annotations_of(video),
+        }
+    injected = {
+        subset: inject_dirty(rng, {k: v for k, v in database.items() if v["subset"] == subset})
+        for subset in ("training", "validation")
+    }
     (out_dir / "annotations_gt.json").write_text(json.dumps({"version": "synthetic", "database": database}))
     (out_dir / "injected_dirty.json").write_text(json.dumps(injected, indent=2))
     return write_config(out_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localization.data.synthetic",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--videos", type=int, default=160, help="number of videos (3/4 training)")
-    args = parser.parse_args(argv)
-    if args.videos < 2:
-        parser.error("--videos must be >= 2")
-    try:
-        print(generate(args.out, args.seed, args.videos))
-    except OSError as exc:
-        raise InputError(f"{args.out}: cannot write the synthetic dataset: {exc.strerror}") from None
-    return 0
-
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -10,6 +10,8 @@ from localization.metrics.detection import (
     DetectionMetrics,
     evaluate_detections,
     format_table,
+    metric_key,
+    metrics_as_floats,
     tiou_key,
 )
 from localization.metrics.inputs import (
@@ -35,6 +37,8 @@ __all__ = [
     "ground_truth_from_arrays",
     "load_ground_truth",
     "load_predictions",
+    "metric_key",
+    "metrics_as_floats",
     "predictions_from_arrays",
     "restrict_to_videos",
     "tiou_key",

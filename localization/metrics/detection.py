@@ -195,3 +195,16 @@ def _check_thresholds(tiou_thresholds: Sequence[float]) -> np.ndarray:
     if len(set(keys)) != len(keys):
         raise ConfigError(f"tiou_thresholds: {list(tiou_thresholds)} repeat at two decimals")
     return thresholds
+
+
+def metric_key(tiou: float) -> str:
+    """``mAP_0.50``: per-tIoU metric names (MLflow-safe), keyed like ``metrics.json``."""
+    return f"mAP_{tiou_key(tiou)}"
+
+
+def metrics_as_floats(metrics: DetectionMetrics) -> dict[str, float]:
+    """``{"average_mAP": ..., "mAP_0.50": ..., ...}`` (percent): the flat form epochs report and MLflow logs."""
+    out = {"average_mAP": float(metrics.average_mAP)}
+    for tiou, value in zip(metrics.tiou_thresholds, metrics.mAP, strict=True):
+        out[metric_key(tiou)] = float(value)
+    return out

@@ -60,7 +60,7 @@ class Predictions:
 
 
 class DetectionArrays(Protocol):
-    """One video's detections; ``localization.postprocess.Candidates`` (in seconds) fits."""
+    """One video's detections; ``localization.inference.postprocess.Candidates`` (in seconds) fits."""
 
     segments: Any  # (N, 2)
     scores: Any  # (N,)

@@ -1,6 +1,6 @@
 """ActionFormer (reference "LocPointTransformer"), forward pass only.
 
-Targets, losses and decoding live in localization.targets / losses / postprocess; this module
+Targets, losses and decoding live in localization.training.targets / losses / postprocess; this module
 maps padded features to per-level logits and offsets.
 """
 

@@ -109,7 +109,7 @@ def compute_losses(
     """``cls_loss``, ``reg_loss`` and ``final_loss`` (what is back-propagated) of one mini-batch.
 
     ``cls_targets`` (B, P, K) and ``reg_targets`` (B, P, 2) come from
-    :func:`localization.targets.assign_targets` on the points of the same levels. Updates
+    :func:`localization.training.targets.assign_targets` on the points of the same levels. Updates
     ``normalizer`` once (call this once per optimisation step, as the reference does).
     """
     logits = torch.cat(output.cls_logits, dim=1).float()  # (B, P, K)

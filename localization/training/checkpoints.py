@@ -19,6 +19,9 @@ from localization.config import RunConfig, config_from_dict, to_dict
 from localization.errors import DataError
 from localization.model import ActionFormer
 
+# What inference needs from a checkpoint; the rest (optimizer, scheduler, RNG) only resumes training.
+INFERENCE_KEYS = ("model", "ema", "config", "class_names", "input_dim", "epoch")
+
 
 def rng_state() -> dict[str, Any]:
     """Global RNG states (torch CPU/CUDA, Python, NumPy) as weights_only-safe values."""
@@ -60,10 +63,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: not a readable checkpoint ({first})") from None
-    missing = [k for k in ("model", "ema", "config", "class_names", "input_dim", "epoch") if k not in ckpt]
+    missing = [k for k in INFERENCE_KEYS if k not in ckpt]
     if missing:
         raise DataError(f"{path}: checkpoint lacks {missing}")
     return ckpt
+
+
+def save_inference_checkpoint(checkpoint: Path, dest: Path) -> list[str]:
+    """Write ``checkpoint``'s inference part (:data:`INFERENCE_KEYS`) to ``dest``; returns its class names."""
+    ckpt = load_checkpoint(checkpoint)
+    save_checkpoint(dest, {key: ckpt[key] for key in INFERENCE_KEYS})
+    return list(ckpt["class_names"])
 
 
 def checkpoint_config(ckpt: dict[str, Any], source: str) -> RunConfig:

@@ -16,8 +16,16 @@ import torch
 from localization.config import RunConfig, inference_div_factor
 from localization.data.dataset import InferenceDataset, collate
 from localization.errors import DataError
+from localization.inference.postprocess import Candidates, postprocess, select_candidates
 from localization.model import ActionFormer, make_points
-from localization.postprocess import Candidates, postprocess, select_candidates
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but CUDA is not available")
+    return torch.device(name)
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:

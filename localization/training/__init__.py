@@ -1,0 +1,1 @@
+"""Training one ActionFormer: label assignment, losses, optimiser + schedule + EMA, the loop, checkpoints."""

@@ -1,0 +1,86 @@
+"""The MLflow layout contract: every tag, param, metric and artifact name the runner writes or reads.
+
+The search (runner.recorder, runner.search_run, runner.search) writes these names; promotion,
+final evaluation, the leaderboard and the pyfunc model read them. Spelling a name only here means
+a writer and its readers cannot drift apart. Changing a value changes the layout of every store
+written from then on: stores written before keep the old names.
+"""
+
+from __future__ import annotations
+
+# ---- Tags ---------------------------------------------------------------------------------------
+PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
+ROLE = "runner.role"  # "search" (parent), "trial" (child), "evaluation" (runner.evaluate)
+STATUS = "runner.status"  # running | finished | pruned | failed | interrupted (and the parent's outcome)
+FAILURE = "runner.failure"  # last line of a failed trial's error
+TRIAL_ID = "runner.trial_id"
+TRIAL_DIR = "runner.trial_dir"
+SEARCHED_KEYS = "runner.searched_keys"  # comma-separated dotted keys the sampler chose
+BEST_EPOCH = "runner.best_epoch"
+RETRIES = "runner.retries"
+LAST_ERROR = "runner.last_error"
+PLACEMENT_PREFIX = "runner."  # + each key of PLACEMENT: where a trial's worker ran
+PLACEMENT = ("ray_node_id", "cuda_visible_devices")  # reported by each trial
+
+# On the search's parent run
+SEARCH_FILE = "runner.search_file"
+RAY_PATH = "runner.ray_experiment_path"
+SEARCHER = "runner.searcher"
+METRIC = "runner.metric"
+MODE = "runner.mode"
+NUM_SAMPLES = "runner.num_samples"
+SPEC_HASH = "runner.spec_hash"
+SELECTION = "runner.selection"  # JSON of search.selection (honest selection settings)
+BEST_TRIAL_ID = "runner.best_trial_id"
+BEST_RUN_ID = "runner.best_run_id"
+
+# On an evaluation run (runner.evaluate) and a registered model version (runner.promote)
+MODEL_URI = "runner.model_uri"
+SUBSET = "runner.subset"
+MODEL_NAME = "runner.model_name"
+MODEL_VERSION = "runner.model_version"
+MODEL_ALIAS = "runner.model_alias"
+SOURCE_RUN_ID = "runner.source_run_id"
+SELECTION_SUBSET = "runner.selection_subset"
+SELECTION_WARNING = "runner.selection_warning"
+
+# Values of ROLE
+ROLE_SEARCH, ROLE_TRIAL, ROLE_EVALUATION = "search", "trial", "evaluation"
+
+# ---- Params -------------------------------------------------------------------------------------
+SEARCH_PARAM_PREFIX = "search."  # the parent's params: search.<option>, search.space.<key>
+# A trial's params are its flattened run config: data.*, model.*, train.*, test.*
+
+# ---- Metrics ------------------------------------------------------------------------------------
+AVERAGE_MAP = "average_mAP"  # percent, as localization.api.metrics_as_floats names it (+ metric_key(tiou))
+LOSS_METRICS = ("loss", "cls_loss", "reg_loss")
+EPOCH_METRICS = (*LOSS_METRICS, "lr", "epoch_time_s")  # logged every epoch at step=epoch
+LOSS_HISTORY = "loss"  # the metric whose history says which epochs a run already logged
+
+
+def best_metric(metric: str) -> str:
+    """``best_<metric>``: a trial's summary metric (its best evaluated epoch), also on the parent."""
+    return f"best_{metric}"
+
+
+# ---- Artifacts ----------------------------------------------------------------------------------
+SEARCH_SPACE_DIR = "search_space"  # the parent run's copy of the search file
+BEST_CHECKPOINT_DIR = "checkpoints/best"  # a trial's best checkpoint.pt and config.yaml
+PREDICTIONS_DIR = "predictions"
+BEST_PREDICTIONS_FILE = "validation_best.json"  # predictions/validation_best.json
+
+# Files in a trial's checkpoint folder (Ray's checkpoint_NNNNNN/) and in checkpoints/best
+CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "config.yaml"
+REPORT_FILE = "report.json"
+PREDICTIONS_FILE = "predictions.json"
+CHECKPOINT_ARTIFACT = f"{BEST_CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
+CONFIG_ARTIFACT = f"{BEST_CHECKPOINT_DIR}/{CONFIG_FILE}"
+
+# ---- The logged model ---------------------------------------------------------------------------
+LOGGED_MODEL_NAME = "actionformer"  # name of the model inside its source run
+# Keys of the pyfunc model's artifacts (``context.artifacts``) and their file names.
+WEIGHTS, CONFIG, CLASS_NAMES = "weights", "config", "class_names"
+MODEL_FILE_NAMES = {WEIGHTS: "weights.pt", CONFIG: "config.yaml", CLASS_NAMES: "class_names.json"}
+# What inference needs from a training checkpoint (the rest only matters to resume training).
+INFERENCE_KEYS = ("model", "ema", "config", "class_names", "input_dim", "epoch")

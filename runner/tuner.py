@@ -1,0 +1,77 @@
+"""The Ray Tune Tuner of a search: Optuna's sampler behind OptunaSearch, a trial scheduler, checkpoints.
+
+A new trial scheduler is one branch of :func:`make_scheduler` (and its name in
+``runner.spec.SchedulerSpec``); Ray is imported only when a Tuner is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runner.recorder import TrialRecorder
+from runner.space import make_sampler
+from runner.spec import SearchFile
+from runner.trial import SCORE_KEY, TrialSetup, run_trial
+
+
+def make_scheduler(spec: SearchFile) -> Any:
+    """ASHA (stops weak trials at rungs of ``grace_period * reduction_factor^k`` epochs) or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = spec.search.scheduler
+    # metric/mode go to OptunaSearch and TuneConfig, never the scheduler (stack notes R6)
+    if s.type == "asha":
+        return ASHAScheduler(
+            time_attr="epoch", max_t=spec.max_epochs(), grace_period=s.grace_period, reduction_factor=s.reduction_factor
+        )
+    return FIFOScheduler()
+
+
+def build_tuner(
+    setup: TrialSetup,
+    ray_path: Path,
+    resources: dict[str, float],
+    concurrency: int,
+    recorder: TrialRecorder,
+    resume: bool,
+) -> Any:
+    """The Tuner: OptunaSearch (seeded sampler, define-by-run space), ASHA or FIFO, checkpoints."""
+    from ray import tune  # Ray is imported only when a search runs
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec = setup.spec
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+    if resume:
+        return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    s = spec.search
+    searcher = OptunaSearch(space=spec.space, metric=s.metric, mode=s.mode, sampler=make_sampler(s.sampler, s.seed))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=s.metric,
+            mode=s.mode,
+            search_alg=searcher,
+            scheduler=make_scheduler(spec),
+            num_samples=s.num_samples,
+            max_concurrent_trials=concurrency,
+            reuse_actors=resources["gpu"] == 0,
+            trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=ray_path.name,
+            storage_path=str(ray_path.parent),
+            callbacks=[recorder],
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max"
+            ),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default embeds every config value, stack notes R9)."""
+    return f"trial_{trial.trial_id}"
