@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from localization.config import ModelConfig, inference_div_factor
+from localization.config.schema import ModelConfig, inference_div_factor
 from localization.model import ActionFormer
 from localization.model.attention import blocked_attention, local_attention
 

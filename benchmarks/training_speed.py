@@ -17,16 +17,18 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from localization.config import inference_div_factor, load_config
+from localization.config.loading import load_config
+from localization.config.schema import inference_div_factor
 from localization.data.dataset import collate
 from localization.inference.postprocess import postprocess, select_candidates
-from localization.inference.prediction import autocast
+from localization.inference.prediction import autocast, resolve_device
 from localization.model import ActionFormer, make_points
-from localization.training.loop import resolve_device, train_step
+from localization.training.loop import train_step
 from localization.training.losses import LossNormalizer
 from localization.training.optim import ModelEma, param_groups
 
@@ -39,7 +41,9 @@ def fineaction_lengths(rng: np.random.Generator, count: int, max_len: int) -> li
     return [int(min(max(rng.lognormal(np.log(180), 0.9), 16), max_len)) for _ in range(count)]
 
 
-def make_batch(rng: np.random.Generator, lengths: list[int], dim: int, pad_multiple: int) -> dict:
+def make_batch(
+    rng: np.random.Generator, lengths: list[int], dim: int, pad_multiple: int, num_classes: int = NUM_CLASSES
+) -> dict:
     items = []
     for length in lengths:
         starts = rng.uniform(0, length - 2, size=6)
@@ -49,7 +53,7 @@ def make_batch(rng: np.random.Generator, lengths: list[int], dim: int, pad_multi
                 "video_id": "v",
                 "feats": torch.randn(dim, length),
                 "segments": torch.tensor(np.stack([starts, ends], 1), dtype=torch.float32),
-                "labels": torch.from_numpy(rng.integers(0, NUM_CLASSES, size=6)),
+                "labels": torch.from_numpy(rng.integers(0, num_classes, size=6)),
                 "fps": 30.0,
                 "duration": length * 16 / 30,
                 "feat_stride": 16,
@@ -64,29 +68,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_training(cfg, device, batches: list[dict], warmup: int) -> float:
-    """Seconds per step over ``batches`` after ``warmup`` untimed steps."""
+def time_training(
+    cfg,
+    device,
+    batches: list[dict],
+    warmup: int,
+    input_dim: int = 4352,
+    num_classes: int = NUM_CLASSES,
+    wrap: Callable[[torch.nn.Module], Callable] | None = None,
+) -> tuple[float, list[float]]:
+    """(seconds per step after ``warmup`` untimed steps, every step's final loss) over ``batches``.
+
+    ``wrap`` turns the model into the forward callable (for example ``torch.compile``)."""
     torch.manual_seed(0)
-    model = ActionFormer(cfg.model, 4352, NUM_CLASSES, cfg.data.max_seq_len).to(device).train()
+    model = ActionFormer(cfg.model, input_dim, num_classes, cfg.data.max_seq_len).to(device).train()
+    forward = wrap(model) if wrap is not None else model
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     ema = ModelEma(model, cfg.train.ema_decay)
     normalizer = LossNormalizer(cfg.model.init_loss_norm)
+    losses = []
     for i, batch in enumerate(batches):
         if i == warmup:
             sync(device)
             started = time.perf_counter()
-        train_step(model, model, batch, device, cfg, optimizer, normalizer, NUM_CLASSES)
+        losses.append(train_step(forward, model, batch, device, cfg, optimizer, normalizer, num_classes)[2])
         ema.update()
     sync(device)
-    return (time.perf_counter() - started) / (len(batches) - warmup)
+    return (time.perf_counter() - started) / (len(batches) - warmup), losses
 
 
 @torch.no_grad()
-def time_longest_video(cfg, device) -> tuple[float, float, int]:
+def time_longest_video(
+    cfg, device, input_dim: int = 4352, steps: int = LONGEST_VIDEO_STEPS, num_classes: int = NUM_CLASSES
+) -> tuple[float, float, int]:
     """(forward seconds, post-processing seconds, segments kept) for one whole long video."""
-    model = ActionFormer(cfg.model, 4352, NUM_CLASSES, cfg.data.max_seq_len).to(device).eval()
-    feats = torch.randn(1, 4352, LONGEST_VIDEO_STEPS, device=device)
-    masks = torch.ones(1, 1, LONGEST_VIDEO_STEPS, dtype=torch.bool, device=device)
+    model = ActionFormer(cfg.model, input_dim, num_classes, cfg.data.max_seq_len).to(device).eval()
+    feats = torch.randn(1, input_dim, steps, device=device)
+    masks = torch.ones(1, 1, steps, dtype=torch.bool, device=device)
     with autocast(device, cfg.train.bf16):
         model(feats[:, :, :1024], masks[:, :, :1024])  # warm-up
     sync(device)
@@ -104,7 +122,7 @@ def time_longest_video(cfg, device) -> tuple[float, float, int]:
         points,
         cfg.test,
     )
-    detections = postprocess(candidates, cfg.test, 30.0, LONGEST_VIDEO_STEPS * 16 / 30, 16, 16)
+    detections = postprocess(candidates, cfg.test, 30.0, steps * 16 / 30, 16, 16)
     return forward_s, time.perf_counter() - started, len(detections.scores)
 
 
@@ -134,7 +152,7 @@ def main() -> None:
     for name, multiple in modes.items():
         batch_rng = np.random.default_rng(1)
         batches = [make_batch(batch_rng, lengths, 4352, multiple) for lengths in length_sets]
-        seconds = time_training(cfg, device, batches, args.warmup)
+        seconds, _ = time_training(cfg, device, batches, args.warmup)
         padded = np.mean([b["feats"].shape[-1] for b in batches])
         print(f"| {name} | {padded:.0f} | {seconds:.3f} | {1 / seconds:.2f} | {2110 * seconds / 60:.1f} min |")
     peak = (

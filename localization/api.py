@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localization.cli import add_set_argument, write_json
 from localization.cli import run as run_command
-from localization.config import (
-    RUN_SECTIONS,
-    DataConfig,
-    RunConfig,
+from localization.config.loading import (
     apply_overrides,
     build_section,
     config_from_dict,
@@ -29,34 +27,28 @@ from localization.config import (
     set_dotted,
     to_dict,
 )
+from localization.config.schema import RESCORABLE_TEST_KEYS, RUN_SECTIONS, DataConfig, RunConfig, TestConfig
 from localization.data.annotations import SubsetAnnotations, load_subset
 from localization.errors import ConfigError, DataError, InputError
 from localization.metrics import DetectionMetrics, format_table, metric_key, metrics_as_floats, tiou_key
 
 if TYPE_CHECKING:
-    from localization.data.synthetic import generate as make_synthetic
     from localization.inference.detector import Detector, Segment
-    from localization.inference.evaluation import EvalResult, evaluate_checkpoint, rescore
+    from localization.inference.evaluation import EvalResult, SubsetScorer, evaluate_checkpoint, rescore
     from localization.training.checkpoints import save_inference_checkpoint
     from localization.training.loop import EpochReport, OnEpoch, TrainingDiverged, TrainResult, train
 
-# name -> (module, attribute), imported on first use
-_LAZY: dict[str, tuple[str, str]] = {
-    "train": ("localization.training.loop", "train"),
-    "EpochReport": ("localization.training.loop", "EpochReport"),
-    "OnEpoch": ("localization.training.loop", "OnEpoch"),
-    "TrainResult": ("localization.training.loop", "TrainResult"),
-    "TrainingDiverged": ("localization.training.loop", "TrainingDiverged"),
-    "evaluate_checkpoint": ("localization.inference.evaluation", "evaluate_checkpoint"),
-    "rescore": ("localization.inference.evaluation", "rescore"),
-    "EvalResult": ("localization.inference.evaluation", "EvalResult"),
-    "Detector": ("localization.inference.detector", "Detector"),
-    "Segment": ("localization.inference.detector", "Segment"),
-    "save_inference_checkpoint": ("localization.training.checkpoints", "save_inference_checkpoint"),
-    "make_synthetic": ("localization.data.synthetic", "generate"),
+# module -> the names of it this door offers, imported on first use
+_LAZY_MODULES: dict[str, tuple[str, ...]] = {
+    "localization.training.loop": ("train", "EpochReport", "OnEpoch", "TrainResult", "TrainingDiverged"),
+    "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult", "SubsetScorer"),
+    "localization.inference.detector": ("Detector", "Segment"),
+    "localization.training.checkpoints": ("save_inference_checkpoint",),
 }
+_LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 __all__ = [
+    "RESCORABLE_TEST_KEYS",
     "RUN_SECTIONS",
     "ConfigError",
     "DataConfig",
@@ -70,6 +62,8 @@ __all__ = [
     "RunConfig",
     "Segment",
     "SubsetAnnotations",
+    "SubsetScorer",
+    "TestConfig",
     "TrainResult",
     "TrainingDiverged",
     "add_set_argument",
@@ -85,6 +79,7 @@ __all__ = [
     "make_synthetic",
     "metric_key",
     "metrics_as_floats",
+    "pack_features",
     "probe_features",
     "read_yaml",
     "rescore",
@@ -103,18 +98,28 @@ def __getattr__(name: str) -> Any:
     """Load a torch-side name on first use (PEP 562) and keep it for the next lookups."""
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = _LAZY[name]
-    value = getattr(importlib.import_module(module), attribute)
+    value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value
     return value
 
 
-def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> None:
-    """Check every video's feature files (headers only) the way the datasets read them; DataError otherwise."""
+def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> list[str]:
+    """Check every video's feature files the way the datasets read them (DataError otherwise);
+    returns the subset's coverage warnings (a wrong fps or time grid, ``localization.data.report``)."""
     from localization.data.dataset import InferenceDataset
     from localization.data.features import FeatureReader
+    from localization.data.report import data_warnings
 
-    InferenceDataset(data, annotations, FeatureReader(dataclasses.replace(data, cache_features=False)))
+    reader = FeatureReader(dataclasses.replace(data, cache_features=False, store=False))  # the files themselves
+    return data_warnings({annotations.subset: InferenceDataset(data, annotations, reader)})
+
+
+def pack_features(data: DataConfig) -> str:
+    """Build (or find) the node's feature store of ``data.features`` (``data.store_dir``) before any trial
+    starts, so trials only map it; returns one line per stream (where, size, built or found)."""
+    from localization.data.store import describe, pack
+
+    return describe(pack(data))
 
 
 def set_torch_threads(num_threads: int) -> None:
@@ -122,3 +127,10 @@ def set_torch_threads(num_threads: int) -> None:
     import torch
 
     torch.set_num_threads(num_threads)
+
+
+def make_synthetic(out_dir: Path, seed: int, videos: int) -> Path:
+    """Write the synthetic dataset (FineAction's layout) into ``out_dir``; returns its ``config.yaml``."""
+    from localization.data.synthetic import generate
+
+    return generate(out_dir, seed=seed, videos=videos)

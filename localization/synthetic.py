@@ -1,6 +1,7 @@
-"""``python -m localization.synthetic --out DIR [--seed N] [--videos N]``: writes the synthetic dataset.
+"""``python -m localization.synthetic --out DIR [--seed N] [--videos N] [--format F]``: the synthetic dataset.
 
-FineAction's layout, two feature streams and a run config (see localization.data.synthetic).
+FineAction's layout, two feature streams and a run config (see localization.data.synthetic);
+``--format`` picks a public release's file layout (native, official, pt, npz, fixed).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from localization import cli
-from localization.data.synthetic import generate
+from localization.data.synthetic import FORMATS, generate
 from localization.errors import InputError
 
 
@@ -18,11 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--videos", type=int, default=160, help="number of videos (3/4 training)")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="native", help="file layout of a public FineAction release (see above)"
+    )
     args = parser.parse_args(argv)
     if args.videos < 2:
         parser.error("--videos must be >= 2")
     try:
-        print(generate(args.out, args.seed, args.videos))
+        print(generate(args.out, args.seed, args.videos, args.format))
     except OSError as exc:
         raise InputError(f"{args.out}: cannot write the synthetic dataset: {exc.strerror}") from None
     return 0

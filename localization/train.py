@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from localization import cli
-from localization.config import dump_yaml, load_config
+from localization.config.loading import dump_yaml, load_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ modest object store (trials exchange only small results; Ray's default takes 30 
 no dashboard (``ray[tune]`` ships none, stack notes R16). Ray binds its services to the
 machine's address (it replaces 127.0.0.1 by it), so Ray 2.60's token authentication stays on
 (R15: the token lives in ``~/.ray/auth_token``); set ``RAY_AUTH_MODE=disabled`` yourself to opt
-out. ``--address`` joins a cluster started with ``ray start --head`` instead.
+out. ``--address`` joins a cluster started with ``ray start --head`` instead, authenticating with
+the cluster's token (see :func:`use_cluster_token`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from localization.api import InputError
 from runner.spec import ResourcesSpec, SearchOptions
 
 OBJECT_STORE_BYTES = 384 * 1024**2
-CPUS_PER_TRIAL_WITHOUT_GPU = 2
-CONNECT_TIMEOUT_S = 5  # default concurrency on CPU: one trial per 2 CPUs
+CPUS_PER_TRIAL_WITHOUT_GPU = 2  # default concurrency on CPU: one trial per 2 CPUs
+CONNECT_TIMEOUT_S = 5
+# Where Ray 2.60 looks for a cluster's token, in this order (said when joining fails without one)
+TOKEN_HELP = "set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a file with it, or copy the head's ~/.ray/auth_token here"
 
 # Set before Ray starts: trials keep the driver's cwd so relative data paths work (R5), and
 # checkpointing every epoch must not warn about forced experiment snapshots (R10).
@@ -53,11 +56,13 @@ def start(
     owned = not ray.is_initialized()
     if owned and address is not None:
         check_reachable(address)
+        token = use_cluster_token()
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": RAY_ENV})
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"--address {address}: cannot connect to a Ray cluster ({first})") from None
+            hint = "" if token else f"; a cluster with token authentication needs its token here: {TOKEN_HELP}"
+            raise InputError(f"--address {address}: cannot connect to a Ray cluster ({first}){hint}") from None
     elif owned:
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_bytes, include_dashboard=False
@@ -67,6 +72,25 @@ def start(
     return Cluster(
         cpus=float(resources.get("CPU", 0)), gpus=float(resources.get("GPU", 0)), owned=owned, node_gpus=node_gpus
     )
+
+
+def use_cluster_token() -> bool:
+    """Authenticate with the cluster's token when joining by address; True if token mode is on.
+
+    Ray 2.60 turns token authentication on by itself only for ``ray.init(address="auto")`` (or no
+    address): with an explicit ``HOST:PORT`` the client stays in mode "disabled", and a cluster
+    started with a token (``ray start --head`` finds ``~/.ray/auth_token``) answers
+    ``InvalidAuthToken``. This does what "auto" does: with ``RAY_AUTH_MODE`` unset and a token
+    available (``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH``, else
+    ``~/.ray/auth_token``), token mode is enabled for this process and the workers it starts. An
+    explicit ``RAY_AUTH_MODE`` is respected. Ray keeps this step in a private module:
+    tests/test_runner_ray_start.py fails if a Ray release moves it.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def check_reachable(address: str) -> None:

@@ -1,5 +1,7 @@
 """The MLflow layout contract: every tag, param, metric and artifact name the runner writes or reads.
 
+(The keys inside a checkpoint belong to the science: localization/training/checkpoints.py.)
+
 The search (runner.recorder, runner.search_run, runner.search) writes these names; promotion,
 final evaluation, the leaderboard and the pyfunc model read them. Spelling a name only here means
 a writer and its readers cannot drift apart. Changing a value changes the layout of every store
@@ -17,6 +19,7 @@ TRIAL_ID = "runner.trial_id"
 TRIAL_DIR = "runner.trial_dir"
 SEARCHED_KEYS = "runner.searched_keys"  # comma-separated dotted keys the sampler chose
 BEST_EPOCH = "runner.best_epoch"
+POSTPROCESS_PREFIX = "postprocess."  # + test.<key>: the tuned post-processing of the best checkpoint
 RETRIES = "runner.retries"
 LAST_ERROR = "runner.last_error"
 PLACEMENT_PREFIX = "runner."  # + each key of PLACEMENT: where a trial's worker ran
@@ -55,6 +58,7 @@ SEARCH_PARAM_PREFIX = "search."  # the parent's params: search.<option>, search.
 AVERAGE_MAP = "average_mAP"  # percent, as localization.api.metrics_as_floats names it (+ metric_key(tiou))
 LOSS_METRICS = ("loss", "cls_loss", "reg_loss")
 EPOCH_METRICS = (*LOSS_METRICS, "lr", "epoch_time_s")  # logged every epoch at step=epoch
+POSTPROCESS_SECONDS = "postprocess_search_s"  # evaluated epochs: time of the post-processing search
 LOSS_HISTORY = "loss"  # the metric whose history says which epochs a run already logged
 
 
@@ -82,5 +86,3 @@ LOGGED_MODEL_NAME = "actionformer"  # name of the model inside its source run
 # Keys of the pyfunc model's artifacts (``context.artifacts``) and their file names.
 WEIGHTS, CONFIG, CLASS_NAMES = "weights", "config", "class_names"
 MODEL_FILE_NAMES = {WEIGHTS: "weights.pt", CONFIG: "config.yaml", CLASS_NAMES: "class_names.json"}
-# What inference needs from a training checkpoint (the rest only matters to resume training).
-INFERENCE_KEYS = ("model", "ema", "config", "class_names", "input_dim", "epoch")

@@ -1,7 +1,8 @@
 """The Ray Tune callback that writes each trial's child run of a search's MLflow record.
 
-Only the driver writes (one writer per SQLite database): :class:`TrialRecorder` is a Ray Tune
-callback, so results, checkpoints and trial ends reach it in the driver process. It replaces
+Only the driver writes the record (one writer per SQLite database): :class:`TrialRecorder` is a
+Ray Tune callback, so results, checkpoints and trial ends reach it in the driver process. (Each
+trial's worker adds only its system/* metrics to its own run: runner.system_metrics.) It replaces
 Ray's ``MLflowLoggerCallback``, which cannot nest runs, does not upload checkpoints, and opens a
 second run per trial after a restore (stack notes M4-M6, section 4). The names it writes are
 runner.names' (the MLflow layout contract), which runner.promote and runner.evaluate read.
@@ -12,6 +13,7 @@ second run per trial), reopened, and epochs it already logged are not logged twi
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import signal
@@ -29,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from localization import api
 from localization.api import flatten
 from runner.names import (
     BEST_CHECKPOINT_DIR,
@@ -43,6 +46,8 @@ from runner.names import (
     PARENT,
     PLACEMENT,
     PLACEMENT_PREFIX,
+    POSTPROCESS_PREFIX,
+    POSTPROCESS_SECONDS,
     PREDICTIONS_DIR,
     PREDICTIONS_FILE,
     RETRIES,
@@ -57,7 +62,7 @@ from runner.names import (
 from runner.search_run import log_params
 from runner.spec import validation_metrics
 from runner.store import Store
-from runner.trial import TrialSetup, trial_run_config
+from runner.trial import TrialSetup, diverged, shrink_finished, trial_run_config
 from runner.trial_results import best_checkpoint, failure_reason, reported_results
 
 _LOST: dict[str, str] = {}  # parent run id -> why its store failed (read by runner.search)
@@ -147,6 +152,8 @@ class TrialRecorder(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.lost:
             return
+        if diverged(result) is not None:  # the trial's terminal report: its run ends in on_trial_complete
+            return
         with self._timed():
             run_id = self._run_id(trial)
             placement = {k: str(result[k]) for k in PLACEMENT if k in result}
@@ -160,7 +167,8 @@ class TrialRecorder(Callback):
         epoch = int(result["epoch"])
         if epoch <= self._logged.get(trial.trial_id, 0):
             return
-        keys = [*EPOCH_METRICS, *(validation_metrics(self.spec.base) if result.get("evaluated") else [])]
+        evaluated = [*validation_metrics(self.spec.base), POSTPROCESS_SECONDS] if result.get("evaluated") else []
+        keys = [*EPOCH_METRICS, *evaluated]
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), stamp, epoch) for k in keys if k in result]
         if result.get("evaluated") and self.metric in result:
@@ -175,6 +183,10 @@ class TrialRecorder(Callback):
         if self.lost:
             return
         with self._timed():
+            reason = diverged(trial.last_result)
+            if reason is not None:  # stopped by runner.diverged.StopDiverged: failed, once
+                self._finish(trial, "failed", reason)
+                return
             last_epoch = int((trial.last_result or {}).get("epoch", 0))
             epochs = trial_run_config(self.trial_setup, trial.config).train.epochs
             self._finish(trial, "pruned" if last_epoch < epochs else "finished")
@@ -190,6 +202,7 @@ class TrialRecorder(Callback):
             self.client.set_tag(run_id, LAST_ERROR, failure_reason(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial whose worker died more than ``search.max_failures`` times."""
         if self.lost:
             return
         with self._timed():
@@ -246,11 +259,17 @@ class TrialRecorder(Callback):
                 run_id, best_metric(self.metric), float(report["metrics"][self.metric]), step=int(report["epoch"])
             )
             self.client.set_tag(run_id, BEST_EPOCH, str(report["epoch"]))
+            chosen = report.get("postprocess", {})  # the settings the best checkpoint's config holds
+            if chosen:
+                text = {key: value if isinstance(value, str) else json.dumps(value) for key, value in chosen.items()}
+                self.client.log_batch(run_id, tags=[RunTag(f"{POSTPROCESS_PREFIX}{k}", v) for k, v in text.items()])
         self.client.set_tag(run_id, STATUS, status)
         if failure:
             self.client.set_tag(run_id, FAILURE, failure)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
         self._runs.pop(trial.trial_id, None)
+        if status != "failed":  # a failed trial may be retried by --resume from its checkpoint
+            shrink_finished(Path(trial.path))
 
 
 def _last_logged_epoch(client: MlflowClient, run_id: str) -> int:
@@ -259,12 +278,19 @@ def _last_logged_epoch(client: MlflowClient, run_id: str) -> int:
 
 
 def _upload_best(client: MlflowClient, run_id: str, directory: Path) -> None:
-    """checkpoints/best/{checkpoint.pt, config.yaml} and predictions/validation_best.json."""
-    for name in (CHECKPOINT_FILE, CONFIG_FILE):
-        client.log_artifact(run_id, str(directory / name), BEST_CHECKPOINT_DIR)
-    predictions = directory / PREDICTIONS_FILE
-    if predictions.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
+    """checkpoints/best/{checkpoint.pt, config.yaml} and predictions/validation_best.json.
+
+    The uploaded checkpoint.pt holds what the model needs (weights and EMA weights, config,
+    classes: the checkpoint's INFERENCE_KEYS), not the optimizer and RNG state that only resuming
+    needs: half the bytes with AdamW.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / CHECKPOINT_FILE
+        api.save_inference_checkpoint(directory / CHECKPOINT_FILE, weights)
+        client.log_artifact(run_id, str(weights), BEST_CHECKPOINT_DIR)
+        client.log_artifact(run_id, str(directory / CONFIG_FILE), BEST_CHECKPOINT_DIR)
+        predictions = directory / PREDICTIONS_FILE
+        if predictions.is_file():
             staged = Path(tmp) / BEST_PREDICTIONS_FILE
             shutil.copyfile(predictions, staged)
             client.log_artifact(run_id, str(staged), PREDICTIONS_DIR)

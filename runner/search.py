@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localization.api import InputError, dump_yaml, load_subset, make_synthetic, probe_features
+from localization.api import InputError, dump_yaml, load_subset, make_synthetic, pack_features, probe_features
 from runner import cluster, report, search_run
 from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, SPEC_HASH, STATUS, best_metric
 from runner.recorder import TrialRecorder, lost_reason
 from runner.space import make_sampler, sample_configs
 from runner.spec import SearchFile, dump, load_search_file
 from runner.store import Store, connect, experiment_id, resolve_store
+from runner.system_metrics import SearchRecord
 from runner.trial import TrialSetup
 from runner.tuner import build_tuner
 
@@ -147,6 +148,8 @@ def _check_inputs(
     """Everything that can fail on bad input, before anything is written; returns the Ray path."""
     _ensure_synthetic(spec, echo)
     echo(check_data(spec))
+    if spec.base.data.store:  # once per node, before any trial: trials then only map it
+        echo(pack_features(spec.trial_config({"data.features": candidate_streams(spec)}).data))
     if address is not None:  # before anything is written: ray.init retries a dead address for minutes
         cluster.check_reachable(address)
     storage = _writable_storage(storage_path)
@@ -193,7 +196,7 @@ def _place_trials(
     else:
         client.update_run(parent_id, status="RUNNING")
     outcome.parent_run_id = parent_id
-    setup = TrialSetup(spec, cluster.torch_threads(resources))
+    setup = TrialSetup(spec, cluster.torch_threads(resources), SearchRecord(record.store.uri, exp_id, parent_id))
     recorder = TrialRecorder(record.store, exp_id, parent_id, setup)
     echo(
         f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "
@@ -272,23 +275,32 @@ def _say_how_to_continue(
 def check_data(spec: SearchFile) -> str:
     """Open the annotations and probe every feature file of every stream the search may use.
 
-    Probing reads only the .npy headers (name, 2-D, dtype, dim), once per file and stream, the way
+    Probing reads the feature files (only the headers of .npy), once per file and stream, the way
     the engine's datasets do, so a bad file fails here (DataError naming it) rather than in a trial.
+    Coverage warnings (``localization.data.report``) follow the summary line, one per line.
     """
     data = spec.base.data
     subsets = {name: load_subset(data, name) for name in dict.fromkeys((data.train_subset, data.val_subset))}
-    streams = list(data.features)
-    if "data.features" in spec.space.keys:
-        streams += [name for combo in spec.space["data.features"].candidates() for name in combo]
-    for name in dict.fromkeys(streams):
+    warnings = []
+    for name in candidate_streams(spec):
         cfg = spec.trial_config({"data.features": [name]}).data
         for subset in subsets.values():
-            probe_features(cfg, subset)  # probes every video's file, honours on_missing
+            # probes every video's file, honours on_missing; coverage catches a wrong time grid
+            warnings += probe_features(cfg, subset)
     train = subsets[data.train_subset]
-    return (
+    summary = (
         f"data: {len(train.videos)} {data.train_subset} / {len(subsets[data.val_subset].videos)} "
         f"{data.val_subset} videos, {len(train.class_names)} classes ({data.annotations})"
     )
+    return "\n".join([summary, *(f"warning: {line}" for line in warnings)])
+
+
+def candidate_streams(spec: SearchFile) -> list[str]:
+    """Every feature stream some trial of the search may read."""
+    streams = list(spec.base.data.features)
+    if "data.features" in spec.space.keys:
+        streams += [name for combo in spec.space["data.features"].candidates() for name in combo]
+    return list(dict.fromkeys(streams))
 
 
 def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:
@@ -408,6 +420,10 @@ def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
     echo("# space")
     for param in spec.space.params:
         echo(f"  {param.key}: {param.describe()}")
+    if spec.postprocess is not None:
+        echo(f"# post-processing: {spec.postprocess.trials} settings tried at every evaluation, no retraining")
+        for param in spec.postprocess.space.params:
+            echo(f"  {param.key}: {param.describe()}")
     direction = "maximize" if s.mode == "max" else "minimize"
     samples = sample_configs(
         spec.space, make_sampler(s.sampler, s.seed), min(DRY_RUN_SAMPLES, s.num_samples), direction

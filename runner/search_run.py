@@ -75,6 +75,9 @@ def flatten_options(spec: SearchFile) -> dict[str, Any]:
         else:
             out[key] = value
     out.update({f"space.{p.key}": p.describe() for p in spec.space.params})
+    if spec.postprocess is not None:
+        out["postprocess.trials"] = spec.postprocess.trials
+        out.update({f"postprocess.space.{p.key}": p.describe() for p in spec.postprocess.space.params})
     return out
 
 

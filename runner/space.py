@@ -149,18 +149,19 @@ def sample_configs(
     return [space(study.ask()) for _ in range(count)]
 
 
-def parse_space(raw: Any, source: str) -> SearchSpace:
-    """Parse ``search.space`` (a mapping of dotted key -> distribution) into a SearchSpace.
+def parse_space(raw: Any, source: str, section: str = "search.space") -> SearchSpace:
+    """Parse ``search.space`` (or another ``section`` of the same syntax, a mapping of dotted key
+    -> distribution) into a SearchSpace.
 
-    Errors are one line: ``<file>: search.space.<key>: <what is wrong>``.
+    Errors are one line: ``<file>: <section>.<key>: <what is wrong>``.
     """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: search.space: expected a mapping of dotted keys, got {type(raw).__name__}")
+        raise ConfigError(f"{source}: {section}: expected a mapping of dotted keys, got {type(raw).__name__}")
     params: list[Param] = []
     for key, spec in raw.items():
-        where = f"{source}: search.space.{key}"
+        where = f"{source}: {section}.{key}"
         param = _parse_param(str(key), spec, where)
         _check_when(param, params, where)
         params.append(param)

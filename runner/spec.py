@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from localization.api import (
+    RESCORABLE_TEST_KEYS,
     RUN_SECTIONS,
     ConfigError,
     RunConfig,
@@ -36,6 +37,8 @@ from runner.space import SearchSpace, make_sampler, parse_space, sample_configs
 SEARCH_SECTIONS = ("experiment", "search", "resources", "tracking", "synthetic")
 # Engine metrics a trial reports every epoch, and the ones only evaluated epochs carry.
 VALIDATION_SAMPLES = 8  # sampled configs built (type- and range-checked) before the search starts
+# Run-config keys a post-processing search may tune: applied to raw candidates, no model run
+POSTPROCESS_KEYS = RESCORABLE_TEST_KEYS
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,18 @@ class SearchOptions:
 
 
 @dataclass(frozen=True)
+class PostprocessSpec:
+    """``search.postprocess``: at every evaluation a trial tunes these ``test.*`` keys on the
+    raw candidates of its one model run (runner.postprocess_search), ``trials`` settings each."""
+
+    trials: int
+    space: SearchSpace
+    raw_space: dict[str, Any]  # as written
+
+
+@dataclass(frozen=True)
 class ResourcesSpec:
-    gpu: float = 1  # per trial; ignored where the cluster has no GPU
+    gpu: float = 1  # per trial; a fraction (0.5, 0.25) packs trials on one GPU; ignored without GPUs
     cpu: float = 1  # per trial; capped to the cluster's CPUs; sets torch's thread count on CPU
 
 
@@ -100,6 +113,7 @@ class SearchFile:
     run_raw: dict[str, Any]  # the run sections as written (plus overrides): every trial's base
     base: RunConfig
     raw_space: dict[str, Any] = field(default_factory=dict)  # search.space as written
+    postprocess: PostprocessSpec | None = None  # search.postprocess; None: cfg.test as given
 
     @property
     def source(self) -> str:
@@ -128,7 +142,11 @@ class SearchFile:
         return {
             "experiment": self.experiment,
             **to_dict(self.base),
-            "search": {**to_dict(self.search), "space": self.raw_space},
+            "search": {
+                **to_dict(self.search),
+                "space": self.raw_space,
+                **({"postprocess": _postprocess_raw(self.postprocess)} if self.postprocess else {}),
+            },
             "resources": to_dict(self.resources),
             "tracking": to_dict(self.tracking),
             "synthetic": to_dict(self.synthetic) if self.synthetic else None,
@@ -161,6 +179,7 @@ def load_search_file(
         raise ConfigError(f"{source}: search: expected a mapping, got {type(search_raw).__name__}")
     search_raw = dict(search_raw)
     raw_space = search_raw.pop("space", None) or {}
+    postprocess = _parse_postprocess(search_raw.pop("postprocess", None), source)
     if num_samples is not None:
         search_raw["num_samples"] = num_samples
     search = build_section(SearchOptions, search_raw, "search", source, SearchOptions())
@@ -183,25 +202,59 @@ def load_search_file(
         run_raw=run_raw,
         base=base,
         raw_space=copy.deepcopy(raw_space),
+        postprocess=postprocess,
     )
     _validate(spec)
     return spec
 
 
+def _parse_postprocess(raw: Any, source: str) -> PostprocessSpec | None:
+    """``search.postprocess: {trials: N, space: {test.key: distribution, ...}}`` (checked against
+    the run config in :func:`_validate`)."""
+    if raw is None:
+        return None
+    where = f"{source}: search.postprocess"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping {{trials: N, space: {{test.key: ...}}}}, got {raw!r}")
+    unknown = sorted(str(k) for k in raw if k not in ("trials", "space"))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} (expected trials and space)")
+    trials = raw.get("trials")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"{where}.trials: expected an integer >= 1, got {trials!r}")
+    raw_space = raw.get("space") or {}
+    space = parse_space(raw_space, source, "search.postprocess.space")
+    if not space.params:
+        raise ConfigError(f"{where}.space: lists no setting to search (e.g. test.nms_sigma: {{uniform: [0.3, 0.95]}})")
+    return PostprocessSpec(trials, space, copy.deepcopy(raw_space))
+
+
+def _postprocess_raw(postprocess: PostprocessSpec) -> dict[str, Any]:
+    return {"trials": postprocess.trials, "space": postprocess.raw_space}
+
+
 def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
-    """``--set`` values; ``search.space.<dotted key>=...`` addresses one space entry whole."""
-    prefix = "search.space."
+    """``--set`` values; ``search.space.<dotted key>=...`` (and ``search.postprocess.space.<dotted
+    key>``) addresses one space entry whole."""
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if key.startswith(prefix) and len(key) > len(prefix):
-            holder: dict[str, Any] = {}
-            apply_overrides(holder, [f"value={item.partition('=')[2]}"])
-            space = raw.setdefault("search", {}).setdefault("space", {})
-            if not isinstance(space, dict):
-                raise ConfigError(f"--set: {key}: search.space is not a mapping")
-            space[key[len(prefix) :]] = holder["value"]
-        else:
+        section = next((p for p in (("search", "space"), ("search", "postprocess", "space")) if _under(key, p)), None)
+        if section is None:
             apply_overrides(raw, [item])
+            continue
+        holder: dict[str, Any] = {}
+        apply_overrides(holder, [f"value={item.partition('=')[2]}"])
+        space = raw
+        for name in section:
+            space = space.setdefault(name, {}) if isinstance(space, dict) else None
+        if not isinstance(space, dict):
+            raise ConfigError(f"--set: {key}: {'.'.join(section)} is not a mapping")
+        space[key[len(".".join(section)) + 1 :]] = holder["value"]
+
+
+def _under(key: str, section: tuple[str, ...]) -> bool:
+    prefix = ".".join(section) + "."
+    return key.startswith(prefix) and len(key) > len(prefix)
 
 
 def _validate(spec: SearchFile) -> None:
@@ -223,8 +276,9 @@ def _validate(spec: SearchFile) -> None:
         fail("search.metric", f"unknown metric {s.metric!r} (expected one of {sorted(known)})")
     if spec.resources.cpu <= 0:
         fail("resources.cpu", f"must be > 0, got {spec.resources.cpu}")
-    if spec.resources.gpu < 0:
-        fail("resources.gpu", f"must be >= 0, got {spec.resources.gpu}")
+    gpu = spec.resources.gpu
+    if gpu < 0 or (gpu > 1 and gpu != int(gpu)):  # Ray's rule: a fraction of one GPU, or whole GPUs
+        fail("resources.gpu", f"must be a fraction of one GPU (0.5, 0.25) or a whole number >= 0, got {gpu}")
     check_tracking_uri(spec.tracking.uri, source)
     if spec.synthetic is not None and spec.synthetic.videos < 2:
         fail("synthetic.videos", f"must be >= 2, got {spec.synthetic.videos}")
@@ -237,6 +291,9 @@ def _validate(spec: SearchFile) -> None:
             fail(f"search.space.{param.key}", _unknown_key_message(param.key, leaves))
         for value in param.candidates():
             _check_value(spec, {param.key: value}, f"search.space.{param.key}")
+
+    if spec.postprocess is not None:
+        _validate_postprocess(spec, spec.postprocess)
 
     sched = s.scheduler
     if sched.type == "asha":
@@ -252,6 +309,31 @@ def _validate(spec: SearchFile) -> None:
     sampler = make_sampler("random", s.seed)
     for values in sample_configs(spec.space, sampler, VALIDATION_SAMPLES):
         _check_value(spec, values, "search.space")
+
+
+def _validate_postprocess(spec: SearchFile, post: PostprocessSpec) -> None:
+    """Post-processing keys only (``POSTPROCESS_KEYS``), not also in search.space, each value and
+    a few sampled combinations valid, and a mAP metric for the inner study to maximise."""
+    section = "search.postprocess.space"
+    if spec.search.metric not in validation_metrics(spec.base):
+        raise ConfigError(
+            f"{spec.source}: search.postprocess: needs a mAP search.metric (it picks settings by mAP), "
+            f"got {spec.search.metric!r}"
+        )
+    for param in post.space.params:
+        where = f"{spec.source}: {section}.{param.key}"
+        if param.key not in POSTPROCESS_KEYS:
+            raise ConfigError(
+                f"{where}: not a post-processing setting re-applicable to raw candidates "
+                f"(allowed: {list(POSTPROCESS_KEYS)})"
+            )
+        if param.key in spec.space.keys:
+            raise ConfigError(f"{where}: also in search.space; search it in one place")
+        for value in param.candidates():
+            _check_value(spec, {param.key: value}, f"{section}.{param.key}")
+    sampler = make_sampler("random", spec.search.seed)
+    for values in sample_configs(post.space, sampler, VALIDATION_SAMPLES):
+        _check_value(spec, values, section)
 
 
 def _check_value(spec: SearchFile, values: dict[str, Any], key: str) -> None:

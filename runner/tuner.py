@@ -38,14 +38,18 @@ def build_tuner(
 ) -> Any:
     """The Tuner: OptunaSearch (seeded sampler, define-by-run space), ASHA or FIFO, checkpoints."""
     from ray import tune  # Ray is imported only when a search runs
-    from ray.tune.search.optuna import OptunaSearch
+
+    from runner.diverged import DivergedFailsOptunaSearch, StopDiverged
+    from runner.restore import ContinueFromNewestCheckpoint
 
     spec = setup.spec
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
-    if resume:
+    if resume:  # the run config (callbacks, stopper, checkpoint policy) comes back from ray_path
         return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     s = spec.search
-    searcher = OptunaSearch(space=spec.space, metric=s.metric, mode=s.mode, sampler=make_sampler(s.sampler, s.seed))
+    searcher = DivergedFailsOptunaSearch(
+        space=spec.space, metric=s.metric, mode=s.mode, sampler=make_sampler(s.sampler, s.seed)
+    )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -62,7 +66,10 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=ray_path.name,
             storage_path=str(ray_path.parent),
-            callbacks=[recorder],
+            # The keep policy below can delete the checkpoint a crash's last snapshot names: a
+            # restored trial is pointed at its newest existing one (runner.restore)
+            callbacks=[recorder, ContinueFromNewestCheckpoint()],
+            stop=StopDiverged(),  # a diverged trial fails once (runner.diverged)
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max"
             ),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from localization.config import DataConfig, StreamConfig
+from localization.config.schema import DataConfig, StreamConfig
 from localization.data.synthetic import generate
 
 
@@ -71,3 +71,30 @@ def tiny_data(tmp_path: Path) -> TinyData:
 def synthetic_data_section(dataset_dir: Path) -> dict[str, Any]:
     """The ``data`` section of the config a generated synthetic dataset ships with (absolute paths)."""
     return yaml.safe_load((dataset_dir / "config.yaml").read_text())["data"]
+
+
+def write_tiny_search(
+    root: Path, experiment: str, resources: dict[str, float], trials: int, epochs: int = 4, **search: Any
+) -> Path:
+    """A FIFO random search of ``trials`` trials (all at once unless ``search`` says otherwise) over a
+    12-video synthetic set in ``root``, with a 16-wide model and its own SQLite store
+    ``root/mlflow/mlflow.db``; returns the file's path."""
+    raw = yaml.safe_load(generate(root / "data", seed=0, videos=12).read_text())
+    raw["model"].update(embd_dim=16, fpn_dim=16, head_dim=16)
+    raw["train"].update(epochs=epochs, warmup_epochs=0, batch_size=4, eval_every=epochs)
+    raw.update(
+        experiment=experiment,
+        resources=resources,
+        tracking={"uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"},
+        search={
+            "num_samples": trials,
+            "max_concurrent": trials,
+            "sampler": "random",
+            "scheduler": {"type": "fifo"},
+            "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-3]}},
+            **search,
+        },
+    )
+    path = root / "search.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path

@@ -124,6 +124,32 @@ def empty_interval(c: Case) -> list[str]:
     return [str(c.path), "search.space.test.nms_sigma: uniform needs low < high"]
 
 
+def postprocess_training_key(c: Case) -> list[str]:
+    c.raw["search"]["postprocess"] = {"trials": 4, "space": {"train.lr": {"uniform": [0.1, 0.2]}}}
+    return [str(c.path), "search.postprocess.space.train.lr: not a post-processing setting"]
+
+
+def postprocess_candidate_shaping_key(c: Case) -> list[str]:
+    c.raw["search"]["postprocess"] = {"trials": 4, "space": {"test.pre_nms_topk": {"int": [100, 5000]}}}
+    return [str(c.path), "search.postprocess.space.test.pre_nms_topk: not a post-processing setting"]
+
+
+def postprocess_bad_value(c: Case) -> list[str]:
+    c.raw["search"]["postprocess"] = {"trials": 4, "space": {"test.nms_sigma": {"uniform": [-1.0, 0.5]}}}
+    return [str(c.path), "search.postprocess.space.test.nms_sigma: with test.nms_sigma=-1.0"]
+
+
+def postprocess_without_trials(c: Case) -> list[str]:
+    c.raw["search"]["postprocess"] = {"space": {"test.nms_sigma": {"uniform": [0.3, 0.9]}}}
+    return [str(c.path), "search.postprocess.trials: expected an integer >= 1"]
+
+
+def postprocess_with_a_loss_metric(c: Case) -> list[str]:
+    c.raw["search"].update(metric="loss", mode="min")
+    c.raw["search"]["postprocess"] = {"trials": 4, "space": {"test.nms_sigma": {"uniform": [0.3, 0.9]}}}
+    return [str(c.path), "search.postprocess: needs a mAP search.metric"]
+
+
 def inverted_bounds(c: Case) -> list[str]:
     space(c, "train.lr", {"uniform": [0.5, 0.1]})
     return [str(c.path), "search.space.train.lr: uniform needs low < high"]
@@ -159,14 +185,12 @@ def json_without_database(c: Case) -> list[str]:
     return [str(c.data / "annotations_gt.json"), "database: missing"]
 
 
-def label_id_out_of_range(c: Case) -> list[str]:
-    raw = c.annotations()
-    for entry in raw["database"].values():  # one label renumbered consistently, past the class count
-        for ann in entry["annotations"]:
-            if ann["label_id"] == 3:
-                ann["label_id"] = 99
+def label_id_inconsistent(c: Case) -> list[str]:
+    raw = c.annotations()  # ids need not be contiguous (unused ids are fine), but one id per label
+    anns = [ann for entry in raw["database"].values() for ann in entry["annotations"] if ann["label_id"] == 3]
+    anns[-1]["label_id"] = 99
     (c.data / "annotations_gt.json").write_text(json.dumps(raw))
-    return [str(c.data / "annotations_gt.json"), ".label_id: 99 is outside 0.."]
+    return [str(c.data / "annotations_gt.json"), ".label_id: label", "has id 99 here but 3 elsewhere"]
 
 
 def missing_feature_dir(c: Case) -> list[str]:
@@ -259,6 +283,11 @@ def override_without_value(c: Case) -> list[str]:
 
 
 ROWS: list[Edit] = [
+    postprocess_training_key,
+    postprocess_candidate_shaping_key,
+    postprocess_bad_value,
+    postprocess_without_trials,
+    postprocess_with_a_loss_metric,
     yaml_syntax,
     unknown_key,
     wrong_type,
@@ -272,7 +301,7 @@ ROWS: list[Edit] = [
     unknown_space_key,
     missing_annotation_file,
     json_without_database,
-    label_id_out_of_range,
+    label_id_inconsistent,
     missing_feature_dir,
     wrong_feature_dim,
     unreadable_feature_file,

@@ -6,14 +6,8 @@ import re
 
 import pytest
 
-from localization.config import (
-    RunConfig,
-    config_from_dict,
-    dump_yaml,
-    flatten,
-    load_config,
-    max_div_factor,
-)
+from localization.config.loading import config_from_dict, dump_yaml, flatten, load_config
+from localization.config.schema import RunConfig, max_div_factor
 from localization.errors import ConfigError
 
 

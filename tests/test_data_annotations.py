@@ -85,12 +85,12 @@ def test_class_list_errors(tiny_data, tmp_path):
             r"v\.annotations\[1\]\.label_id: id 0 is used for 'jump' here and for 'run' at "
             r"database\.v\.annotations\[0\]",
         ),
+        ([ann(1, 2, "run", -1)], r"v\.annotations\[0\]\.label_id: must be >= 0, got -1"),
         (
-            [ann(1, 2, "run", 0), ann(2, 3, "jump", 2)],
-            r"v\.annotations\[1\]\.label_id: 2 is outside 0\.\.1 \(2 distinct labels",
+            [ann(1, 2, "run", 0), {"segment": [1, 2], "label": "jump"}],
+            r"v\.annotations\[1\]\.label_id: missing, but database\.v\.annotations\[0\] has one",
         ),
-        ([ann(1, 2, "run", -1)], r"v\.annotations\[0\]\.label_id: -1 is outside 0\.\.0"),
-        ([{"segment": [1, 2], "label": "run"}], r"v\.annotations\[0\]\.label_id: missing"),
+        ([ann(1, 2, "run ", 0), ann(2, 3, "run", 1)], r"v\.annotations\[1\]\.label_id: label 'run' has id 1"),
         ([{"segment": [1, 2], "label": "run", "label_id": "0"}], r"v\.annotations\[0\]\.label_id: expected an integer"),
     ],
 )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from localization.config import DataConfig
+from localization.config.schema import DataConfig
 from localization.data.annotations import load_subset
 from localization.data.dataset import (
     MAX_CROP_TRIALS,
@@ -160,7 +160,7 @@ def test_training_items_are_consistent_crops(tiny):
     dataset = training(tiny, seed=5)
     assert [v.video_id for v in dataset.videos] == ["short", "long", "empty"]  # all-negative video kept
     assert dataset.lengths == [40, 300, 30] and dataset.input_dim == 5 and dataset.num_classes == 1
-    reader_full = {v.video_id: dataset.reader.load(v.video_id) for v in dataset.videos}
+    reader_full = {v.video_id: dataset.reader.load(v) for v in dataset.videos}
     for epoch in range(4):
         dataset.set_epoch(epoch)
         for index, video in enumerate(dataset.videos):

@@ -15,7 +15,7 @@ import torch
 from localization import cli
 from localization import evaluate as evaluate_cli
 from localization import train as train_cli
-from localization.config import load_config
+from localization.config.loading import load_config
 from localization.data.synthetic import generate
 from localization.inference.evaluation import evaluate_checkpoint, rescore
 from localization.metrics import metrics_as_floats

@@ -1,23 +1,32 @@
-"""Faults with real processes (issue 6): a trial worker SIGKILLed, the driver SIGKILLed then
-``--resume``, and a trial whose loss becomes NaN. Nothing is lost, nothing is left RUNNING.
+"""Faults with real processes (issues 6 and 10): a trial worker SIGKILLed, the driver SIGKILLed at
+several moments then ``--resume``, and a trial whose loss becomes NaN. Nothing is lost, nothing
+is left RUNNING, no crash fails a trial, and a diverged trial runs once.
 
 The searches run the real engine on a 24-video synthetic dataset with a 16-channel model (an
-epoch takes a fraction of a second), on one Ray started for the module.
+epoch takes a fraction of a second), on one Ray started for the module. Processes are found and
+killed only below this test's own process tree: other Ray users on the machine are left alone.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,10 +35,10 @@ from mlflow.tracking import MlflowClient
 
 from localization.data.synthetic import generate
 from runner import cluster, search
-from runner.names import REPORT_FILE
+from runner.restore import continue_from_newest
 from runner.space import make_sampler, sample_configs
 from runner.spec import load_search_file
-from runner.trial import latest_checkpoint
+from runner.trial import SCORE_KEY, diverged
 
 EPOCHS = 20  # long enough to kill a trial in the middle, short enough for CI (~0.3 s per epoch)
 
@@ -89,15 +98,32 @@ def reported_epochs(storage: Path) -> dict[str, list[int]]:
     return out
 
 
-def trial_workers() -> list[int]:
-    """Process ids of Ray trial actors (function trainables run in ``ray::ImplicitFunc``)."""
+def descendants(root: int) -> set[int]:
+    """Process ids below ``root`` (its children, theirs, ...): processes this test started."""
+    listing = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    children = defaultdict(list)
+    for line in listing.splitlines():
+        pid, ppid = map(int, line.split())
+        children[ppid].append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children[todo.pop()]:
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def trial_workers(root: int) -> list[int]:
+    """Ray trial actors (function trainables run in ``ray::ImplicitFunc``) below ``root``."""
+    mine = descendants(root)
     listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    return [int(line.split()[0]) for line in listing.splitlines() if "ray::ImplicitFunc" in line]
+    rows = [line.split(maxsplit=1) for line in listing.splitlines()]
+    return [int(row[0]) for row in rows if int(row[0]) in mine and "ray::ImplicitFunc" in row[-1]]
 
 
-def assert_epochs_logged_once(client: MlflowClient, run_id: str) -> None:
+def assert_epochs_logged_once(client: MlflowClient, run_id: str, epochs: int = EPOCHS) -> None:
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
-    assert steps == list(range(1, EPOCHS + 1))
+    assert steps == list(range(1, epochs + 1))
 
 
 def test_killed_trial_worker_is_retried_from_its_checkpoint_into_the_same_run(ray_cluster, data, tmp_path):
@@ -106,10 +132,10 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint_into_the_same_run(ra
     killed: list[tuple[int, int]] = []  # (pid, epochs reported when killed)
 
     def kill_mid_trial() -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # generous: a loaded 2-core machine starts trials slowly
         while time.monotonic() < deadline:
             epochs = [e for per_trial in reported_epochs(storage).values() for e in per_trial]
-            workers = trial_workers()
+            workers = trial_workers(os.getpid())  # the module's Ray runs below this process
             if len(epochs) >= 3 and workers:
                 os.kill(workers[0], signal.SIGKILL)
                 killed.append((workers[0], len(epochs)))
@@ -136,50 +162,125 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint_into_the_same_run(ra
     assert epochs == list(range(1, EPOCHS + 1)) and killed[0][1] >= 3
 
 
-def assert_one_finished_run_per_trial(client: MlflowClient, experiment: str, before: dict[str, str]) -> None:
+def assert_one_finished_run_per_trial(
+    client: MlflowClient, experiment: str, before: dict[str, str], epochs: int = EPOCHS
+) -> None:
     """After a resume: one FINISHED run per trial (2 trials), every epoch logged once, and the
     runs that existed before the fault kept their ids."""
     after = children(client, experiment)
     assert len(after) == 2 and len({r.data.tags["runner.trial_id"] for r in after}) == 2
     for run in after:
         assert run.info.status == "FINISHED" and run.data.tags["runner.status"] == "finished"
-        assert_epochs_logged_once(client, run.info.run_id)
+        assert_epochs_logged_once(client, run.info.run_id, epochs)
         if run.data.tags["runner.trial_id"] in before:
             assert run.info.run_id == before[run.data.tags["runner.trial_id"]]
 
 
-def test_driver_killed_then_resume_completes_one_run_per_trial(ray_cluster, data, tmp_path, monkeypatch):
-    path = search_file(tmp_path, data, "driver-kill", num_samples=2)
-    monkeypatch.chdir(tmp_path)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.search", str(path)],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:  # a trial's 3rd epoch is in MLflow
-        if (tmp_path / "mlflow" / "mlflow.db").exists() and any(
-            len(client.get_metric_history(r.info.run_id, "loss")) >= 3 for r in children(client, "driver-kill")
-        ):
-            break
-        time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    before = {r.data.tags["runner.trial_id"]: r.info.run_id for r in children(client, "driver-kill")}
-    assert before and proc.returncode == -signal.SIGKILL
-    assert "RUNNING" in {r.info.status for r in children(client, "driver-kill")}  # a crash closes nothing
+class Driver:
+    """``python -m runner.search`` as a subprocess of this test, on its own Ray.
 
+    ``RAY_TMPDIR`` is a fresh short folder per launch (Unix socket paths are limited to 107
+    characters), so the trial workers' logs of this launch are found there and nowhere else, and
+    the code under test is the checkout's (``PYTHONPATH``), whatever is installed.
+    """
+
+    def __init__(self, path: Path, *args: str) -> None:
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))
+        repo = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "RAY_TMPDIR": str(self.ray_tmp), "PYTHONPATH": repo}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runner.search", str(path), *args],
+            cwd=path.parent,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+
+    def worker_log(self) -> str:
+        return "".join(f.read_text(errors="replace") for f in self.ray_tmp.glob("ray/session_*/logs/worker-*.out"))
+
+    def kill_when(self, moment: Callable[[], bool], timeout_s: float = 600) -> None:
+        """SIGKILL the driver once ``moment()`` holds, then wait until its trial workers have exited
+        (Ray's GCS and raylet die with the driver, the workers with them; two idle Ray agents linger
+        for a minute or two, stack notes R18)."""
+        deadline = time.monotonic() + timeout_s
+        while not moment():
+            assert self.proc.poll() is None, "the search ended before the moment to kill it"
+            assert time.monotonic() < deadline, "the moment to kill the driver never came"
+            time.sleep(0.05)
+        started = set(trial_workers(self.proc.pid))
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 120
+        while (started := {pid for pid in started if _alive(pid)}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not started, f"trial workers {started} outlived their driver by 2 minutes"
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (field 3 of /proc/PID/stat is the state)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def checkpoint_folders(storage: Path) -> set[Path]:
+    return set(storage.glob("*/trial_*/checkpoint_*"))
+
+
+def test_driver_killed_at_three_moments_then_resume_fails_no_trial(ray_cluster, data, tmp_path, monkeypatch):
+    """Killed before the first checkpoint, right after a checkpoint (the moment Ray's keep policy
+    deletes the folder its last snapshot may name), and during an evaluation; resumed each time."""
+    path = search_file(tmp_path, data, "driver-kill", num_samples=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["train"].update(epochs=8, eval_every=4)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    storage = tmp_path / "ray_results"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+
+    def trials_running_without_checkpoint() -> bool:  # a snapshot exists, so --resume can restore
+        return (
+            any(storage.glob("*/experiment_state-*.json"))
+            and (tmp_path / "mlflow" / "mlflow.db").exists()
+            and bool(children(client, "driver-kill"))  # a trial started (the second may start later)
+            and not checkpoint_folders(storage)
+        )
+
+    first = Driver(path)
+    first.kill_when(trials_running_without_checkpoint)
+    assert not any(reported_epochs(storage).values())  # no epoch reached Tune: killed before any checkpoint
+    before = {r.data.tags["runner.trial_id"]: r.info.run_id for r in children(client, "driver-kill")}
+    assert {r.info.status for r in children(client, "driver-kill")} == {"RUNNING"}  # a crash closes nothing
+
+    seen: set[Path] = set()
+
+    def checkpoint_deleted() -> bool:  # Ray registered a newer checkpoint and deleted the older one
+        folders = checkpoint_folders(storage)
+        gone = seen - folders
+        seen.update(folders)
+        return bool(gone)
+
+    second = Driver(path, "--resume")
+    second.kill_when(checkpoint_deleted)
+
+    third = Driver(path, "--resume")
+    third.kill_when(lambda: re.search(r"evaluating on \d+ videos", third.worker_log()) is not None)
+
+    monkeypatch.chdir(tmp_path)
     outcome = search.run(path, resume=True, echo=lambda _: None)
     assert outcome.status == "finished"
-    assert_one_finished_run_per_trial(client, "driver-kill", before)
+    runs = children(client, "driver-kill")
+    assert "FAILED" not in {r.info.status for r in runs}
+    assert_one_finished_run_per_trial(client, "driver-kill", before, epochs=8)
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["runner.status"] == "finished"
 
 
-def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(ray_cluster, data, tmp_path):
-    """A searched feature folder whose copy is all NaN: that trial diverges at its first step."""
+def test_nan_loss_fails_the_trial_once_with_its_reason_and_the_search_goes_on(ray_cluster, data, tmp_path):
+    """A searched feature folder whose copy is all NaN: that trial diverges at its first step, runs
+    once although ``search.max_failures`` would allow 2 retries, and ends FAILED with its reason."""
     nan_dir = tmp_path / "i3d_nan"
     shutil.copytree(data / "features" / "i3d", nan_dir)
     for file in nan_dir.glob("*.npy"):
@@ -187,7 +288,7 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(ray_clu
     good_dir = str(data / "features" / "i3d")
     options = {
         "num_samples": 2,
-        "max_failures": 1,
+        "max_failures": 2,
         "space": {"data.streams.i3d.dir": {"choice": [good_dir, str(nan_dir)]}},
     }
     for seed in range(50):  # a seed whose two trials take different folders
@@ -212,6 +313,11 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_search_goes_on(ray_clu
     assert "loss became nan at epoch 1, step 1" in failed.data.tags["runner.failure"]
     assert good.info.status == "FINISHED" and good.data.tags["runner.status"] == "finished"
     assert outcome.best.run_id == good.info.run_id
+    # Run once: Tune got one report from it (the divergence), it never errored, it was never retried
+    nan_trial = Path(failed.data.tags["runner.trial_dir"])
+    results = [json.loads(line) for line in (nan_trial / "result.json").read_text().splitlines()]
+    assert len(results) == 1 and diverged(results[0]) == failed.data.tags["runner.failure"]
+    assert not (nan_trial / "error.txt").exists() and "runner.retries" not in failed.data.tags
 
     from ray.tune.search.optuna import OptunaSearch  # the sampler's own record of the two trials
 
@@ -318,12 +424,71 @@ def test_tracking_store_lost_mid_search_then_resume_completes_the_record(ray_clu
         stop_server(server)
 
 
-def test_a_resumed_trial_whose_snapshot_checkpoint_was_deleted_continues_from_the_newest(tmp_path):
-    """After a driver crash Ray's (stale) snapshot can name a checkpoint its keep-policy deleted."""
-    for epoch in (1, 4, 3):
-        folder = tmp_path / f"checkpoint_{epoch:06d}"
+def restored_trial(root: Path, scores: list[float], snapshot_after: int) -> Any:
+    """A Ray trial as ``Tuner.restore`` rebuilds it from a snapshot taken after epoch ``snapshot_after``
+    of a driver that then went on to report every epoch of ``scores`` (the checkpoint score of each
+    epoch), Ray's keep policy deleting folders as it went, and died; its worker had persisted one
+    more checkpoint that the driver never processed."""
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune import CheckpointConfig
+    from ray.tune.experiment import Trial
+
+    config = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max")
+    storage = StorageContext(str(root), "exp", trial_dir_name="trial_a")
+    trial = Trial("run_trial", stub=True, storage=storage, checkpoint_config=config)
+    trial_dir = Path(trial.path)
+    trial_dir.mkdir(parents=True)
+    snapshot = copy.deepcopy((trial.run_metadata.checkpoint_manager, trial.storage.current_checkpoint_index))
+    lines = []
+    for index, score in enumerate([*scores, 0.0]):
+        folder = trial_dir / f"checkpoint_{index:06d}"
         folder.mkdir()
-        (folder / REPORT_FILE).write_text(json.dumps({"epoch": epoch}))
-    assert latest_checkpoint(tmp_path / "checkpoint_000003") == tmp_path / "checkpoint_000003"
-    assert latest_checkpoint(tmp_path / "checkpoint_000002") == tmp_path / "checkpoint_000004"
-    assert latest_checkpoint(tmp_path / "elsewhere" / "checkpoint_000002") is None  # nothing kept: from scratch
+        if index == len(scores):
+            break  # persisted by the worker, never processed by the driver
+        result = {"epoch": index + 1, "training_iteration": index + 1, SCORE_KEY: score}
+        lines.append(json.dumps({**result, "checkpoint_dir_name": folder.name}))
+        trial.on_checkpoint(_TrainingResult(checkpoint=Checkpoint(str(folder)), metrics=result))  # may delete
+        if index + 1 == snapshot_after:
+            snapshot = copy.deepcopy((trial.run_metadata.checkpoint_manager, trial.storage.current_checkpoint_index))
+    (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
+    trial.run_metadata.checkpoint_manager, trial.storage.current_checkpoint_index = snapshot  # restored
+    return trial
+
+
+def kept_folders(trial: Any) -> list[str]:
+    return sorted(p.name for p in Path(trial.path).glob("checkpoint_*"))
+
+
+def test_a_restored_trial_whose_snapshot_checkpoint_was_deleted_continues_from_the_newest(tmp_path):
+    """The snapshot (after epoch 3) names checkpoint_000002, which the keep policy deleted when epoch
+    4 was registered; epoch 2 scored best; the driver died after epoch 5; checkpoint_000005 was never
+    processed."""
+    trial = restored_trial(tmp_path, [-math.inf, 10.0, -math.inf, -math.inf, -math.inf], snapshot_after=3)
+    assert trial.checkpoint.path.endswith("checkpoint_000002") and kept_folders(trial) == [
+        "checkpoint_000001",
+        "checkpoint_000004",
+        "checkpoint_000005",
+    ]
+    continue_from_newest(trial)
+    latest = trial.latest_checkpoint_result
+    assert Path(latest.checkpoint.path) == Path(trial.path) / "checkpoint_000004"
+    assert latest.metrics["training_iteration"] == 5  # Ray's restore continues the iteration count
+    assert trial.storage.current_checkpoint_index == 4  # the next checkpoint is checkpoint_000005, fresh
+    assert kept_folders(trial) == ["checkpoint_000001", "checkpoint_000004"]  # best + latest, as Ray keeps
+    best = trial.run_metadata.checkpoint_manager.best_checkpoint_result
+    assert best.checkpoint.path.endswith("checkpoint_000001")
+
+
+def test_a_restored_trial_whose_snapshot_names_its_newest_checkpoint_is_left_as_ray_restored_it(tmp_path):
+    trial = restored_trial(tmp_path / "a", [1.0, 2.0], snapshot_after=2)
+    manager = trial.run_metadata.checkpoint_manager
+    continue_from_newest(trial)
+    assert trial.run_metadata.checkpoint_manager is manager and trial.checkpoint.path.endswith("checkpoint_000001")
+    assert kept_folders(trial) == ["checkpoint_000001"]  # only the never-processed folder went
+
+    nothing = restored_trial(tmp_path / "b", [], snapshot_after=0)  # killed before its first report
+    continue_from_newest(nothing)
+    assert nothing.checkpoint is None and nothing.storage.current_checkpoint_index == -1
+    assert kept_folders(nothing) == []

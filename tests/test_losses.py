@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from localization.config import ModelConfig
+from localization.config.schema import ModelConfig
 from localization.training.losses import LossNormalizer, compute_losses, ctr_diou_loss_1d, sigmoid_focal_loss
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)

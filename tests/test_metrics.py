@@ -530,10 +530,10 @@ def _bad_inputs(tmp_path: Path):
     no_score = write_json(tmp_path / "no_score.json", res)
     return [
         ([str(tmp_path / "missing.json"), str(good_pred)], "missing.json: file not found"),
-        ([str(not_json), str(good_pred)], "broken.json: not valid JSON"),
+        ([str(not_json), str(good_pred)], "broken.json: invalid JSON"),
         ([str(write_json(tmp_path / "nodb.json", {"x": 1})), str(good_pred)], "nodb.json: database"),
         ([str(good_gt), str(write_json(tmp_path / "nores.json", {"database": {}}))], "nores.json: results"),
-        ([str(bad_seg), str(good_pred)], "bad_seg.json: database['v_1'].annotations[0].segment"),
+        ([str(bad_seg), str(good_pred)], "bad_seg.json: database.v_1.annotations[0].segment"),
         ([str(good_gt), str(bad_label)], "bad_label.json: results['v_2'][0].label"),
         ([str(good_gt), str(no_score)], "no_score.json: results['v_1'][1].score"),
         ([str(good_gt), str(good_pred), "--subset", "test"], "no video has subset 'test'"),

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from localization.config import ModelConfig
+from localization.config.schema import ModelConfig
 from localization.model import ActionFormer, make_points
 from localization.model.attention import (
     band_attention_backend,

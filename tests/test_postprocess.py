@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from localization.config import TestConfig as PostConfig  # alias: pytest would try to collect Test*
+from localization.config.schema import TestConfig as PostConfig
 from localization.errors import DataError
 from localization.inference.postprocess import (
     Candidates,

@@ -24,7 +24,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from localization import cli
-from localization.config import RunConfig, dump_yaml, flatten, load_config
+from localization.config.loading import dump_yaml, flatten, load_config
+from localization.config.schema import RunConfig
 from localization.data.synthetic import generate
 from localization.errors import ConfigError
 from localization.inference.evaluation import evaluate_checkpoint

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import ray
 import yaml
 
-from localization.errors import InputError
+from localization.errors import ConfigError, InputError
 from runner import cluster, recorder, store
 from runner.space import make_sampler, sample_configs
 from runner.spec import ResourcesSpec, SearchOptions, load_search_file
@@ -76,3 +79,30 @@ def test_space_and_recorder_survive_plain_pickle(tmp_path: Path):
     assert trial_recorder.client is not None  # a live client is not picklable state
     copy = pickle.loads(pickle.dumps(trial_recorder))
     assert copy.parent_id == "parent" and copy.client.tracking_uri == tracking_store.uri
+
+
+def test_fractional_gpus_pack_trials_and_other_fractions_above_one_are_refused(tmp_path: Path):
+    resources = cluster.trial_resources(ResourcesSpec(gpu=0.25, cpu=1), FOUR_GPUS)
+    assert resources == {"cpu": 1, "gpu": 0.25}
+    assert cluster.max_concurrent(SearchOptions(), FOUR_GPUS, resources) == 16  # 4 trials per GPU
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "g", "search": {"space": {"train.lr": {"value": 1e-4}}}}))
+    assert load_search_file(path, ["resources.gpu=2"]).resources.gpu == 2
+    with pytest.raises(ConfigError, match=r"s\.yaml: resources\.gpu: must be a fraction of one GPU .* got 1\.5$"):
+        load_search_file(path, ["resources.gpu=1.5"])
+
+
+def test_joining_by_address_turns_token_auth_on_only_where_a_token_is(tmp_path: Path):
+    """Ray's own "auto" rule, applied to an explicit address (in a fresh process: the mode is global)."""
+    probe = "from runner import cluster; import os; print(cluster.use_cluster_token(), os.environ.get('RAY_AUTH_MODE'))"
+    token = tmp_path / "token"
+    token.write_text("0" * 64)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(tmp_path)}
+
+    def mode(**env: str) -> str:
+        out = subprocess.run([sys.executable, "-c", probe], env=base | env, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    assert mode() == "False None"  # no token anywhere (HOME has no .ray/auth_token)
+    assert mode(RAY_AUTH_TOKEN_PATH=str(token)) == "True token"
+    assert mode(RAY_AUTH_TOKEN_PATH=str(token), RAY_AUTH_MODE="disabled") == "False disabled"  # an explicit choice

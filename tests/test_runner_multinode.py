@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import ray
-import yaml
+from conftest import write_tiny_search
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from localization.data.synthetic import generate
 from runner import search
 
 NUM_TRIALS = 4  # 2 nodes x 2 GPUs
@@ -31,24 +30,7 @@ def two_nodes():
 
 
 def write_search(root: Path, gpus: float) -> Path:
-    raw = yaml.safe_load(generate(root / "data", seed=0, videos=12).read_text())
-    raw["model"].update(embd_dim=16, fpn_dim=16, head_dim=16)
-    raw["train"].update(epochs=4, warmup_epochs=0, batch_size=4, eval_every=4)
-    raw.update(
-        experiment="multinode",
-        resources={"gpu": gpus, "cpu": 0.5},
-        tracking={"uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"},
-        search={
-            "num_samples": NUM_TRIALS,
-            "max_concurrent": NUM_TRIALS,
-            "sampler": "random",
-            "scheduler": {"type": "fifo"},
-            "space": {"train.lr": {"loguniform": [1.0e-3, 3.0e-3]}},
-        },
-    )
-    path = root / "search.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return write_tiny_search(root, "multinode", {"gpu": gpus, "cpu": 0.5}, NUM_TRIALS)
 
 
 def test_trials_spread_over_both_nodes_one_gpu_each_at_the_same_time(two_nodes, tmp_path):

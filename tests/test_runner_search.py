@@ -13,8 +13,9 @@ import yaml
 from conftest import synthetic_data_section
 from mlflow.tracking import MlflowClient
 
-from localization.config import flatten
+from localization.config.loading import flatten
 from localization.data.synthetic import generate
+from localization.training.checkpoints import INFERENCE_KEYS
 from runner import cluster, search
 from runner.names import REPORT_FILE
 from runner.space import make_sampler, sample_configs
@@ -232,3 +233,16 @@ def test_ray_keeps_best_and_latest_checkpoint_per_trial(finished_search):
         latest = max(r["epoch"] for r in results)
         best = max(results, key=lambda r: (r[SCORE_KEY], r["epoch"]))["epoch"]  # ties: the later epoch
         assert kept == {best, latest}
+
+
+def test_mlflow_keeps_the_model_weights_and_finished_trials_keep_no_weights_in_ray(finished_search, tmp_path):
+    """Disk (issue 13): no optimizer state in MLflow; a finished trial's Ray copies hold only its results."""
+    client = finished_search["client"]
+    _, children = parent_and_children(finished_search)
+    done = [c for c in children if c.data.tags["runner.status"] in ("finished", "pruned")]
+    assert done
+    for child in done:
+        local = Path(client.download_artifacts(child.info.run_id, "checkpoints/best/checkpoint.pt", str(tmp_path)))
+        assert set(torch.load(local, weights_only=True)) == set(INFERENCE_KEYS)  # no optimizer, scheduler, RNG
+        kept = list(Path(child.data.tags["runner.trial_dir"]).glob("checkpoint_*"))
+        assert kept and all({p.name for p in d.iterdir()} == {"report.json", "config.yaml"} for d in kept)

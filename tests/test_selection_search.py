@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from test_evaluate_promoted import run_cli
+from test_evaluate_promoted import POSTPROCESS, run_cli
 
 from localization.data.synthetic import generate
 from runner import evaluate, promote, search
@@ -36,6 +36,7 @@ def selected(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "scheduler": {"type": "fifo"},
             "selection": SELECTION,
             "space": {"train.lr": {"loguniform": [1.0e-3, 4.0e-3]}},
+            "postprocess": POSTPROCESS,  # chosen on the held-out slice too (the trial's scored videos)
         },
     )
     path = root / "search.yaml"
@@ -72,6 +73,7 @@ def test_trials_train_on_the_rest_and_are_scored_on_the_held_out_slice(selected:
         assert Path(params["data.val_videos"]) == folder / "val_videos.txt"
         history = client.get_metric_history(child.info.run_id, "average_mAP")  # the evaluated epochs
         assert history and child.data.metrics["best_average_mAP"] == max(m.value for m in history)
+        assert "postprocess.test.nms_sigma" in child.data.tags  # chosen on the held-out slice
     trained = Path(children[0].data.params["data.train_videos"]).read_text().split()
     held_out = Path(children[0].data.params["data.val_videos"]).read_text().split()
     assert trained == expected_train and held_out == expected_holdout  # ... never trained on

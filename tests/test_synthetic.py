@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from localization import cli
-from localization.config import load_config
+from localization.config.loading import load_config
 from localization.data.__main__ import main as data_main
 from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset
@@ -97,13 +97,18 @@ def test_data_cli_reports_the_injected_dirty_counts(synthetic_dataset, capsys):
         assert report[subset]["dims"] == {"i3d": 32, "slowfast": 48} and report[subset]["dim"] == 80
         length = report[subset]["feature_length"]
         assert 63 <= length["min"] <= length["median"] <= length["max"] <= 255
+        for stream in ("i3d", "slowfast"):  # clips end at most 15 frames before the video does
+            coverage = report[subset]["coverage"][stream]
+            assert 0.95 < coverage["min"] <= coverage["median"] <= coverage["max"] <= 1.001  # durations: 3 decimals
     database = json.loads(Path(load_config(synthetic_dataset).data.annotations).read_text())["database"]
     raw = sum(len(v["annotations"]) for v in database.values() if v["subset"] == "training")
     assert report["training"]["instances"] == raw - sum(injected["training"].values())
-    assert report["classes"] == CLASS_NAMES
+    assert report["classes"] == CLASS_NAMES and report["class_map"] == "label_id"
+    assert report["warnings"] == []
     data_main([str(synthetic_dataset)])
     out = capsys.readouterr().out
-    assert "training: 120 videos, 120 with features (0 skipped)" in out and out.endswith("classes: 8\n")
+    assert "training: 120 videos, 120 with features (0 skipped)" in out
+    assert out.endswith("classes: 8 (from label_id)\n")
 
 
 def test_data_cli_bad_input_is_one_line_and_exit_2(synthetic_dataset, tmp_path, capsys):

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 RUN_SECTIONS = ("data", "model", "train", "test")
+FEATURE_FILE_TYPES = (".npy", ".npz", ".pt", ".pth")  # chosen by the file_pattern's extension
 
 
 # --------------------------------------------------------------------------------------------
@@ -28,10 +29,14 @@ class StreamConfig:
 
     dir: str  # folder holding the per-video feature files
     dim: int  # channels of this stream; checked against every file read
-    feat_stride: int = 16  # frames between consecutive feature steps
-    num_frames: int = 16  # frames seen by one feature (clip length); sets the half-clip offset
+    # frames between consecutive feature steps (fractional allowed); auto: fixed-length features,
+    # stride = clip = the video's frames / its steps
+    feat_stride: int | float | Literal["auto"] = 16
+    num_frames: int | float = 16  # frames seen by one feature (clip length); ignored with feat_stride auto
     layout: Literal["tc", "ct"] = "tc"  # array layout on disk: [T, C] or [C, T]
-    file_pattern: str = "{video_id}.npy"  # file name inside `dir`
+    file_pattern: str = "{video_id}.npy"  # file name inside `dir`; its extension picks .npy/.npz/.pt/.pth
+    key: str | None = None  # .npz / .pt dict entry holding the array; null: the only one, else "feats"
+    downsample: int = 1  # keep every k-th step (stride x k)
 
 
 def _default_streams() -> dict[str, StreamConfig]:
@@ -53,7 +58,9 @@ class DataConfig:
     # e.g. a held-out slice of training to select on (runner: search.selection).
     train_videos: str | None = None
     val_videos: str | None = None
-    default_fps: float = 30.0  # used when a video entry has no "fps"
+    default_fps: float = 30.0  # used when a video entry has no "fps" (always, with force_default_fps)
+    force_default_fps: bool = False  # true: default_fps wins over a per-video "fps" (the public pipelines)
+    resize_length: int | None = None  # resample every video to N steps (OpenTAD's resize recipe, e.g. 192)
     streams: dict[str, StreamConfig] = field(default_factory=_default_streams)
     features: list[str] = field(default_factory=lambda: ["i3d", "slowfast"])  # concat order
     max_seq_len: int = 2304  # training length in feature steps (crop / truncation)
@@ -62,7 +69,10 @@ class DataConfig:
     boundary_tolerance: float = 0.0  # seconds a segment may overshoot [0, duration] and be kept
     align_tolerance: int = 2  # streams whose lengths differ by at most this are trimmed
     on_missing: Literal["error", "skip"] = "error"  # a video without features: fail, or skip
-    cache_features: bool = True  # keep loaded features in memory (per process)
+    cache_features: bool = True  # keep loaded features in memory (per process; off when `store` is on)
+    store: bool = False  # read features from the node's packed, memory-mapped store (one copy per node)
+    store_dir: str | None = None  # where stores are built; default: a "store" folder beside the first stream's
+    store_dtype: Literal["float16", "float32"] = "float16"  # precision of the packed features
     num_workers: int = 0  # DataLoader worker processes for training
 
 
@@ -97,6 +107,7 @@ class ModelConfig:
     cls_prior_prob: float = 0.01
     init_loss_norm: float = 100.0  # initial EMA of the positive count (THUMOS-style recipe)
     label_smoothing: float = 0.0
+    class_agnostic: bool = False  # one foreground class; labels from test.ext_score_file
 
 
 @dataclass
@@ -137,6 +148,25 @@ class TestConfig:
     # The official ActivityNet values, np.linspace(0.5, 0.95, 10) (0.9 is 0.8999999999999999).
     tiou_thresholds: list[float] = field(default_factory=lambda: np.linspace(0.5, 0.95, 10).tolist())
     gt_filter: Literal["none", "actionformer"] = "none"  # evaluation ground-truth filter
+    ext_score_file: str | None = None  # video-level classifier JSON labelling class-agnostic segments
+    ext_topk: int = 2  # classes of ext_score_file each segment becomes (fused score sqrt(p_seg * p_cls))
+
+
+# The post-processing settings that can change without running the model again: applied to
+# saved raw candidates (localization.inference.subset_postprocess); the other test keys shape the
+# candidates (pre_nms_*, duration_thresh) or the scoring (tiou_thresholds, gt_filter).
+RESCORABLE_TEST_KEYS = tuple(
+    f"test.{key}"
+    for key in (
+        "nms_method",
+        "nms_sigma",
+        "iou_threshold",
+        "min_score",
+        "max_seg_num",
+        "multiclass_nms",
+        "voting_thresh",
+    )
+)
 
 
 @dataclass
@@ -157,6 +187,11 @@ class RunConfig:
 def num_levels(model: ModelConfig) -> int:
     """Pyramid levels: the stem output plus one per branch block."""
     return model.backbone_arch[2] + 1
+
+
+def output_classes(model: ModelConfig, num_classes: int) -> int:
+    """Classes the model predicts: one foreground class when class-agnostic, else every class."""
+    return 1 if model.class_agnostic else num_classes
 
 
 def window_sizes(model: ModelConfig) -> list[int]:

@@ -6,7 +6,10 @@ broken rule raises :class:`ConfigError` naming the file and the dotted key.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from localization.config.schema import (
+    FEATURE_FILE_TYPES,
     DataConfig,
     ModelConfig,
     RunConfig,
@@ -27,6 +30,7 @@ def validate(cfg: RunConfig, source: str) -> None:
     _check_input_length(cfg.data, cfg.model, check)
     _check_train(cfg.train, check)
     _check_test(cfg.test, check)
+    _check_class_agnostic(cfg.model, cfg.test, check)
 
 
 class _Checks:
@@ -57,11 +61,20 @@ def _check_data(d: DataConfig, check: _Checks) -> None:
     if len(set(d.features)) != len(d.features):
         check.fail("data.features", f"names a stream twice: {d.features}")
     for name, stream in d.streams.items():
-        for key in ("dim", "feat_stride", "num_frames"):
+        for key in ("dim", "num_frames", "downsample"):
             check.positive(f"data.streams.{name}.{key}", getattr(stream, key))
+        if stream.feat_stride != "auto":
+            check.positive(f"data.streams.{name}.feat_stride", stream.feat_stride)
         if "{video_id}" not in stream.file_pattern:
             check.fail(f"data.streams.{name}.file_pattern", "must contain {video_id}")
+        if Path(stream.file_pattern).suffix not in FEATURE_FILE_TYPES:
+            check.fail(
+                f"data.streams.{name}.file_pattern",
+                f"must end in one of {list(FEATURE_FILE_TYPES)}, got {stream.file_pattern!r}",
+            )
     check.positive("data.default_fps", d.default_fps)
+    if d.resize_length is not None:
+        check.positive("data.resize_length", d.resize_length)
     check.positive("data.max_seq_len", d.max_seq_len)
     if d.crop_ratio is not None and (len(d.crop_ratio) != 2 or not 0 < d.crop_ratio[0] <= d.crop_ratio[1] <= 1):
         check.fail("data.crop_ratio", f"must be [low, high] with 0 < low <= high <= 1, got {d.crop_ratio}")
@@ -158,7 +171,16 @@ def _check_test(s: TestConfig, check: _Checks) -> None:
         check.fail("test.duration_thresh", "must be >= 0")
     if s.voting_thresh > 1:
         check.fail("test.voting_thresh", f"must be <= 1, got {s.voting_thresh}")
+    check.positive("test.ext_topk", s.ext_topk)
     if not s.tiou_thresholds:
         check.fail("test.tiou_thresholds", "must not be empty")
     for i, thr in enumerate(s.tiou_thresholds):
         check.unit(f"test.tiou_thresholds[{i}]", thr, low_open=True)
+
+
+def _check_class_agnostic(m: ModelConfig, s: TestConfig, check: _Checks) -> None:
+    """A class-agnostic model is named by an external classifier, and only such a model is."""
+    if m.class_agnostic and s.ext_score_file is None:
+        check.fail("model.class_agnostic", "needs test.ext_score_file (the classifier that names the segments)")
+    if s.ext_score_file is not None and not m.class_agnostic:
+        check.fail("test.ext_score_file", "labels class-agnostic segments: set model.class_agnostic: true")

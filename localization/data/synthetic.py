@@ -1,6 +1,6 @@
 """A small synthetic FineAction look-alike: annotations, two feature streams and a run config.
 
-``generate(DIR, seed, videos)`` (the command ``python -m localization.synthetic``) writes, in seconds:
+``generate(DIR, seed, videos, layout)`` (the command ``python -m localization.synthetic``) writes, in seconds:
 
 - ``DIR/annotations_gt.json``: FineAction layout, subsets "training" and "validation", fps 24/25/30
   per video, 8 classes, plus a few injected dirty annotations of every kind in both subsets
@@ -8,6 +8,20 @@
 - ``DIR/features/i3d/<vid>.npy`` [T, 32] (16-frame clips) and ``DIR/features/slowfast/<vid>.npy``
   [T-1, 48] (32-frame clips, one step fewer, as real SlowFast), both stride 16, float32;
 - ``DIR/config.yaml``: a complete run config for a small, fast model.
+
+``--format`` writes the same dataset (same videos, actions and feature values) in one of the
+layouts of the public FineAction releases (``../shared/spec/fineaction.md`` 1.3, 1.5), with the
+config that reads it:
+
+- ``native`` (default): the above;
+- ``official``: the annotation JSON as the official release is reported to be: no ``label_id``
+  (classes become the sorted labels), one label with a trailing space, durations as strings;
+- ``pt``: i3d as ``<vid>_spatial_pool_feature_5.pt`` tensors (InternVideo2's naming), slowfast as
+  ``<vid>.pth`` dicts ``{"feats": tensor}``;
+- ``npz``: i3d as ``<vid>.npz`` holding several arrays, the features under ``feats``; slowfast
+  as ``<vid>.npz`` holding only one (unnamed) array;
+- ``fixed``: both streams resized to ``FIXED_LENGTH`` steps per video (like ``i3d_feature_100``),
+  read with ``feat_stride: auto``.
 
 Why it is built this way: class c = (group g, subtype h), 4 x 2. The i3d-like stream carries the
 group and onset/offset markers, the slowfast-like stream carries action presence and the subtype,
@@ -24,9 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
-from localization.config import load_config
+from localization.config.loading import load_config
+from localization.data.features import resample_to_grid
+from localization.data.timegrid import Grid, auto_grid
+from localization.errors import InputError
 
 GROUPS = ("jump", "throw", "swing", "spin")
 SUBTYPES = ("forward", "backward")
@@ -37,6 +55,9 @@ STREAMS = {"i3d": {"dim": 32, "num_frames": 16}, "slowfast": {"dim": 48, "num_fr
 STEPS_RANGE = (64, 256)  # i3d feature steps per video
 ACTION_STEPS = (2, 40)  # action length in feature steps
 MAX_SEQ_LEN = 256
+FORMATS = ("native", "official", "pt", "npz", "fixed")
+FIXED_LENGTH = 100  # steps per video in the fixed-length layout, as the official i3d_feature_100
+TRAILING_SPACE_CLASS = CLASS_NAMES[-1]  # spelled with a trailing space in the official layout
 
 # signal strengths, in units of the per-dimension noise std (1.0)
 GROUP_AMPLITUDE = 1.6  # i3d: along the group direction, times clip coverage
@@ -173,6 +194,63 @@ def annotations_of(video: SyntheticVideo) -> list[dict]:
     ]
 
 
+def as_official(database: dict[str, dict]) -> dict[str, dict]:
+    """The reported official layout: no label_id, one label with a trailing space, string durations."""
+    out = {}
+    for video_id, entry in database.items():
+        anns = [
+            {"segment": a["segment"], "label": a["label"] + (" " if a["label"] == TRAILING_SPACE_CLASS else "")}
+            for a in entry["annotations"]
+        ]
+        out[video_id] = {**entry, "duration": str(entry["duration"]), "annotations": anns}
+    return out
+
+
+def write_features(out_dir: Path, video: SyntheticVideo, feats: dict[str, np.ndarray], layout: str) -> None:
+    """Save one video's (T, C) streams in ``layout`` (see the module docstring)."""
+    folder = {name: out_dir / "features" / name for name in feats}
+    vid = video.video_id
+    if layout == "pt":
+        torch.save(torch.from_numpy(feats["i3d"]), folder["i3d"] / f"{vid}_spatial_pool_feature_5.pt")
+        torch.save({"feats": torch.from_numpy(feats["slowfast"])}, folder["slowfast"] / f"{vid}.pth")
+    elif layout == "npz":
+        np.savez(folder["i3d"] / f"{vid}.npz", feats=feats["i3d"], frames=np.arange(len(feats["i3d"])))
+        np.savez(folder["slowfast"] / f"{vid}.npz", feats["slowfast"])
+    else:
+        for name, array in feats.items():
+            if layout == "fixed":  # resampled at the clip centres of FIXED_LENGTH equal clips
+                native = Grid(FEAT_STRIDE, STREAMS[name]["num_frames"])
+                array = resample_to_grid(
+                    array, native, auto_grid(video.num_frames, FIXED_LENGTH), np.arange(FIXED_LENGTH)
+                )
+            np.save(folder[name] / f"{vid}.npy", array)
+
+
+def stream_configs(out_dir: Path, layout: str) -> dict[str, dict]:
+    """The ``data.streams`` entries that read ``layout``."""
+    streams = {
+        name: {
+            "dir": str(out_dir / "features" / name),
+            "dim": spec["dim"],
+            "feat_stride": FEAT_STRIDE,
+            "num_frames": spec["num_frames"],
+            "layout": "tc",
+            "file_pattern": "{video_id}.npy",
+        }
+        for name, spec in STREAMS.items()
+    }
+    if layout == "pt":
+        streams["i3d"]["file_pattern"] = "{video_id}_spatial_pool_feature_5.pt"
+        streams["slowfast"].update(file_pattern="{video_id}.pth", key="feats")
+    elif layout == "npz":
+        streams["i3d"].update(file_pattern="{video_id}.npz", key="feats")
+        streams["slowfast"]["file_pattern"] = "{video_id}.npz"  # the only array: no key needed
+    elif layout == "fixed":
+        for stream in streams.values():
+            stream["feat_stride"] = "auto"
+    return streams
+
+
 def inject_dirty(rng: np.random.Generator, entries: dict[str, dict]) -> dict[str, int]:
     """Insert 1-3 dirty annotations of each reason at random places; return the counts by reason."""
     counts = {
@@ -196,26 +274,15 @@ def inject_dirty(rng: np.random.Generator, entries: dict[str, dict]) -> dict[str
     return counts
 
 
-def write_config(out_dir: Path) -> Path:
+def write_config(out_dir: Path, layout: str = "native") -> Path:
     """A full run config pointing at absolute paths under ``out_dir``, for a small fast model."""
-    streams = {
-        name: {
-            "dir": str(out_dir / "features" / name),
-            "dim": spec["dim"],
-            "feat_stride": FEAT_STRIDE,
-            "num_frames": spec["num_frames"],
-            "layout": "tc",
-            "file_pattern": "{video_id}.npy",
-        }
-        for name, spec in STREAMS.items()
-    }
     config = {
         "data": {
             "annotations": str(out_dir / "annotations_gt.json"),
             "train_subset": "training",
             "val_subset": "validation",
             "default_fps": 30.0,
-            "streams": streams,
+            "streams": stream_configs(out_dir, layout),
             "features": list(STREAMS),
             "max_seq_len": MAX_SEQ_LEN,
             "crop_ratio": [0.9, 1.0],
@@ -236,8 +303,11 @@ def write_config(out_dir: Path) -> Path:
     return path
 
 
-def generate(out_dir: str | Path, seed: int = 0, videos: int = 160) -> Path:
-    """Write the synthetic dataset (3/4 training, 1/4 validation); return the config path."""
+def generate(out_dir: str | Path, seed: int = 0, videos: int = 160, layout: str = "native") -> Path:
+    """Write the synthetic dataset (3/4 training, 1/4 validation) in ``layout`` (FORMATS); return
+    the config path. Every layout holds the same videos, actions and feature values."""
+    if layout not in FORMATS:
+        raise InputError(f"--format: {layout!r} is not one of {list(FORMATS)}")
     out_dir = Path(out_dir).resolve()
     rng = np.random.default_rng(seed)
     directions = make_directions(rng)
@@ -247,8 +317,8 @@ def generate(out_dir: str | Path, seed: int = 0, videos: int = 160) -> Path:
     database: dict[str, dict] = {}
     for i in range(videos):
         video = sample_video(rng, f"v_{i:08d}", "validation" if i >= videos - num_val else "training")
-        np.save(out_dir / "features" / "i3d" / f"{video.video_id}.npy", i3d_features(video, directions, rng))
-        np.save(out_dir / "features" / "slowfast" / f"{video.video_id}.npy", slowfast_features(video, directions, rng))
+        feats = {"i3d": i3d_features(video, directions, rng), "slowfast": slowfast_features(video, directions, rng)}
+        write_features(out_dir, video, feats, layout)
         database[video.video_id] = {
             "subset": video.subset,
             "duration": video.duration,
@@ -259,6 +329,8 @@ def generate(out_dir: str | Path, seed: int = 0, videos: int = 160) -> Path:
         subset: inject_dirty(rng, {k: v for k, v in database.items() if v["subset"] == subset})
         for subset in ("training", "validation")
     }
+    if layout == "official":
+        database = as_official(database)
     (out_dir / "annotations_gt.json").write_text(json.dumps({"version": "synthetic", "database": database}))
     (out_dir / "injected_dirty.json").write_text(json.dumps(injected, indent=2))
-    return write_config(out_dir)
+    return write_config(out_dir, layout)

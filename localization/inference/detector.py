@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import NamedTuple
 
-from localization.config import RunConfig
+from localization.config.schema import RunConfig
 from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader
@@ -48,6 +48,6 @@ class Detector:
         raw = predict(self.model, dataset, self.cfg, self.device)
         return [
             Segment(vid, float(s), float(e), self.class_names[int(label)], float(score))
-            for vid, det in detect(raw, dataset, self.cfg).items()
+            for vid, det in detect(raw, dataset, self.cfg, self.class_names).items()
             for (s, e), score, label in zip(det.segments, det.scores, det.labels, strict=True)
         ]

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localization.config import TestConfig
+from localization.config.schema import TestConfig
 from localization.data.timegrid import grid_to_seconds
 from localization.errors import DataError
 

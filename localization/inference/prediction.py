@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
-from localization.config import RunConfig, inference_div_factor
+from localization.config.schema import RunConfig, TestConfig, inference_div_factor
+from localization.data.classifier import label_segments, load_classifier_scores
 from localization.data.dataset import InferenceDataset, collate
 from localization.errors import DataError
-from localization.inference.postprocess import Candidates, postprocess, select_candidates
+from localization.inference.postprocess import Candidates, select_candidates
+from localization.inference.subset_postprocess import CandidateSet, VideoTiming
 from localization.model import ActionFormer, make_points
 
 
@@ -63,7 +65,7 @@ def predict(
     raw: dict[str, Candidates] = {}
     for indices in _length_batches(dataset, max_batch_steps):
         batch = collate([dataset[i] for i in indices], pad_multiple)
-        feats = batch["feats"].to(device, non_blocking=True)  # (B, C, T)
+        feats = batch["feats"].to(device, non_blocking=True).float()  # (B, C, T); float16 store features cross as such
         masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
         with autocast(device, cfg.train.bf16):
             out = model(feats, masks)
@@ -79,22 +81,48 @@ def predict(
     return raw
 
 
-def detect(raw: dict[str, Candidates], dataset: InferenceDataset, cfg: RunConfig) -> dict[str, Candidates]:
-    """Post-process every video's candidates into detections in seconds (NMS, top-k).
+def candidate_set(raw: dict[str, Candidates], dataset: InferenceDataset) -> CandidateSet:
+    """The raw candidates of ``dataset``'s videos, in its order, each with its own time grid, ready
+    for whole-subset post-processing. ``raw`` may come from :func:`predict` or from a saved file;
+    it must cover ``dataset``'s videos."""
 
-    ``raw`` may come from :func:`predict` or from a saved file; it must cover ``dataset``'s videos.
-    """
     missing = [video.video_id for video in dataset.videos if video.video_id not in raw]
     if missing:
         raise DataError(
             f"raw candidates lack {len(missing)} video(s) of subset {dataset.annotations.subset!r}, e.g. {missing[0]!r}"
         )
-    grid = dataset.reader
+    timing = []
+    for index, video in enumerate(dataset.videos):
+        grid = dataset.grid(index)
+        timing.append(VideoTiming(video.video_id, video.fps, video.duration, grid.stride, grid.clip))
+    return CandidateSet.from_raw(raw, timing)
+
+
+def detect(
+    raw: dict[str, Candidates], dataset: InferenceDataset, cfg: RunConfig, class_names: list[str] | None = None
+) -> dict[str, Candidates]:
+    """Post-process every video's candidates into detections in seconds (NMS, top-k), all videos
+    at once (``subset_postprocess``; the same as ``postprocess`` video by video).
+
+    With ``test.ext_score_file`` (a class-agnostic model) each kept segment then becomes the
+    video's top ``test.ext_topk`` classes of that file (:func:`label_from_classifier`), as ids into
+    ``class_names`` (the model's; default the dataset's).
+    """
+    detections = candidate_set(raw, dataset).detect(cfg.test).per_video()
+    if cfg.test.ext_score_file is None:
+        return detections
+    return label_from_classifier(detections, cfg.test, class_names or dataset.class_names)
+
+
+def label_from_classifier(
+    detections: dict[str, Candidates], test_cfg: TestConfig, class_names: list[str]
+) -> dict[str, Candidates]:
+    """Each class-agnostic detection -> the video's top ``test.ext_topk`` classes of
+    ``test.ext_score_file`` (``localization.data.classifier``), as ids into ``class_names``."""
+    classifier = load_classifier_scores(test_cfg.ext_score_file, class_names)
     return {
-        video.video_id: postprocess(
-            raw[video.video_id], cfg.test, video.fps, video.duration, grid.feat_stride, grid.num_frames
-        )
-        for video in dataset.videos
+        video_id: Candidates(*label_segments(det.segments, det.scores, classifier.top(video_id, test_cfg.ext_topk)))
+        for video_id, det in detections.items()
     }
 
 

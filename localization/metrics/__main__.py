@@ -18,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("ground_truth", help='annotation JSON with a "database" mapping')
     parser.add_argument("predictions", help='submission JSON: {"results": {video_id: [detections]}}')
-    parser.add_argument("--subset", default="validation", help="subset string to evaluate (exact match)")
+    parser.add_argument(
+        "--subset",
+        default="validation",
+        help="subset to evaluate (case and surrounding spaces ignored, as in training)",
+    )
     parser.add_argument(
         "--gt-filter",
         choices=GT_FILTERS,

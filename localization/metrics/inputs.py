@@ -4,7 +4,8 @@ Both sides are columnar (one row per instance) because the evaluator works on wh
 the row order is kept exactly as read: it is the documented tie-break of the evaluation (equal
 scores rank in input order; equal tIoUs walk ground truth in input order).
 
-Sources: the ActivityNet-style annotation JSON (``load_ground_truth``), the submission JSON
+Sources: the ActivityNet-style annotation JSON (``load_ground_truth``, through the data reader
+``localization.data.annotations``, so evaluation sees the same videos and classes as training), the submission JSON
 (``load_predictions``), or arrays already in memory (``ground_truth_from_arrays``,
 ``predictions_from_arrays``: what the trainer has after post-processing).
 """
@@ -20,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from localization.data.annotations import read_annotation_file
 from localization.errors import ConfigError, DataError
 
 GtFilter = Literal["none", "actionformer"]
@@ -79,66 +81,20 @@ class AnnotationArrays(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
-def load_ground_truth(path: str | Path, subset: str, gt_filter: GtFilter = "none") -> GroundTruth:
-    """Read the subset's instances from an ActivityNet-style ``{"database": ...}`` JSON.
+def load_ground_truth(
+    path: str | Path, subset: str, gt_filter: GtFilter = "none", class_list: str | None = None
+) -> GroundTruth:
+    """The subset's instances as released, read by the data reader (``localization.data.annotations``).
 
-    Videos are kept when ``subset`` equals their "subset" string exactly (official ActivityNet;
-    ActionFormer lower-cases it). Classes are label names; when every instance carries an integer
-    "label_id" (and names and ids map one to one) classes are ordered by id, else by first
-    appearance. A subset video without an "annotations" key counts as a video with no instances.
+    Training and evaluation share that reader, its subset rule (case and surrounding whitespace
+    ignored; the official evaluator matches exactly) and its class map (``label_id`` order, else
+    ``class_list``, else sorted labels; labels stripped). A subset video without an
+    "annotations" key counts as a video with no instances.
     """
     _check_filter(gt_filter)
-    src = str(path)
-    data = _read_json(path)
-    database = data.get("database") if isinstance(data, dict) else None
-    if not isinstance(database, dict):
-        raise DataError(f"{src}: database: missing, or not a mapping of video id -> video")
-
-    video_ids: list[str] = []
-    video: list[int] = []
-    segments: list[tuple[float, float]] = []
-    names: list[str] = []
-    name_to_id: dict[str, int | None] = {}
-    id_to_name: dict[int, str] = {}
-    found_subsets: set[str] = set()
-    for vid, entry in database.items():
-        where = f"{src}: database[{vid!r}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("subset"), str):
-            raise DataError(f"{where}.subset: missing or not a string")
-        found_subsets.add(entry["subset"])
-        if entry["subset"] != subset:
-            continue
-        anns = entry.get("annotations", [])
-        if not isinstance(anns, list):
-            raise DataError(f"{where}.annotations: expected a list")
-        video_ids.append(vid)
-        for i, ann in enumerate(anns):
-            at = f"{where}.annotations[{i}]"
-            if not isinstance(ann, dict):
-                raise DataError(f"{at}: expected a mapping with 'segment' and 'label'")
-            segments.append(_segment(ann.get("segment"), f"{at}.segment"))
-            names.append(_label_name(ann.get("label"), f"{at}.label"))
-            video.append(len(video_ids) - 1)
-            _record_label_id(ann, names[-1], name_to_id, id_to_name, at)
-    if not video_ids:
-        raise DataError(f"{src}: no video has subset {subset!r} (subsets found: {sorted(found_subsets)})")
-
-    first_seen = list(dict.fromkeys(names))
-    if all(name_to_id[n] is not None for n in first_seen):
-        vocabulary = sorted(first_seen, key=lambda n: name_to_id[n])
-    else:
-        vocabulary = first_seen
-    index = {n: i for i, n in enumerate(vocabulary)}
-    return _build_ground_truth(
-        subset,
-        src,
-        video_ids,
-        vocabulary,
-        np.asarray(video, dtype=np.int64),
-        np.asarray(segments, dtype=np.float64).reshape(-1, 2),
-        np.asarray([index[n] for n in names], dtype=np.int64),
-        gt_filter,
-    )
+    file = read_annotation_file(path, class_list)
+    videos = {video.video_id: video for video in file.subset(subset)}
+    return ground_truth_from_arrays(videos, file.class_names, subset, gt_filter, source=str(path))
 
 
 def ground_truth_from_arrays(
@@ -359,26 +315,10 @@ def _segment(value: Any, where: str) -> tuple[float, float]:
 
 
 def _label_name(value: Any, where: str) -> str:
+    """Class names compare stripped, as the annotation reader strips them."""
     if not isinstance(value, str):
         raise DataError(f"{where}: expected a class name (string), got {value!r}")
-    return value
-
-
-def _record_label_id(
-    ann: dict, name: str, name_to_id: dict[str, int | None], id_to_name: dict[int, str], at: str
-) -> None:
-    """Track name <-> label_id; ids only order the classes, but a clash means the file is corrupt."""
-    label_id = ann.get("label_id")
-    if label_id is None:
-        name_to_id[name] = None
-        return
-    if isinstance(label_id, bool) or not isinstance(label_id, int):
-        raise DataError(f"{at}.label_id: expected an integer, got {label_id!r}")
-    previous = name_to_id.setdefault(name, label_id)
-    if previous is not None and previous != label_id:
-        raise DataError(f"{at}.label_id: {name!r} has id {label_id} here but {previous} elsewhere")
-    if id_to_name.setdefault(label_id, name) != name:
-        raise DataError(f"{at}.label_id: id {label_id} names both {id_to_name[label_id]!r} and {name!r}")
+    return value.strip()
 
 
 def _concat(parts: list[np.ndarray], tail: tuple[int, ...], dtype: type) -> np.ndarray:

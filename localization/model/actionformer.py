@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from localization.config import ModelConfig, inference_div_factor, num_levels
+from localization.config.schema import ModelConfig, inference_div_factor, num_levels
 from localization.model.backbone import ConvTransformerBackbone
 from localization.model.heads import ClsHead, RegHead, pack_levels
 from localization.model.neck import IdentityNeck

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from localization.config import ModelConfig, window_sizes
+from localization.config.schema import ModelConfig, window_sizes
 from localization.model.blocks import LayerNorm, MaskedConv1D, TransformerBlock, sinusoid_encoding
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.config import RunConfig, config_from_dict, to_dict
+from localization.config.loading import config_from_dict, to_dict
+from localization.config.schema import RunConfig, output_classes
 from localization.errors import DataError
 from localization.model import ActionFormer
 
@@ -91,7 +92,9 @@ def model_from_checkpoint(
     """
     cfg = cfg or checkpoint_config(ckpt, "checkpoint")
     class_names = list(ckpt["class_names"])
-    model = ActionFormer(cfg.model, ckpt["input_dim"], len(class_names), cfg.data.max_seq_len)
+    model = ActionFormer(
+        cfg.model, ckpt["input_dim"], output_classes(cfg.model, len(class_names)), cfg.data.max_seq_len
+    )
     model.load_state_dict(ckpt["ema" if use_ema else "model"])
     return model.eval(), cfg, class_names
 

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from localization.config import RunConfig, inference_div_factor
+from localization.config.schema import RunConfig, TestConfig, inference_div_factor, output_classes
 from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos
 from localization.data.dataset import TrainingDataset, build_loader
 from localization.data.features import FeatureReader
-from localization.inference.evaluation import EvalResult, SubsetEvaluator, subset_evaluator
+from localization.data.report import data_warnings
+from localization.inference.evaluation import EvalResult, SubsetEvaluator, SubsetScorer, subset_evaluator
 from localization.inference.prediction import autocast, resolve_device
 from localization.metrics import metrics_as_floats
 from localization.model import ActionFormer, make_points
@@ -51,6 +52,7 @@ class EpochReport:
     evaluated: bool
     checkpoint: Path  # written at the end of this epoch
     predictions: dict[str, Any] | None  # validation detections (submission format) when evaluated
+    test: TestConfig | None = None  # the post-processing the evaluation used (see ``train``'s choose_test)
 
 
 @dataclass
@@ -92,8 +94,12 @@ def train(
     on_epoch: OnEpoch | None = None,
     resume: Path | None = None,
     log: Callable[[str], None] = print,
+    choose_test: Callable[[SubsetScorer], TestConfig] | None = None,
 ) -> TrainResult:
     """Train one model; write ``out_dir/checkpoint.pt`` after every epoch.
+
+    ``choose_test`` picks the post-processing of every evaluation from the model's raw candidates
+    (a post-processing search; default: ``cfg.test``); the epoch's report says which.
 
     ``resume`` continues from a checkpoint (model, EMA, optimizer, scheduler, loss normaliser,
     RNG states, epoch) exactly where it stopped. Raises :class:`TrainingDiverged` on a NaN or
@@ -104,6 +110,8 @@ def train(
     checkpoint_path = out_dir / "checkpoint.pt"
     device = _set_up_device(cfg)
     state = _build(cfg, device)  # data first, then the model: the seeded RNG order of every run
+    for warning in data_warnings({ds.annotations.subset: ds for ds in (state.train_set, state.evaluator.dataset)}):
+        log(f"warning: {warning}")  # a wrong fps or time grid (localization.data.report)
     start_epoch = _resume(state, resume, log) if resume is not None else 0
 
     last_eval: EvalResult | None = None
@@ -114,16 +122,19 @@ def train(
         started = time.perf_counter()
         metrics = _train_epoch(state, cfg, epoch)
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
+        test = None
         if evaluated:
-            last_eval = state.evaluator(state.ema.module, device)
+            log(f"epoch {epoch:>3}/{cfg.train.epochs}  evaluating on {len(state.evaluator.dataset)} videos")
+            scorer = state.evaluator.run(state.ema.module, device)
+            test = choose_test(scorer) if choose_test is not None else cfg.test
+            last_eval = scorer.result(test)
             if last_eval.metrics is not None:
                 metrics.update(metrics_as_floats(last_eval.metrics))
         metrics["epoch_time_s"] = time.perf_counter() - started
         save_checkpoint(checkpoint_path, _checkpoint(state, cfg, epoch))
         log(_progress_line(epoch, cfg.train.epochs, metrics))
-        report = EpochReport(
-            epoch, dict(metrics), evaluated, checkpoint_path, last_eval.predictions if evaluated and last_eval else None
-        )
+        predictions = last_eval.predictions if evaluated and last_eval else None
+        report = EpochReport(epoch, dict(metrics), evaluated, checkpoint_path, predictions, test)
         if on_epoch is not None and on_epoch(report):
             stopped_early = epoch < cfg.train.epochs
             break
@@ -172,12 +183,14 @@ def _build(cfg: RunConfig, device: torch.device) -> _TrainingState:
         seed=cfg.train.seed,
         pad_multiple=inference_div_factor(cfg.model),
         drop_last=len(train_set) > cfg.train.batch_size,
+        pin_memory=device.type == "cuda",
     )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise RuntimeError("the training subset yields no batches")
 
-    model = ActionFormer(cfg.model, reader.dim, len(class_names), cfg.data.max_seq_len).to(device)
+    num_outputs = output_classes(cfg.model, len(class_names))
+    model = ActionFormer(cfg.model, reader.dim, num_outputs, cfg.data.max_seq_len).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     scheduler = build_scheduler(
         optimizer, cfg.train.warmup_epochs * steps_per_epoch, cfg.train.epochs * steps_per_epoch, cfg.train.eta_min
@@ -229,7 +242,7 @@ def _train_epoch(state: _TrainingState, cfg: RunConfig, epoch: int) -> dict[str,
             cfg,
             state.optimizer,
             state.normalizer,
-            len(state.class_names),
+            output_classes(cfg.model, len(state.class_names)),
         )
         if not math.isfinite(losses[2]):
             raise TrainingDiverged(
@@ -274,10 +287,12 @@ def train_step(
 ) -> tuple[float, float, float]:
     """One optimizer step (forward, targets, losses, backward, clipping, update); returns
     (cls_loss, reg_loss, final_loss) as floats. The caller steps the schedule and the EMA."""
-    feats = batch["feats"].to(device, non_blocking=True)  # (B, C, T)
+    feats = batch["feats"].to(device, non_blocking=True).float()  # (B, C, T); float16 store features cross as such
     masks = batch["masks"].to(device, non_blocking=True)  # (B, 1, T)
     segments = [s.to(device) for s in batch["segments"]]
     labels = [lab.to(device) for lab in batch["labels"]]
+    if cfg.model.class_agnostic:  # every action is the one foreground class
+        labels = [torch.zeros_like(lab) for lab in labels]
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, cfg.train.bf16):
         out = forward(feats, masks)
@@ -313,7 +328,8 @@ def build_model_for_data(cfg: RunConfig) -> tuple[ActionFormer, str]:
     """The model ``cfg`` would train (input dim and classes from the data) and a data summary."""
     reader = FeatureReader(cfg.data)
     train_ann = load_training_subset(cfg)
-    model = ActionFormer(cfg.model, reader.dim, len(train_ann.class_names), cfg.data.max_seq_len)
+    num_outputs = output_classes(cfg.model, len(train_ann.class_names))
+    model = ActionFormer(cfg.model, reader.dim, num_outputs, cfg.data.max_seq_len)
     summary = (
         f"data: {len(train_ann.videos)} {cfg.data.train_subset} videos, "
         f"{len(train_ann.class_names)} classes, input dim {reader.dim} "

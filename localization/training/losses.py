@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from localization.config import ModelConfig
+from localization.config.schema import ModelConfig
 
 __all__ = ["LossNormalizer", "compute_losses", "ctr_diou_loss_1d", "sigmoid_focal_loss"]
 
