@@ -64,8 +64,14 @@ def start(
             hint = "" if token else f"; a cluster with token authentication needs its token here: {TOKEN_HELP}"
             raise InputError(f"--address {address}: cannot connect to a Ray cluster ({first}){hint}") from None
     elif owned:
+        # address="local": a new cluster of our own. Without it ray.init joins whatever cluster
+        # `ray start` last left in /tmp/ray/ray_current_cluster on this machine (someone else's), and
+        # then refuses num_cpus ("When connecting to an existing cluster, num_cpus ... must not be provided").
         ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_bytes, include_dashboard=False
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            object_store_memory=object_store_bytes,
+            include_dashboard=False,
         )
     resources = ray.cluster_resources()
     node_gpus = max((float(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0)

@@ -9,8 +9,8 @@ result). On the driver:
 
 - :class:`StopDiverged` (the run's stopper) stops the trial on that report, before the scheduler
   or the searcher see it as a result; ASHA ignores it on completion (it has no ``epoch``);
-- :class:`DivergedFailsOptunaSearch` tells Optuna the trial FAILED (Ray's ``OptunaSearch`` would
-  tell it COMPLETE with NaN, which Optuna refuses, leaving the trial RUNNING in the study);
+- runner.searcher tells Optuna the trial FAILED (Ray's ``OptunaSearch`` would tell it COMPLETE
+  with NaN, which Optuna refuses, leaving the trial RUNNING in the study);
 - the recorder (runner.recorder) ends the trial's MLflow run FAILED with ``runner.failure``.
 
 Ray itself records the trial as finished (TERMINATED), so ``--resume`` does not run it again either
@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 from ray.tune import Stopper
-from ray.tune.search.optuna import OptunaSearch
 
 from runner.trial import diverged
 
@@ -35,12 +34,3 @@ class StopDiverged(Stopper):
 
     def stop_all(self) -> bool:
         return False
-
-
-class DivergedFailsOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, but a diverged trial is told to the study as FAIL (no value)."""
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if diverged(result) is not None:
-            result, error = None, True
-        super().on_trial_complete(trial_id, result=result, error=error)

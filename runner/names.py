@@ -10,6 +10,8 @@ written from then on: stores written before keep the old names.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # ---- Tags ---------------------------------------------------------------------------------------
 PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
 ROLE = "runner.role"  # "search" (parent), "trial" (child), "evaluation" (runner.evaluate)
@@ -22,6 +24,7 @@ BEST_EPOCH = "runner.best_epoch"
 POSTPROCESS_PREFIX = "postprocess."  # + test.<key>: the tuned post-processing of the best checkpoint
 RETRIES = "runner.retries"
 LAST_ERROR = "runner.last_error"
+REPEAT_OF = "runner.repeat_of"  # a search.repeat_top run: the trial id whose config it re-trains
 PLACEMENT_PREFIX = "runner."  # + each key of PLACEMENT: where a trial's worker ran
 PLACEMENT = ("ray_node_id", "cuda_visible_devices")  # reported by each trial
 
@@ -47,6 +50,21 @@ SOURCE_RUN_ID = "runner.source_run_id"
 SELECTION_SUBSET = "runner.selection_subset"
 SELECTION_WARNING = "runner.selection_warning"
 
+# On the experiment: what MLflow 3's UI shows for it. The value is the one the UI's own experiment-type
+# selector writes for "custom model development" (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT);
+# without it MLflow 3.17 opens the experiment on the GenAI overview (traces, latency, tokens).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"
+DATASET_CONTEXT = "mlflow.data.context"  # tag of a run's dataset input: "training"
+SOURCE_NAME, SOURCE_TYPE = "mlflow.source.name", "mlflow.source.type"  # the runs table's Source column
+NOTE = "mlflow.note.content"  # a run's Description in the UI: the parent's summary
+
+
+def source_tags(search_file: Path | str) -> dict[str, str]:
+    """Source of a search's runs as the UI shows it: the command that made them."""
+    return {SOURCE_NAME: f"python -m runner.search {search_file}", SOURCE_TYPE: "LOCAL"}
+
+
 # Values of ROLE
 ROLE_SEARCH, ROLE_TRIAL, ROLE_EVALUATION = "search", "trial", "evaluation"
 
@@ -71,6 +89,7 @@ def best_metric(metric: str) -> str:
 SEARCH_SPACE_DIR = "search_space"  # the parent run's copy of the search file
 BEST_CHECKPOINT_DIR = "checkpoints/best"  # a trial's best checkpoint.pt and config.yaml
 PREDICTIONS_DIR = "predictions"
+IMPORTANCE_DIR = "importance"  # the parent run's param_importance.json and .png (runner.importance)
 BEST_PREDICTIONS_FILE = "validation_best.json"  # predictions/validation_best.json
 
 # Files in a trial's checkpoint folder (Ray's checkpoint_NNNNNN/) and in checkpoints/best

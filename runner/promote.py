@@ -36,6 +36,7 @@ from runner.names import (
     MODE,
     NUM_SAMPLES,
     PARENT,
+    REPEAT_OF,
     ROLE,
     ROLE_SEARCH,
     ROLE_TRIAL,
@@ -44,6 +45,7 @@ from runner.names import (
     TRIAL_ID,
     best_metric,
 )
+from runner.report import mean_and_spread, repeat_scores
 from runner.selection import describe_selection
 from runner.spec import SearchFile, load_search_file
 from runner.store import resolve_store
@@ -176,7 +178,11 @@ def _trial_ids(runs: list[Run], with_reason: bool = False) -> str:
 
 
 def best_child(record: SearchRecord) -> Run:
-    """The finished or pruned trial with the best ``best_<metric>`` (ties: the earlier trial)."""
+    """The finished or pruned trial with the best ``best_<metric>`` (ties: the earlier trial).
+
+    With ``search.repeat_top`` repeats, the repeated trial whose config has the best mean over its
+    seeds instead: one lucky seed should not pick the model.
+    """
     candidates = [
         r
         for r in record.children
@@ -188,6 +194,17 @@ def best_child(record: SearchRecord) -> Run:
             f"{record.summary_metric} (nothing to promote)"
         )
     sign = -1.0 if record.mode == "max" else 1.0
+    scores = repeat_scores(
+        [
+            (r.data.tags.get(TRIAL_ID, ""), r.data.tags.get(REPEAT_OF), r.data.metrics[record.summary_metric])
+            for r in candidates
+        ]
+    )
+    if scores:
+        repeated = [r for r in candidates if r.data.tags.get(TRIAL_ID) in scores and REPEAT_OF not in r.data.tags]
+        return min(
+            repeated, key=lambda r: (sign * mean_and_spread(scores[r.data.tags[TRIAL_ID]])[0], r.info.start_time)
+        )
     return min(candidates, key=lambda r: (sign * r.data.metrics[record.summary_metric], r.info.start_time))
 
 

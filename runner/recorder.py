@@ -33,6 +33,7 @@ from ray.tune import Callback
 
 from localization import api
 from localization.api import flatten
+from runner.dataset_input import dataset_input
 from runner.names import (
     BEST_CHECKPOINT_DIR,
     BEST_EPOCH,
@@ -50,6 +51,7 @@ from runner.names import (
     POSTPROCESS_SECONDS,
     PREDICTIONS_DIR,
     PREDICTIONS_FILE,
+    REPEAT_OF,
     RETRIES,
     ROLE,
     ROLE_TRIAL,
@@ -58,6 +60,7 @@ from runner.names import (
     TRIAL_DIR,
     TRIAL_ID,
     best_metric,
+    source_tags,
 )
 from runner.search_run import log_params
 from runner.spec import validation_metrics
@@ -241,11 +244,15 @@ class TrialRecorder(Callback):
             ROLE: ROLE_TRIAL,
             TRIAL_ID: trial.trial_id,
             STATUS: "running",
-            SEARCHED_KEYS: ",".join(trial.config),
+            SEARCHED_KEYS: ",".join(k for k in trial.config if k != REPEAT_OF),
             TRIAL_DIR: str(trial.path),
+            **source_tags(self.spec.path),
         }
+        if REPEAT_OF in trial.config:
+            tags[REPEAT_OF] = trial.config[REPEAT_OF]
         run = self.client.create_run(self.exp_id, run_name=Path(trial.path).name, tags=tags)
         log_params(self.client, run.info.run_id, flatten(cfg))
+        self.client.log_inputs(run.info.run_id, datasets=[dataset_input(cfg.data)])
         return run.info.run_id
 
     def _finish(self, trial: Any, status: str, failure: str | None = None) -> None:

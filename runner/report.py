@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from runner.names import BEST_EPOCH, SEARCHED_KEYS, STATUS, TRIAL_ID, best_metric
+from runner.names import BEST_EPOCH, REPEAT_OF, SEARCHED_KEYS, STATUS, TRIAL_ID, best_metric
 from runner.space import SearchSpace
 
 STATUS_COLORS = {
@@ -46,6 +46,7 @@ class TrialRow:
     train_time_s: float  # sum of the engine's epoch times
     values: dict[str, Any]  # searched key -> value, for the keys active in this trial
     curve: list[tuple[int, float]]  # (epoch, metric) on evaluated epochs
+    repeat_of: str | None = None  # search.repeat_top: the trial id whose config this run re-trains
 
 
 def collect(client: Any, runs: list[Any], metric: str) -> list[TrialRow]:
@@ -69,22 +70,54 @@ def collect(client: Any, runs: list[Any], metric: str) -> list[TrialRow]:
                 train_time_s=sum(m.value for m in times),
                 values={k: _param_value(run.data.params.get(k)) for k in keys},
                 curve=sorted((m.step, m.value) for m in history),
+                repeat_of=tags.get(REPEAT_OF),
             )
         )
     return rows
 
 
 def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
-    """The best evaluated trial (ties: the earliest)."""
+    """The best evaluated trial (ties: the earliest); with search.repeat_top repeats, the repeated
+    trial whose config has the best mean over its seeds, as runner.promote picks it."""
     scored = [r for r in rows if math.isfinite(r.best)]
     if not scored:
         return None
     sign = 1.0 if mode == "max" else -1.0
+    groups = repeat_scores([(r.trial_id, r.repeat_of, r.best) for r in rows])
+    if groups:
+        repeated = [r for r in scored if r.trial_id in groups]
+        return max(repeated, key=lambda r: (sign * mean_and_spread(groups[r.trial_id])[0], -r.order))
     return max(scored, key=lambda r: (sign * r.best, -r.order))
 
 
+def repeat_scores(runs: list[tuple[str, str | None, float]]) -> dict[str, list[float]]:
+    """Repeated trial id -> the scores of its config: its own, then its repeats' (search.repeat_top).
+
+    ``runs`` are (trial id, repeated trial id or None, best metric) triples; only trials that were
+    repeated appear, and NaN scores (never evaluated) are left out.
+    """
+    own = {trial_id: best for trial_id, repeat_of, best in runs if repeat_of is None}
+    groups: dict[str, list[float]] = {}
+    for _, repeat_of, best in runs:
+        if repeat_of is not None and repeat_of in own:
+            groups.setdefault(repeat_of, [own[repeat_of]]).append(best)
+    return {k: [v for v in scores if math.isfinite(v)] for k, scores in groups.items()}
+
+
+def mean_and_spread(scores: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN for fewer than two scores)."""
+    if not scores:
+        return math.nan, math.nan
+    mean = sum(scores) / len(scores)
+    if len(scores) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in scores) / (len(scores) - 1))
+
+
 def leaderboard(rows: list[TrialRow], space: SearchSpace, metric: str, mode: str) -> pd.DataFrame:
-    """Trials ranked by their best metric (unevaluated ones last)."""
+    """Trials ranked by their best metric (unevaluated ones last); with search.repeat_top, each
+    repeated config's mean and spread over its seeds, and which trial a repeat re-trains."""
+    groups = repeat_scores([(r.trial_id, r.repeat_of, r.best) for r in rows])
     sign = -1.0 if mode == "max" else 1.0
     ranked = sorted(
         rows, key=lambda r: (not math.isfinite(r.best), sign * r.best if math.isfinite(r.best) else 0.0, r.order)
@@ -101,6 +134,10 @@ def leaderboard(rows: list[TrialRow], space: SearchSpace, metric: str, mode: str
             "train_time_s": round(row.train_time_s, 1),
         }
         record.update({key: _show(row.values[key]) if key in row.values else "-" for key in space.keys})
+        if groups:
+            mean, spread = mean_and_spread(groups.get(row.trial_id, []))
+            record.update({f"mean_{metric}": mean, "spread": spread, "seeds": len(groups.get(row.trial_id, []))})
+            record["repeat_of"] = row.repeat_of or "-"
         record["run_id"] = row.run_id
         records.append(record)
     return pd.DataFrame.from_records(records)

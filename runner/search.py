@@ -21,17 +21,22 @@ from typing import Any
 
 from localization.api import InputError, dump_yaml, load_subset, make_synthetic, pack_features, probe_features
 from runner import cluster, report, search_run
-from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, SPEC_HASH, STATUS, best_metric
+from runner.importance import Importance, param_importance
+from runner.importance import write as write_importance
+from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, IMPORTANCE_DIR, NOTE, SPEC_HASH, STATUS, best_metric
 from runner.recorder import TrialRecorder, lost_reason
+from runner.repeats import run_repeats
+from runner.searcher import load_saved_search
 from runner.space import make_sampler, sample_configs
 from runner.spec import SearchFile, dump, load_search_file
 from runner.store import Store, connect, experiment_id, resolve_store
 from runner.system_metrics import SearchRecord
 from runner.trial import TrialSetup
-from runner.tuner import build_tuner
+from runner.tuner import build_tuner, new_tuner
 
 DRY_RUN_SAMPLES = 4
 DEFAULT_STORAGE = "ray_results"
+NOTE_LIMIT = 8000  # MLflow tag values are capped (8,000 characters on SQL stores)
 
 
 @dataclass
@@ -125,7 +130,7 @@ def run(
     try:
         trials = _place_trials(spec, record, info, ray_path, parent_id, outcome, echo)
         recorder = trials.recorder
-        _fit(spec, record, trials, ray_path, resume, outcome)
+        _fit(spec, record, trials, ray_path, resume, outcome, echo)
     finally:
         _close(spec, record, info, recorder, outcome, echo)
     timings["total"] = time.perf_counter() - started
@@ -190,7 +195,10 @@ def _place_trials(
     resources = cluster.trial_resources(spec.resources, info)
     concurrency = cluster.max_concurrent(spec.search, info, resources)
     outcome.concurrency = concurrency
-    searcher = f"optuna-{spec.search.sampler} seed={spec.search.seed} + {spec.search.scheduler.type}"
+    searcher = (
+        f"optuna-{spec.search.sampler} seed={spec.search.seed} startup={spec.search.startup_trials} "
+        f"seed_configs={len(spec.seed_configs)} + {spec.search.scheduler.type}"
+    )
     if parent_id is None:
         parent_id = search_run.start_parent(client, exp_id, spec, ray_path, searcher)
     else:
@@ -207,7 +215,13 @@ def _place_trials(
 
 
 def _fit(
-    spec: SearchFile, record: _Record, trials: _Trials, ray_path: Path, resume: bool, outcome: SearchOutcome
+    spec: SearchFile,
+    record: _Record,
+    trials: _Trials,
+    ray_path: Path,
+    resume: bool,
+    outcome: SearchOutcome,
+    echo: Callable[[str], None],
 ) -> None:
     """Run the Tuner to its end; sets ``outcome.status``."""
     tuner = build_tuner(trials.setup, ray_path, trials.resources, trials.concurrency, trials.recorder, resume)
@@ -215,6 +229,29 @@ def _fit(
     results = tuner.fit()
     outcome.timings["fit"] = time.perf_counter() - mark
     outcome.status = _fit_status(spec, record, outcome.parent_run_id, resume, results)
+    if outcome.status == "finished" and spec.search.repeat_top is not None:
+        _repeat_top(record, trials, ray_path, outcome, echo)
+
+
+def _repeat_top(
+    record: _Record, trials: _Trials, ray_path: Path, outcome: SearchOutcome, echo: Callable[[str], None]
+) -> None:
+    """``search.repeat_top``: re-train the best finished configs with other seeds (runner.repeats)."""
+    mark = time.perf_counter()
+
+    def tuner_for(path: Path, search_alg: Any, scheduler: Any, num_samples: int) -> Any:
+        setup, resources, concurrency, recorder = trials.setup, trials.resources, trials.concurrency, trials.recorder
+        return new_tuner(setup, path, resources, concurrency, recorder, search_alg, scheduler, num_samples)
+
+    parent_id = outcome.parent_run_id
+    complete = run_repeats(
+        record.client, record.exp_id, parent_id, trials.setup, ray_path, tuner_for, trials.recorder, echo
+    )
+    outcome.timings["repeats"] = time.perf_counter() - mark
+    if lost_reason(parent_id) is not None:
+        outcome.status = "tracking_lost"
+    elif not complete:
+        outcome.status = "interrupted"
 
 
 def _fit_status(spec: SearchFile, record: _Record, parent_id: str, resume: bool, results: Any) -> str:
@@ -389,6 +426,7 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
         if rows:
             report.plot_all(rows, spec.space, metric, mode, out / "plots")
             client.log_artifacts(parent_id, str(out / "plots"), "plots")
+        importance = _log_importance(client, parent_id, outcome.ray_path, out / "importance")
     best = report.best_row(rows, mode)
     outcome.rows, outcome.best = rows, best
     if best is not None:
@@ -396,17 +434,36 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
         client.set_tag(parent_id, BEST_TRIAL_ID, best.trial_id)
         client.set_tag(parent_id, BEST_RUN_ID, best.run_id)
     client.set_tag(parent_id, STATUS, outcome.status)
+    summary = importance.summary() if importance is not None else ""
+    client.set_tag(parent_id, NOTE, f"Search {outcome.status}. {summary}\n\n{markdown}"[:NOTE_LIMIT])
     status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(outcome.status, "FAILED")
     client.set_terminated(parent_id, status)
 
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "pruned", "failed", "interrupted")}
     echo("\n" + markdown + "\n")
     echo(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    echo(importance.summary() if importance is not None else "what mattered: fewer than 2 finished trials")
+    repeats = report.repeat_scores([(r.trial_id, r.repeat_of, r.best) for r in rows])
+    for trial_id, scores in repeats.items():
+        mean, spread = report.mean_and_spread(scores)
+        echo(f"repeats of trial {trial_id}: {metric} mean {mean:.4g}, spread {spread:.3g} over {len(scores)} seeds")
     if best is not None:
         label = "validation mAP" if "mAP" in metric else f"validation {metric}"
         echo(f"best {label}: {best.best} (trial {best.trial_id}, MLflow run {best.run_id})")
+        if best.trial_id in repeats:
+            echo(f"  chosen by the mean over its {len(repeats[best.trial_id])} seeds (search.repeat_top)")
     else:
         echo("no trial reached an evaluation: no best trial")
+
+
+def _log_importance(client: Any, parent_id: str, ray_path: Path | None, out: Path) -> Importance | None:
+    """The searched keys' importance over the study Ray saved, as artifacts of the parent run."""
+    saved = load_saved_search(ray_path) if ray_path is not None else None
+    importance = param_importance(saved.study) if saved is not None else None
+    if importance is not None:
+        write_importance(importance, out)
+        client.log_artifacts(parent_id, str(out), IMPORTANCE_DIR)
+    return importance
 
 
 def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
@@ -425,13 +482,18 @@ def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
         for param in spec.postprocess.space.params:
             echo(f"  {param.key}: {param.describe()}")
     direction = "maximize" if s.mode == "max" else "minimize"
-    samples = sample_configs(
-        spec.space, make_sampler(s.sampler, s.seed), min(DRY_RUN_SAMPLES, s.num_samples), direction
+    queued = spec.seed_params()
+    known = s.startup_trials if s.sampler == "tpe" else s.num_samples  # later TPE picks depend on results
+    count = min(s.num_samples, max(len(queued), min(DRY_RUN_SAMPLES, known)))
+    samples = sample_configs(spec.space, make_sampler(s.sampler, s.seed, s.startup_trials), count, direction, queued)
+    startup = f", {s.startup_trials} start-up trials before TPE" if s.sampler == "tpe" else ""
+    echo(
+        f"# first {len(samples)} trial configs ({len(queued)} seed configs, "
+        f"then the seeded {s.sampler} sampler{startup})"
     )
-    echo(f"# first {len(samples)} trial configs (the seeded {s.sampler} sampler's opening proposals)")
     for i, values in enumerate(samples, start=1):
         shown = ", ".join(f"{k}={_compact(v)}" for k, v in values.items())
-        echo(f"  trial {i}: {shown}")
+        echo(f"  trial {i}{' (seed config)' if i <= len(queued) else ''}: {shown}")
     annotations = Path(spec.base.data.annotations)
     if annotations.exists():
         echo(f"# {check_data(spec)}")

@@ -14,6 +14,7 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from localization.api import to_dict
+from runner.dataset_input import dataset_input
 from runner.names import (
     METRIC,
     MODE,
@@ -30,6 +31,7 @@ from runner.names import (
     SPEC_HASH,
     STATUS,
     TRIAL_ID,
+    source_tags,
 )
 from runner.spec import SearchFile
 
@@ -49,6 +51,7 @@ def start_parent(client: MlflowClient, exp_id: str, spec: SearchFile, ray_path: 
         NUM_SAMPLES: str(spec.search.num_samples),
         STATUS: "running",
         SPEC_HASH: spec_hash(spec),
+        **source_tags(spec.path),
     }
     if spec.search.selection is not None:  # read back by runner.selection.describe_selection
         tags[SELECTION] = json.dumps(to_dict(spec.search.selection))
@@ -56,6 +59,7 @@ def start_parent(client: MlflowClient, exp_id: str, spec: SearchFile, ray_path: 
     run_id = run.info.run_id
     options = {f"{SEARCH_PARAM_PREFIX}{k}": v for k, v in flatten_options(spec).items()}
     log_params(client, run_id, options)
+    client.log_inputs(run_id, datasets=[dataset_input(spec.base.data)])  # the recipe's data
     client.log_artifact(run_id, str(spec.path), SEARCH_SPACE_DIR)
     return run_id
 

@@ -75,17 +75,24 @@ class Param:
         return [self.low, self.high]
 
     def allows(self, value: Any) -> bool:
-        """Whether this parameter can take `value` (for checking `when` conditions)."""
+        """Whether this parameter can take `value` (`when` conditions, seed configs)."""
         if self.kind in ("choice", "value"):
             return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
         if self.kind == "int":
             return (
-                isinstance(value, int)
-                and not isinstance(value, bool)
-                and self.low <= value <= self.high
-                and (value - self.low) % (self.step or 1) == 0
+                isinstance(value, int) and self.low <= value <= self.high and (value - self.low) % (self.step or 1) == 0
             )
-        return False
+        if not self.low <= value <= self.high:
+            return False
+        return self.step is None or math.isclose(round((value - self.low) / self.step) * self.step, value - self.low)
+
+    def encode(self, value: Any) -> Any:
+        """The Optuna parameter value of config value `value` (the inverse of `suggest`)."""
+        if self.kind == "choice":
+            return _label(value)
+        return int(value) if self.kind == "int" else float(value)
 
     def describe(self) -> str:
         """Compact one-line spelling, e.g. ``loguniform[3e-05, 0.0003]`` (for logs and tables)."""
@@ -128,24 +135,63 @@ class SearchSpace:
     def __getitem__(self, key: str) -> Param:
         return next(p for p in self.params if p.key == key)
 
+    def fixed_params(self, given: Mapping[str, Any], recipe: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Optuna parameters that make the space return `given` (a seed config) for a queued trial.
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """A seeded Optuna sampler (Ray's OptunaSearch ignores its own `seed`, stack notes R8)."""
+        Active keys that `given` leaves out take the recipe's (base config's) value, so ``{}`` is
+        the recipe itself. Raises ConfigError naming `where` and the key when a value is outside
+        its distribution or a given key is not searched or not active.
+        """
+        unknown = [key for key in given if key not in self.keys]
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: not a searched key (searched: {self.keys})")
+        values: dict[str, Any] = {}
+        params: dict[str, Any] = {}
+        for param in self.params:
+            if not param.active(values):
+                if param.key in given:
+                    raise ConfigError(f"{where}.{param.key}: not active with these values ({param.describe()})")
+                continue
+            value = given[param.key] if param.key in given else recipe[param.key]
+            if param.kind in ("uniform", "loguniform") and isinstance(value, str):
+                value = _number(value, f"{where}.{param.key}")
+            if not param.allows(value):
+                whose = "" if param.key in given else "the recipe's value "
+                raise ConfigError(f"{where}.{param.key}: {whose}{value!r} is not in {param.describe()}")
+            values[param.key] = value
+            if param.kind != "value":
+                params[param.key] = param.encode(value)
+        return params
+
+
+def make_sampler(name: str, seed: int, startup_trials: int = 10) -> optuna.samplers.BaseSampler:
+    """A seeded Optuna sampler (Ray's OptunaSearch ignores its own `seed`, stack notes R8).
+
+    TPE samples at random until `startup_trials` trials ended (COMPLETE or PRUNED; seed configs
+    count), and with ``constant_liar`` treats running trials as bad, so concurrent trials spread out.
+    """
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, constant_liar=True)
 
 
 def sample_configs(
-    space: SearchSpace, sampler: optuna.samplers.BaseSampler, count: int, direction: str = "maximize"
+    space: SearchSpace,
+    sampler: optuna.samplers.BaseSampler,
+    count: int,
+    direction: str = "maximize",
+    queued: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The first `count` trial values a fresh study with `sampler` proposes.
+    """The first `count` trial values a fresh study with `sampler` proposes, after the `queued`
+    Optuna parameters (seed configs, see :meth:`SearchSpace.fixed_params`).
 
     The trials are asked and never told, as Ray's OptunaSearch does while the first trials
     run, so with the search's seeded sampler these are the configs the search starts with.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=sampler, direction=direction)
+    for params in queued or []:
+        study.enqueue_trial(params)
     return [space(study.ask()) for _ in range(count)]
 
 

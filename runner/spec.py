@@ -10,6 +10,7 @@ are one :class:`ConfigError` line naming the file and the dotted key.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,14 @@ class SelectionSpec:
 
 
 @dataclass(frozen=True)
+class RepeatSpec:
+    """Re-train the best `k` configs with `seeds` other ``train.seed`` values after the search."""
+
+    k: int = 3
+    seeds: int = 2
+
+
+@dataclass(frozen=True)
 class SearchOptions:
     metric: str = AVERAGE_MAP  # an engine metric: average_mAP, mAP_0.50, ..., or a loss
     mode: Literal["max", "min"] = "max"
@@ -64,9 +73,11 @@ class SearchOptions:
     max_concurrent: int | None = None  # null: one trial per GPU, or per 2 CPUs without GPUs
     seed: int = 0
     sampler: Literal["tpe", "random"] = "tpe"
+    startup_trials: int | None = None  # random trials before TPE; null: a quarter of num_samples, >= 2
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     max_failures: int = 2  # retries of a trial whose worker died, from its last checkpoint
     selection: SelectionSpec | None = None  # null: select on data.val_subset (the recipe)
+    repeat_top: RepeatSpec | None = None  # null: no repeats
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,16 @@ class SearchFile:
     run_raw: dict[str, Any]  # the run sections as written (plus overrides): every trial's base
     base: RunConfig
     raw_space: dict[str, Any] = field(default_factory=dict)  # search.space as written
+    seed_configs: list[dict[str, Any]] = field(default_factory=list)  # search.seed_configs as written
     postprocess: PostprocessSpec | None = None  # search.postprocess; None: cfg.test as given
+
+    def seed_params(self) -> list[dict[str, Any]]:
+        """Optuna parameters of the seed configs, queued before anything is sampled."""
+        recipe = flatten(self.base)
+        return [
+            self.space.fixed_params(given, recipe, f"{self.source}: search.seed_configs[{i}]")
+            for i, given in enumerate(self.seed_configs)
+        ]
 
     @property
     def source(self) -> str:
@@ -144,6 +164,7 @@ class SearchFile:
             **to_dict(self.base),
             "search": {
                 **to_dict(self.search),
+                "seed_configs": self.seed_configs,
                 "space": self.raw_space,
                 **({"postprocess": _postprocess_raw(self.postprocess)} if self.postprocess else {}),
             },
@@ -179,10 +200,15 @@ def load_search_file(
         raise ConfigError(f"{source}: search: expected a mapping, got {type(search_raw).__name__}")
     search_raw = dict(search_raw)
     raw_space = search_raw.pop("space", None) or {}
+    seed_configs = search_raw.pop("seed_configs", None) or []
+    if not isinstance(seed_configs, list) or not all(isinstance(c, dict) for c in seed_configs):
+        raise ConfigError(f"{source}: search.seed_configs: expected a list of mappings {{dotted.key: value}}")
     postprocess = _parse_postprocess(search_raw.pop("postprocess", None), source)
     if num_samples is not None:
         search_raw["num_samples"] = num_samples
     search = build_section(SearchOptions, search_raw, "search", source, SearchOptions())
+    if search.startup_trials is None:
+        search = dataclasses.replace(search, startup_trials=default_startup_trials(search.num_samples))
     resources = build_section(ResourcesSpec, raw.get("resources") or {}, "resources", source, ResourcesSpec())
     tracking = build_section(TrackingSpec, raw.get("tracking") or {}, "tracking", source, TrackingSpec())
     synthetic = (
@@ -202,10 +228,16 @@ def load_search_file(
         run_raw=run_raw,
         base=base,
         raw_space=copy.deepcopy(raw_space),
+        seed_configs=copy.deepcopy(seed_configs),
         postprocess=postprocess,
     )
     _validate(spec)
     return spec
+
+
+def default_startup_trials(num_samples: int) -> int:
+    """TPE's random start-up when the file sets none: a quarter of the budget, at least 2."""
+    return max(2, round(num_samples / 4))
 
 
 def _parse_postprocess(raw: Any, source: str) -> PostprocessSpec | None:
@@ -269,6 +301,12 @@ def _validate(spec: SearchFile) -> None:
         fail("search.max_concurrent", f"must be >= 1 or null, got {s.max_concurrent}")
     if s.max_failures < 0:
         fail("search.max_failures", f"must be >= 0, got {s.max_failures}")
+    if s.startup_trials < 0:
+        fail("search.startup_trials", f"must be >= 0 or null, got {s.startup_trials}")
+    if s.repeat_top is not None and (s.repeat_top.k < 1 or s.repeat_top.seeds < 1):
+        fail("search.repeat_top", f"k and seeds must be >= 1, got {to_dict(s.repeat_top)}")
+    if len(spec.seed_configs) > s.num_samples:
+        fail("search.seed_configs", f"{len(spec.seed_configs)} seed configs exceed num_samples={s.num_samples}")
     if s.selection is not None and not 0 < s.selection.holdout_fraction < 1:
         fail("search.selection.holdout_fraction", f"must be in (0, 1), got {s.selection.holdout_fraction}")
     known = set(LOSS_METRICS) | set(validation_metrics(spec.base))
@@ -309,6 +347,9 @@ def _validate(spec: SearchFile) -> None:
     sampler = make_sampler("random", s.seed)
     for values in sample_configs(spec.space, sampler, VALIDATION_SAMPLES):
         _check_value(spec, values, "search.space")
+    queued = spec.seed_params()
+    for i, values in enumerate(sample_configs(spec.space, sampler, len(queued), queued=queued)):
+        _check_value(spec, values, f"search.seed_configs[{i}]")
 
 
 def _validate_postprocess(spec: SearchFile, post: PostprocessSpec) -> None:

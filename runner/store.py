@@ -15,6 +15,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from localization.api import InputError
+from runner.names import EXPERIMENT_KIND, EXPERIMENT_KIND_MODEL_TRAINING
 
 EMBEDDED_STORE_DIR = "mlflow"  # under the cwd: mlflow.db + artifacts/ (git-ignored)
 SERVER_TIMEOUT_S = 5  # connecting to a tracking server
@@ -70,11 +71,19 @@ def _check_server(uri: str) -> None:
 
 
 def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
-    """The experiment's id, created with an explicit artifact location when the store has one."""
+    """The experiment's id, created with an explicit artifact location when the store has one.
+
+    The experiment is tagged as model training (``mlflow.experimentKind``) unless someone already
+    chose a kind for it, so the UI opens on its runs rather than on the GenAI overview.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             raise InputError(f"experiment: {name!r} is deleted in {store.uri}; restore it or pick another name")
+        if EXPERIMENT_KIND not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, EXPERIMENT_KIND_MODEL_TRAINING)
         return experiment.experiment_id
     location = (store.artifact_root / name).as_uri() if store.artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(
+        name, artifact_location=location, tags={EXPERIMENT_KIND: EXPERIMENT_KIND_MODEL_TRAINING}
+    )

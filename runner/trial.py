@@ -3,7 +3,8 @@
 Every epoch is reported with ``tune.report(metrics, checkpoint=...)``. The reported metrics are
 the engine's epoch metrics plus:
 
-- ``epoch`` and ``evaluated`` (whether validation ran this epoch);
+- ``epoch``, ``evaluated`` (whether validation ran this epoch) and ``planned_epochs`` (the
+  trial's ``train.epochs``: a trial stopped before it was stopped early, runner.searcher);
 - on an epoch without validation, the last validation values are repeated so that ASHA and
   Optuna always find the search metric; before the first validation a mAP metric reads 0.0
   (the value of "no detections"). MLflow gets validation metrics only on evaluated epochs;
@@ -42,12 +43,13 @@ import ray
 from ray import tune
 
 from localization.api import RunConfig, dump_yaml
-from runner.names import CHECKPOINT_FILE, CONFIG_FILE, POSTPROCESS_SECONDS, PREDICTIONS_FILE, REPORT_FILE
+from runner.names import CHECKPOINT_FILE, CONFIG_FILE, POSTPROCESS_SECONDS, PREDICTIONS_FILE, REPEAT_OF, REPORT_FILE
 from runner.postprocess_search import PostprocessSearch
 from runner.spec import SearchFile, validation_metrics
 from runner.system_metrics import SearchRecord, TrialSystemMetrics
 
 SCORE_KEY = "checkpoint_score"
+PLANNED_EPOCHS_KEY = "planned_epochs"
 DIVERGED_KEY = "diverged"  # in a diverged trial's terminal report: why
 
 
@@ -61,8 +63,11 @@ class TrialSetup:
 
 
 def trial_run_config(setup: TrialSetup, values: dict[str, Any]) -> RunConfig:
-    """The trial's run config; on CPU the thread count follows the trial's CPUs unless set."""
-    cfg = setup.spec.trial_config(values)
+    """The trial's run config; on CPU the thread count follows the trial's CPUs unless set.
+
+    A repeat (runner.repeats) carries the trial it repeats under ``runner.repeat_of``: not a config key.
+    """
+    cfg = setup.spec.trial_config({k: v for k, v in values.items() if k != REPEAT_OF})
     if setup.num_threads and cfg.train.num_threads == 0:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=setup.num_threads))
     return cfg
@@ -169,7 +174,8 @@ class EpochReporter:
         for key in self.validation_keys:
             metrics.setdefault(key, self.last_validation.get(key, 0.0))
         score = self.sign * metrics[self.metric] if fresh else -math.inf
-        metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **{SCORE_KEY: score}, **self.placement)
+        metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **self.placement)
+        metrics.update({SCORE_KEY: score, PLANNED_EPOCHS_KEY: self.cfg.train.epochs})
         if self.postprocess is not None and report.evaluated:
             metrics[POSTPROCESS_SECONDS] = self.postprocess.seconds
         cfg = dataclasses.replace(self.cfg, test=report.test) if report.test is not None else self.cfg

@@ -1,4 +1,4 @@
-"""The Ray Tune Tuner of a search: Optuna's sampler behind OptunaSearch, a trial scheduler, checkpoints.
+"""The Ray Tune Tuner of a search: Optuna's sampler behind runner.searcher, a trial scheduler, checkpoints.
 
 A new trial scheduler is one branch of :func:`make_scheduler` (and its name in
 ``runner.spec.SchedulerSpec``); Ray is imported only when a Tuner is built.
@@ -36,28 +36,60 @@ def build_tuner(
     recorder: TrialRecorder,
     resume: bool,
 ) -> Any:
-    """The Tuner: OptunaSearch (seeded sampler, define-by-run space), ASHA or FIFO, checkpoints."""
+    """The Tuner: Optuna (seeded sampler, define-by-run space, seed configs first), ASHA or FIFO, checkpoints."""
     from ray import tune  # Ray is imported only when a search runs
 
-    from runner.diverged import DivergedFailsOptunaSearch, StopDiverged
-    from runner.restore import ContinueFromNewestCheckpoint
+    from runner.searcher import MultiFidelityOptunaSearch
 
     spec = setup.spec
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if resume:  # the run config (callbacks, stopper, checkpoint policy) comes back from ray_path
+        trainable = trainable_for(setup, resources)
         return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     s = spec.search
-    searcher = DivergedFailsOptunaSearch(
-        space=spec.space, metric=s.metric, mode=s.mode, sampler=make_sampler(s.sampler, s.seed)
+    # metric/mode go to OptunaSearch and TuneConfig, never the scheduler (stack notes R6)
+    searcher = MultiFidelityOptunaSearch(
+        space=spec.space,
+        metric=s.metric,
+        mode=s.mode,
+        sampler=make_sampler(s.sampler, s.seed, s.startup_trials),
+        seed_params=spec.seed_params(),
     )
+    return new_tuner(setup, ray_path, resources, concurrency, recorder, searcher, make_scheduler(spec), s.num_samples)
+
+
+def trainable_for(setup: TrialSetup, resources: dict[str, float]) -> Any:
+    """The trial function with its setup and resources, as Tune runs it."""
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+
+
+def new_tuner(
+    setup: TrialSetup,
+    ray_path: Path,
+    resources: dict[str, float],
+    concurrency: int,
+    recorder: TrialRecorder,
+    search_alg: Any,
+    scheduler: Any,
+    num_samples: int,
+) -> Any:
+    """A Tuner writing to `ray_path` with the runner's trial names, checkpoints, retries and recorder
+    (the search's own, and runner.repeats' re-training of its best configs)."""
+    from ray import tune
+
+    from runner.diverged import StopDiverged
+    from runner.restore import ContinueFromNewestCheckpoint
+
+    s = setup.spec.search
     return tune.Tuner(
-        trainable,
+        trainable_for(setup, resources),
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
-            search_alg=searcher,
-            scheduler=make_scheduler(spec),
-            num_samples=s.num_samples,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
             max_concurrent_trials=concurrency,
             reuse_actors=resources["gpu"] == 0,
             trial_dirname_creator=trial_dirname,

@@ -98,3 +98,15 @@ def write_tiny_search(
     path = root / "search.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+# A model small enough for a search test to train in seconds on one CPU (width 16, 3 pyramid levels).
+TINY_MODEL = {
+    "embd_dim": 16,
+    "fpn_dim": 16,
+    "head_dim": 16,
+    "n_head": 4,
+    "n_mha_win_size": 9,
+    "backbone_arch": [2, 1, 3],
+    "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]],
+}

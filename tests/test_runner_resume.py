@@ -1,4 +1,5 @@
-"""Ctrl-C then ``--resume``: the same MLflow runs continue, one per trial, nothing left RUNNING.
+"""Ctrl-C then ``--resume``: the same MLflow runs continue, one per trial, nothing left RUNNING,
+and the Optuna study Ray restores holds every trial once, COMPLETE with its whole curve.
 
 The interrupted search runs in a subprocess (SIGINT would stop pytest itself); the resume runs
 in this process against the same embedded MLflow store and Ray storage path.
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import synthetic_data_section
+from conftest import TINY_MODEL, synthetic_data_section
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from localization.data.synthetic import generate
 from runner import cluster, search
+from runner.searcher import load_saved_search
 
 NUM_TRIALS, EPOCHS = 3, 25
 
@@ -27,15 +30,7 @@ def tiny_search(data: Path) -> dict:
     return {
         "experiment": "resume",
         "data": synthetic_data_section(data),
-        "model": {
-            "embd_dim": 16,
-            "fpn_dim": 16,
-            "head_dim": 16,
-            "n_head": 4,
-            "n_mha_win_size": 9,
-            "backbone_arch": [2, 1, 3],
-            "regression_range": [[0, 4], [4, 8], [8, 16], [16, 10000]],
-        },
+        "model": TINY_MODEL,
         "train": {"epochs": EPOCHS, "warmup_epochs": 0, "batch_size": 4, "lr": 1.0e-3, "eval_every": 5},
         "search": {
             "num_samples": NUM_TRIALS,
@@ -107,6 +102,15 @@ def test_interrupted_search_resumes_into_the_same_runs(ray_cluster, tmp_path, mo
         assert evaluated == list(range(5, EPOCHS + 1, 5))  # validation metrics only when evaluated
         if run.data.tags["runner.trial_id"] in before:  # the run that was interrupted is continued
             assert run.info.run_id == before[run.data.tags["runner.trial_id"]].info.run_id
+    saved = load_saved_search(outcome.ray_path)
+    trials = {t.number: t for t in saved.study.get_trials()}
+    assert len(trials) == NUM_TRIALS
+    for run in after:  # FIFO: every trial ran to the end, so every trial is COMPLETE with its best
+        trial = trials[saved.trial_numbers[run.data.tags["runner.trial_id"]]]
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "average_mAP")}
+        assert trial.state == TrialState.COMPLETE
+        assert trial.intermediate_values == pytest.approx(history)  # epochs before the interrupt too
+        assert trial.value == pytest.approx(max(history.values()))
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["runner.status"] == "finished"
     assert (

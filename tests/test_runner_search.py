@@ -246,3 +246,18 @@ def test_mlflow_keeps_the_model_weights_and_finished_trials_keep_no_weights_in_r
         assert set(torch.load(local, weights_only=True)) == set(INFERENCE_KEYS)  # no optimizer, scheduler, RNG
         kept = list(Path(child.data.tags["runner.trial_dir"]).glob("checkpoint_*"))
         assert kept and all({p.name for p in d.iterdir()} == {"report.json", "config.yaml"} for d in kept)
+
+
+def test_experiment_is_model_training_and_trials_name_their_data(finished_search):
+    """What MLflow 3's UI reads: the experiment kind, and a dataset input per trial."""
+    assert finished_search["experiment"].tags["mlflow.experimentKind"] == "custom_model_development"
+    _, children = parent_and_children(finished_search)
+    digests = {}
+    for child in children:
+        (given,) = child.inputs.dataset_inputs
+        features = json.loads(child.data.params["data.features"])
+        assert given.dataset.name == f"data[{'+'.join(features)}]"
+        assert json.loads(given.dataset.profile)["features"] == features
+        assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "training"}
+        digests.setdefault(given.dataset.name, set()).add(given.dataset.digest)
+    assert all(len(d) == 1 for d in digests.values())  # the same data, the same digest
