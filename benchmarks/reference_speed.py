@@ -2,13 +2,13 @@
 
     git clone https://github.com/happyharrycn/actionformer_release /some/where   # not built, not vendored
     python benchmarks/reference_speed.py --reference-dir /some/where --threads 2 --pairs 8 \\
-        [--cases train,infer2304,infer14208] [--json out.json]
+        [--cases train,infer2304,infer14400] [--json out.json]
 
 Both models hold the same parameters (the reference's state dict loaded into ours), THUMOS dims
 (input 2048, 512-d, window 19, 20 classes, max_seq_len 2304). Cases: a training step (forward,
 targets, losses, backward) of 2 full-length videos at T 2304 (the losses are compared first with
-stochastic depth off); inference of one video at T 2304 and 14,208 (forward to the heads; the
-reference's point buffer is enlarged, its default fails at 14,208). One step of each
+stochastic depth off); inference of one video at T 2304 and 14,400 (forward to the heads; the
+reference needs a multiple of 576 there, and an enlarged point buffer). One step of each
 implementation in turn, the order alternating; wall and process-CPU medians. The reference's NMS
 extension is post-processing only: a stub module stands in for it, nothing is compiled.
 """
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from localization.config import ModelConfig
+from localization.config.schema import ModelConfig
 from localization.model import ActionFormer, make_points
 from localization.training.losses import LossNormalizer, compute_losses
 from localization.training.targets import assign_targets
@@ -41,7 +41,7 @@ def load_reference(reference_dir: str) -> tuple[torch.nn.Module, dict]:
     from libs.modeling import make_meta_arch
 
     cfg = load_config(f"{reference_dir}/configs/thumos_i3d.yaml")
-    cfg["model"]["max_buffer_len_factor"] = 8.0  # 2304 * 8 >= 14,208: the default 6 fails there
+    cfg["model"]["max_buffer_len_factor"] = 8.0  # 2304 * 8 >= 14,400: the default 6 fails there
     return make_meta_arch(cfg["model_name"], **cfg["model"]), cfg
 
 
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--reference-dir", required=True, help="a checkout of actionformer_release")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--cases", default="train,infer2304,infer14208")
+    parser.add_argument("--cases", default="train,infer2304,infer14400")
     parser.add_argument("--json", default="", help="also write every timing here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -156,7 +156,7 @@ def main() -> None:
         set_drop_path(ours, cfg.droppath), set_drop_path(ref, cfg.droppath)
         results["train"] = interleave("train step T 2304 batch 2", {"ours": ours_train, "ref": ref_train}, args.pairs)
     ours.eval(), ref.eval()
-    for length in (2304, 14208):
+    for length in (2304, 14400):
         if f"infer{length}" not in cases:
             continue
         x = torch.randn(1, INPUT, length, generator=gen)

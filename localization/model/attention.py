@@ -11,8 +11,8 @@ Backends of :func:`band_attention` (``set_band_attention_backend``):
 - ``blocks``: one fused ``scaled_dot_product_attention`` over query chunks and the keys each
   chunk can see, with a band mask (:func:`blocked_attention`);
 - ``flex``: FlexAttention with a band block mask (:func:`flex_band_attention`), compiled on CUDA;
-- ``auto`` (default): ``blocks`` on CUDA, ``banded`` elsewhere (on the CPU ``banded`` measured as
-  fast as ``blocks`` in the forward and uses less memory; see BENCHMARKS.md).
+- ``auto`` (default): ``blocks`` on CUDA (a fused kernel there), ``banded`` elsewhere (on the CPU
+  the two were within 6% of each other forward + backward, see BENCHMARKS.md).
 """
 
 from __future__ import annotations
