@@ -59,7 +59,8 @@ class MultiFidelityOptunaSearch(OptunaSearch):
             self._report(trial_id, result)
         ot_trial = self._ot_trials[trial_id]
         measured = [v for v in self._frozen(ot_trial).intermediate_values.values() if math.isfinite(v)]
-        reached_end = bool(result) and int(result.get("epoch", 0)) >= int(result.get(PLANNED_EPOCHS_KEY, math.inf))
+        # a diverged trial's terminal report has neither: it is not at its end (and fails below)
+        reached_end = bool(result) and result.get("epoch", 0) >= result.get(PLANNED_EPOCHS_KEY, math.inf)
         if error or diverged(result) is not None or (reached_end and not measured):
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif reached_end:
