@@ -2,7 +2,7 @@
 
     python benchmarks/model_speed.py                     # CPU, FineAction-size model (4352 -> 512)
     python benchmarks/model_speed.py --device cuda --bf16
-    python benchmarks/model_speed.py --attention         # also: local vs dense band attention
+    python benchmarks/model_speed.py --attention         # also: banded vs SDPA blocks vs dense band attention
 
 A step is forward + backward of a surrogate loss over every output (no targets needed).
 """
@@ -17,7 +17,7 @@ import torch
 
 from localization.config.schema import ModelConfig, inference_div_factor
 from localization.model import ActionFormer
-from localization.model.blocks import local_attention
+from localization.model.attention import blocked_attention, local_attention
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,11 +97,14 @@ def attention_speed(args, device: torch.device) -> None:
     def local() -> torch.Tensor:
         return local_attention(q, k, v, kv_mask, window)
 
+    def blocks() -> torch.Tensor:
+        return blocked_attention(q, k, v, kv_mask, window)
+
     def dense() -> torch.Tensor:
         mask = band & kv_mask[:, None, None]  # (B, 1, T, T)
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    for name, fn in (("local (banded)", local), ("dense band", dense)):
+    for name, fn in (("local (banded)", local), ("SDPA blocks", blocks), ("dense band", dense)):
         times = []
         for step in range(args.warmup + args.iters):
             sync(device)

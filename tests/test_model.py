@@ -10,7 +10,15 @@ import torch
 
 from localization.config.schema import ModelConfig
 from localization.model import ActionFormer, make_points
-from localization.model.blocks import MaskedMHCA, global_attention, local_attention
+from localization.model.attention import (
+    band_attention_backend,
+    blocked_attention,
+    flex_band_attention,
+    global_attention,
+    local_attention,
+    set_band_attention_backend,
+)
+from localization.model.blocks import MaskedMHCA
 from localization.model.heads import pack_levels
 from localization.training.optim import param_groups
 
@@ -115,6 +123,44 @@ def test_local_attention_float32_and_fully_masked_sample():
     got = local_attention(q, k, v, kv_mask, 19)
     assert torch.allclose(got[0, :, :30], expected[0, :, :30], atol=1e-5)
     assert torch.isfinite(got).all()
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("length", [6, 45, 101])
+@pytest.mark.parametrize("kernel", ["blocks", "flex"])
+def test_fused_band_backends_equal_band_masked_dense(length, kernel):
+    """The CUDA backends (SDPA over query chunks, FlexAttention) give the banded kernel's values."""
+    gen = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(3, 2, length, 16, generator=gen) for _ in range(3))
+    kv_mask = lengths_mask([length, max(1, length // 2), 0], length)
+    idx = torch.arange(length)
+    band = (idx[:, None] - idx[None, :]).abs() <= 9
+    expected = dense_reference(q, k, v, band[None] & kv_mask[:, None, :])
+    fn = blocked_attention if kernel == "blocks" else flex_band_attention
+    got = fn(q, k, v, kv_mask, 19)
+    assert got.shape == q.shape and torch.isfinite(got).all()
+    rows = kv_mask[:, None, :, None].expand_as(got)
+    assert torch.allclose(got[rows], expected[rows], atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_band_backend_switch_gives_same_model_outputs():
+    model = randomized(ActionFormer(tiny_config(n_mha_win_size=7), 6, 3, max_seq_len=128), seed=5)
+    feats, masks = pad_video(torch.randn(6, 90), 128)
+    assert band_attention_backend(torch.device("cpu")) == "banded"
+    assert band_attention_backend(torch.device("cuda")) == "blocks"
+    outputs = {}
+    try:
+        for name in ("banded", "blocks", "flex"):
+            set_band_attention_backend(name)
+            with torch.no_grad():
+                outputs[name] = model(feats, masks)
+    finally:
+        set_band_attention_backend("auto")
+    assert_same_valid_outputs(outputs["banded"], outputs["blocks"])
+    assert_same_valid_outputs(outputs["banded"], outputs["flex"])
+    with pytest.raises(ValueError, match="unknown band attention backend"):
+        set_band_attention_backend("dense")
 
 
 def test_global_attention_equals_key_masked_dense():

@@ -1,6 +1,10 @@
 """Building blocks of the ActionFormer backbone (reference: libs/modeling/blocks.py).
 
-Layout is channels-first everywhere: features (B, C, T), masks (B, 1, T) bool, True = valid.
+Layout: features are (B, C, T) tensors and masks (B, 1, T) bool, True = valid. Inside the model
+the features are *stored* time-major (strides (T*C, 1, C), see :func:`time_major`): channels are
+adjacent in memory, so the LayerNorms over C, the 1x1 convs (matmuls) and the channels-last
+convolutions all read and write them without transposing copies. Every block accepts either
+storage and returns time-major features; the values are the same either way.
 
 Padding contract (a deliberate deviation from the reference, see ``MaskedConv1D``): a padded
 step behaves exactly like a step outside the sequence, so the outputs at valid steps do not
@@ -14,6 +18,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from localization.model.attention import band_attention, global_attention
+
+
+def time_major(x: Tensor) -> Tensor:
+    """(B, C, T) with time-major storage; a no-op (no copy) when ``x`` is stored that way already."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A kernel-1 Conv1d (weight (C_out, C_in, 1)) as a matmul over the channels: (B, C_in, T) ->
+    (B, C_out, T) time-major. No copy when ``x`` is time-major."""
+    return F.linear(x.transpose(1, 2), weight[:, :, 0], bias).transpose(1, 2)
+
+
+class PointwiseConv1d(nn.Conv1d):
+    """nn.Conv1d with kernel 1 (same parameters and state dict) that keeps time-major storage;
+    nn.Conv1d itself would return channels-first storage."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pointwise(x, self.weight, self.bias)
+
 
 class MaskedConv1D(nn.Module):
     """Conv1d with 'same' padding whose padded input and output steps are zero.
@@ -22,6 +50,8 @@ class MaskedConv1D(nn.Module):
     Deviation: the reference masks only the output, so a padded step next to a valid one feeds
     the LayerNorm bias of the previous layer into the conv; we also zero the input, which makes
     padding indistinguishable from the conv's own zero padding.
+    The weights live in a child nn.Conv1d (the reference's state dict); the convolution runs as a
+    channels-last Conv2d over (B, C, 1, T), which takes and returns time-major storage.
     """
 
     def __init__(
@@ -37,13 +67,27 @@ class MaskedConv1D(nn.Module):
         if bias:
             nn.init.zeros_(self.conv.bias)
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Tensor, input_masked: bool = False) -> tuple[Tensor, Tensor]:
+        """``input_masked``: the caller has already zeroed the padded steps of ``x`` (several
+        convs reading one input mask it once)."""
         # x: (B, C_in, T); mask: (B, 1, T) bool
         length = x.shape[-1]
         if length % self.stride:
             raise ValueError(f"MaskedConv1D: length {length} is not divisible by stride {self.stride}")
         out_mask = mask[:, :, :: self.stride]  # (B, 1, T // s): nearest-neighbour downsampling
-        out = self.conv(x * mask.to(x.dtype))  # (B, C_out, T // s)
+        x = time_major(x)
+        if not input_masked:
+            x = x * mask.to(x.dtype)
+        conv = self.conv
+        out = F.conv2d(
+            x.unsqueeze(2),  # (B, C_in, 1, T), channels-last
+            conv.weight.unsqueeze(2),  # (C_out, C_in / groups, 1, k)
+            conv.bias,
+            (1, self.stride),
+            (0, conv.padding[0]),
+            1,
+            conv.groups,
+        ).squeeze(2)  # (B, C_out, T // s), time-major
         return out * out_mask.to(out.dtype), out_mask
 
 
@@ -60,8 +104,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, num_channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        # x: (B, C, T) -> (B, T, C) for the fused kernel (4x faster than the reference's
-        # hand-written mean/var on CPU, fp32 statistics under autocast) -> (B, C, T)
+        # x: (B, C, T) -> (B, T, C) for the fused kernel (fp32 statistics under autocast; no copy
+        # when x is time-major) -> (B, C, T) time-major
         channels = x.shape[1]
         out = F.layer_norm(
             x.transpose(1, 2), (channels,), self.weight.view(channels), self.bias.view(channels), self.eps
@@ -112,56 +156,6 @@ def sinusoid_encoding(length: int, dim: int) -> Tensor:
     return table.to(torch.float32).T.unsqueeze(0)  # (1, C, T)
 
 
-# --------------------------------------------------------------------------------------------
-# Attention
-# --------------------------------------------------------------------------------------------
-
-
-def global_attention(q: Tensor, k: Tensor, v: Tensor, kv_mask: Tensor) -> Tensor:
-    """Dense attention over the valid keys (the reference's MaskedMHCA).
-
-    q: (B, H, Tq, d) and k, v: (B, H, Tk, d), unscaled; kv_mask: (B, Tk) bool. -> (B, H, Tq, d).
-    A sample without any valid key attends to all of them, so its (masked later) rows stay finite.
-    """
-    valid = kv_mask | ~kv_mask.any(dim=-1, keepdim=True)  # (B, Tk)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
-
-
-def local_attention(q: Tensor, k: Tensor, v: Tensor, kv_mask: Tensor, window: int, chunk: int = 32) -> Tensor:
-    """Banded attention: query t sees the valid keys t - w//2 .. t + w//2, in O(T * w).
-
-    Same result as dense attention with the band mask |i - j| <= w//2 plus the key padding mask
-    (the reference's Longformer-style LocalMaskedMHCA), but for any length T: queries are cut
-    into chunks of ``chunk`` steps, each chunk is multiplied with the ``chunk + w - 1`` keys it
-    can see, and the band is read off the product with a pad-and-reshape skew.
-
-    q, k, v: (B, H, T, d), unscaled; kv_mask: (B, T) bool. -> (B, H, T, d). Rows whose window has
-    no valid key (padded queries) get a uniform average: finite, and masked by the caller.
-    """
-    batch, heads, length, dim = q.shape
-    radius = window // 2
-    c = min(chunk, length)  # queries per chunk
-    n = -(-length // c)  # chunks
-    tail = n * c - length  # queries added to fill the last chunk
-    span = c + 2 * radius  # keys one chunk sees
-    q = F.pad(q * dim**-0.5, (0, 0, 0, tail)).view(batch, heads, n, c, dim)  # (B, H, n, c, d)
-    # keys/values padded by the radius on both sides: padded position p holds key p - radius
-    k = F.pad(k, (0, 0, radius, radius + tail)).unfold(2, span, c)  # (B, H, n, d, span)
-    v = F.pad(v, (0, 0, radius, radius + tail)).unfold(2, span, c).transpose(-1, -2)  # (B, H, n, span, d)
-    valid = F.pad(kv_mask, (radius, radius + tail)).unfold(1, window, 1)  # (B, n*c, w)
-
-    scores = q @ k  # (B, H, n, c, span); band[j, o] = scores[j, j + o], o = 0..w-1
-    band = F.pad(scores.flatten(-2), (0, c)).view(batch, heads, n, c, span + 1)[..., :window]
-    band = band.reshape(batch, heads, n * c, window).float()  # (B, H, n*c, w), fp32 softmax
-    band = band.masked_fill(~valid[:, None], torch.finfo(band.dtype).min)
-    probs = band.softmax(dim=-1).to(v.dtype).view(batch, heads, n, c, window)  # (B, H, n, c, w)
-
-    # inverse skew: dense[j, j + o] = probs[j, o], zero elsewhere
-    dense = F.pad(probs, (0, span + 1 - window)).flatten(-2)[..., : c * span]  # (B, H, n, c*span)
-    out = dense.view(batch, heads, n, c, span) @ v  # (B, H, n, c, d)
-    return out.view(batch, heads, n * c, dim)[:, :, :length]  # (B, H, T, d)
-
-
 class MaskedMHCA(nn.Module):
     """Multi-head conv-attention (reference MaskedMHCA / LocalMaskedMHCA).
 
@@ -190,31 +184,32 @@ class MaskedMHCA(nn.Module):
         self.query_conv, self.query_norm = depthwise(), LayerNorm(n_embd)
         self.key_conv, self.key_norm = depthwise(), LayerNorm(n_embd)
         self.value_conv, self.value_norm = depthwise(), LayerNorm(n_embd)
-        self.key = nn.Conv1d(n_embd, n_embd, 1)
-        self.query = nn.Conv1d(n_embd, n_embd, 1)
-        self.value = nn.Conv1d(n_embd, n_embd, 1)
-        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+        self.key = PointwiseConv1d(n_embd, n_embd)
+        self.query = PointwiseConv1d(n_embd, n_embd)
+        self.value = PointwiseConv1d(n_embd, n_embd)
+        self.proj = PointwiseConv1d(n_embd, n_embd)
         self.proj_drop = nn.Dropout(proj_pdrop)  # attention-map dropout is 0 in the reference: omitted
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         # x: (B, C, T); mask: (B, 1, T) bool
         batch, channels, _ = x.shape
-        q, out_mask = self.query_conv(x, mask)  # (B, C, T'), (B, 1, T')
-        k, _ = self.key_conv(x, mask)  # (B, C, T')
-        v, _ = self.value_conv(x, mask)  # (B, C, T')
+        x = time_major(x) * mask.to(x.dtype)  # masked once for the three convs
+        q, out_mask = self.query_conv(x, mask, input_masked=True)  # (B, C, T'), (B, 1, T')
+        k, _ = self.key_conv(x, mask, input_masked=True)  # (B, C, T')
+        v, _ = self.value_conv(x, mask, input_masked=True)  # (B, C, T')
         q = self.query(self.query_norm(q))  # (B, C, T')
         k = self.key(self.key_norm(k))
         v = self.value(self.value_norm(v))
 
-        def heads(t: Tensor) -> Tensor:  # (B, H * d, T') -> (B, H, T', d)
-            return t.view(batch, self.n_head, channels // self.n_head, -1).transpose(2, 3)
+        def heads(t: Tensor) -> Tensor:  # (B, H * d, T') time-major -> (B, H, T', d) view
+            return t.transpose(1, 2).view(batch, -1, self.n_head, channels // self.n_head).transpose(1, 2)
 
         kv_mask = out_mask[:, 0, :]  # (B, T')
         if self.window_size > 1:
-            out = local_attention(heads(q), heads(k), heads(v), kv_mask, self.window_size)
+            out = band_attention(heads(q), heads(k), heads(v), kv_mask, self.window_size)
         else:
             out = global_attention(heads(q), heads(k), heads(v), kv_mask)  # (B, H, T', d)
-        out = out.transpose(2, 3).reshape(batch, channels, -1)  # (B, C, T')
+        out = out.transpose(1, 2).reshape(batch, -1, channels).transpose(1, 2)  # (B, C, T') time-major
         out = self.proj_drop(self.proj(out)) * out_mask.to(out.dtype)  # (B, C, T')
         return out, out_mask
 
@@ -240,14 +235,12 @@ class TransformerBlock(nn.Module):
         self.ln1 = LayerNorm(n_embd)
         self.ln2 = LayerNorm(n_embd)
         self.attn = MaskedMHCA(n_embd, n_head, window_size, stride, proj_pdrop)
-        self.pool_skip = (
-            nn.MaxPool1d(stride + 1, stride=stride, padding=(stride + 1) // 2) if stride > 1 else nn.Identity()
-        )
+        self.stride = stride
         self.mlp = nn.Sequential(  # indices match the reference's state dict
-            nn.Conv1d(n_embd, 4 * n_embd, 1),
+            PointwiseConv1d(n_embd, 4 * n_embd),
             nn.GELU(),
             nn.Dropout(proj_pdrop),
-            nn.Conv1d(4 * n_embd, n_embd, 1),
+            PointwiseConv1d(4 * n_embd, n_embd),
             nn.Dropout(proj_pdrop),
         )
         if path_pdrop > 0.0:
@@ -256,6 +249,14 @@ class TransformerBlock(nn.Module):
         else:
             self.drop_path_attn = nn.Identity()
             self.drop_path_mlp = nn.Identity()
+
+    def pool_skip(self, x: Tensor) -> Tensor:
+        """Max-pooling (kernel stride + 1) of the skip path when strided, as a channels-last
+        MaxPool2d (MaxPool1d would return channels-first storage)."""
+        if self.stride == 1:
+            return x
+        s = self.stride
+        return F.max_pool2d(time_major(x).unsqueeze(2), (1, s + 1), (1, s), (0, (s + 1) // 2)).squeeze(2)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         # x: (B, C, T); mask: (B, 1, T) bool

@@ -18,7 +18,7 @@ from localization.model.blocks import LayerNorm, MaskedConv1D, Scale
 
 
 class PackedLevels(NamedTuple):
-    feats: Tensor  # (B, C, sum_l (T_l + gap)): levels side by side, each followed by `gap` zeros
+    feats: Tensor  # (B, C, sum_l (T_l + gap)) time-major: levels side by side, each followed by `gap` zeros
     mask: Tensor  # (B, 1, sum_l (T_l + gap)) bool, False on the gaps
     lengths: list[int]  # T_l per level
     gap: int
@@ -27,9 +27,10 @@ class PackedLevels(NamedTuple):
 def pack_levels(feats: list[Tensor], masks: list[Tensor], gap: int) -> PackedLevels:
     """Concatenate per-level (B, C, T_l) features and (B, 1, T_l) masks with `gap` masked steps."""
     batch, channels, _ = feats[0].shape
-    pad_x = feats[0].new_zeros(batch, channels, gap)  # (B, C, gap)
+    pad_x = feats[0].new_zeros(batch, gap, channels)  # (B, gap, C)
     pad_m = masks[0].new_zeros(batch, 1, gap)  # (B, 1, gap)
-    x = torch.cat([t for f in feats for t in (f, pad_x)], dim=-1)  # (B, C, sum (T_l + gap))
+    # concatenated as (B, T, C), so the packed features come out time-major like the levels
+    x = torch.cat([t for f in feats for t in (f.transpose(1, 2), pad_x)], dim=1).transpose(1, 2)  # (B, C, L)
     m = torch.cat([t for k in masks for t in (k, pad_m)], dim=-1)  # (B, 1, sum (T_l + gap))
     return PackedLevels(x, m, [f.shape[-1] for f in feats], gap)
 
