@@ -53,6 +53,8 @@ from localization.config.loading import load_config
 from localization.config.schema import RunConfig, inference_div_factor
 from localization.data.annotations import SubsetAnnotations, VideoAnnotation
 from localization.data.dataset import InferenceDataset
+from localization.data.features import TimedVideo, VideoLayout
+from localization.data.timegrid import Grid
 from localization.inference.prediction import detect, predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,9 +211,11 @@ def train_cases(sizes: Sizes, device: torch.device, tolerance: float) -> list[di
 
 class RandomFeatures:
     """A FeatureReader stand-in serving random (C, T) features of given lengths from one buffer,
-    so a FineAction-sized validation set needs no files (the reader interface InferenceDataset uses)."""
+    so a FineAction-sized validation set needs no files (the reader interface InferenceDataset uses:
+    ``has``, ``probe`` -> VideoLayout on the native 16/16 grid, ``load``)."""
 
-    feat_stride, num_frames = 16, 16
+    grid = Grid(16.0, 16.0)
+    dtype = np.dtype(np.float32)
 
     def __init__(self, lengths: dict[str, int], dim: int) -> None:
         self.lengths = lengths
@@ -221,11 +225,18 @@ class RandomFeatures:
     def has(self, video_id: str) -> bool:
         return video_id in self.lengths
 
-    def probe(self, video_id: str) -> int:
-        return self.lengths[video_id]
+    def probe(self, video: TimedVideo) -> VideoLayout:
+        n = self.lengths[video.video_id]
+        return VideoLayout({"random": n}, {"random": self.grid}, n, False, n, self.grid)
 
-    def load(self, video_id: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self._buffer[:, start : self.lengths[video_id] if stop is None else stop].copy()
+    def load(
+        self, video: TimedVideo, start: int = 0, stop: int | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        view = self._buffer[:, start : self.lengths[video.video_id] if stop is None else stop]
+        if out is None:
+            return view.copy()
+        out[...] = view
+        return out
 
 
 def validation_case(sizes: Sizes, device: torch.device, bf16: bool) -> dict[str, Any]:

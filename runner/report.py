@@ -68,7 +68,8 @@ def collect(client: Any, runs: list[Any], metric: str) -> list[TrialRow]:
                 best_epoch=int(tags[BEST_EPOCH]) if BEST_EPOCH in tags else None,
                 epochs=max((m.step for m in times), default=0),
                 train_time_s=sum(m.value for m in times),
-                values={k: _param_value(run.data.params.get(k)) for k in keys},
+                # a run whose driver was killed right after creating it may lack its params
+                values={k: _param_value(run.data.params[k]) for k in keys if k in run.data.params},
                 curve=sorted((m.step, m.value) for m in history),
                 repeat_of=tags.get(REPEAT_OF),
             )

@@ -63,6 +63,17 @@ class TrialSystemMetrics:
             self._thread.join(timeout=STOP_WAIT_S)
         if self._monitor is not None:
             self._monitor.finish()  # stops its sampling thread and flushes what it holds
+            self._last_sample(self._monitor)
+
+    def _last_sample(self, monitor: Any) -> None:
+        """One sample at the end, so a trial shorter than the sampling interval still has its
+        system metrics (MLflow's monitor drops samples not yet aggregated when it stops)."""
+        try:
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as exc:  # a background helper: never fail the trial over its metrics
+            _logger.warning("last system metrics of trial %s are not logged: %s", self.trial_id, exc)
 
     def _start(self) -> None:
         try:
