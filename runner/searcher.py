@@ -59,18 +59,9 @@ class MultiFidelityOptunaSearch(OptunaSearch):
             self._report(trial_id, result)
         ot_trial = self._ot_trials[trial_id]
         measured = [v for v in self._frozen(ot_trial).intermediate_values.values() if math.isfinite(v)]
-<<<<<<< HEAD
-        if error or diverged(result) is not None:  # a diverged trial's terminal report has no epoch
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-            self._completed_trials.add(trial_id)
-            return
-        reached_end = bool(result) and result.get("epoch", 0) >= result.get(PLANNED_EPOCHS_KEY, math.inf)
-        if reached_end and not measured:
-=======
         # a diverged trial's terminal report has neither: it is not at its end (and fails below)
         reached_end = bool(result) and result.get("epoch", 0) >= result.get(PLANNED_EPOCHS_KEY, math.inf)
         if error or diverged(result) is not None or (reached_end and not measured):
->>>>>>> 7166192dab13e45f719771afde4c44bd9c46c2de
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif reached_end:
             best = max(measured) if self._mode == "max" else min(measured)
