@@ -16,13 +16,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from mlflow_server_process import free_port, start_server, stop_server
 
 from localization.data.synthetic import generate
 from runner import cluster, search
@@ -327,56 +326,10 @@ def test_nan_loss_fails_the_trial_once_with_its_reason_and_the_search_goes_on(ra
     assert states == ["COMPLETE", "FAIL"]
 
 
-def start_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
-    """``mlflow server`` on 127.0.0.1:port over ``backend``, light (no job runner, 1 worker)."""
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            backend,
-            "--artifacts-destination",
-            str(artifacts),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.25)
-    stop_server(process)
-    raise RuntimeError("mlflow server did not start")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """SIGKILL the server's process group (uvicorn included): the store vanishes mid-request."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-
-
 def test_tracking_store_lost_mid_search_then_resume_completes_the_record(ray_cluster, data, tmp_path, monkeypatch):
     server_root = tmp_path / "server"
     server_root.mkdir()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     uri, backend = f"http://127.0.0.1:{port}", f"sqlite:///{server_root / 'db.sqlite'}"
     path = search_file(tmp_path, data, "store-lost", num_samples=2)
     raw = yaml.safe_load(path.read_text())

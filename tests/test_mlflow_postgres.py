@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_server_process import free_port, start_server, stop_server
 from test_evaluate_promoted import write_tiny_search
-from test_faults import start_server, stop_server
 
 from runner import search
 
@@ -67,9 +66,7 @@ def test_search_recorded_in_a_postgres_backed_mlflow_server(
 ) -> None:
     import psycopg2
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = start_server(database, tmp_path / "artifacts", port)
     try:
         monkeypatch.chdir(tmp_path)

@@ -8,12 +8,6 @@ process group, stopped by its process id.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -21,19 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow_server_process import free_port, start_server, stop_server
 from test_evaluate_promoted import run_cli, write_tiny_search
 
 from runner import evaluate, promote, search
 
 EXPERIMENT = "server-e2e"
 MODEL = "af-server"
-READY_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get(base: str, endpoint: str, **query: str) -> Any:
@@ -56,57 +44,11 @@ def post(base: str, endpoint: str, body: dict[str, Any]) -> Any:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(root / "server.log", "w")  # noqa: SIM115  (closed in teardown)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'db.sqlite'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )  # own process group
-    base = f"http://127.0.0.1:{port}"
+    process = start_server(f"sqlite:///{root / 'db.sqlite'}", root / "artifacts", port, log=root / "server.log")
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {process.returncode}: {(root / 'server.log').read_text()[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not ready after {READY_TIMEOUT_S} s")
-            time.sleep(0.25)
-        yield base
+        yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server's process group: uvicorn included
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        stop_server(process)
 
 
 def test_search_and_promotion_over_http(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from localization.config.schema import TestConfig as PostConfig  # alias: pytest would try to collect Test*
+from localization.inference import subset_postprocess
 from localization.inference.postprocess import Candidates, postprocess
 from localization.inference.subset_postprocess import CandidateSet, VideoTiming, _stable_order
 
@@ -55,7 +56,11 @@ SETTINGS = [
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_subset_detections_equal_the_per_video_ones(seed: int) -> None:
+@pytest.mark.parametrize("videos_per_block", [7, subset_postprocess.VIDEOS_PER_BLOCK])
+def test_subset_detections_equal_the_per_video_ones(
+    seed: int, videos_per_block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(subset_postprocess, "VIDEOS_PER_BLOCK", videos_per_block)  # 40 videos: 6 blocks, or one
     rng = np.random.default_rng(seed)
     raw, timing = random_subset(rng, 40, [1, 5, 106][seed])
     candidates = CandidateSet.from_raw(raw, timing)

@@ -2,8 +2,9 @@
 
 Follows the ActionFormer reference (``libs/modeling/meta_archs.py`` inference_single_video and
 ``libs/utils/nms.py`` + ``csrc/nms_cpu.cpp``; spec sections 4.3 and 7) in pure NumPy/PyTorch, so
-nothing has to be compiled. Raw (pre-NMS) candidates can be saved to one ``.npz`` file and
-post-processed again with other settings without running the model.
+nothing has to be compiled (the all-videos form, ``subset_postprocess``, adds loops Numba
+compiles). Raw (pre-NMS) candidates can be saved to one ``.npz`` file and post-processed again
+with other settings without running the model.
 
 Deviations from the reference:
 

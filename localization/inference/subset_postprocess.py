@@ -1,36 +1,38 @@
-"""Post-processing of a whole subset at once: the NMS of every video runs in one vectorised loop.
+"""Post-processing of a whole subset at once: the NMS of all videos runs as one greedy loop.
 
 ``localization.inference.postprocess`` handles one video; a FineAction-sized validation set is ~4,000 such
 calls per setting, which made comparing post-processing settings cost far more than scoring the
-detections. Here all videos' candidates sit in flat arrays, and each greedy step makes, for every
-video at once, the pick the per-video loop makes at that step: the best remaining candidate of the
-video's best group (class), which then decays (Soft-NMS) or removes (NMS) the candidates of its
-group. Per video the float32 operations are those of ``_greedy_select``, element for element, so
-the detections are identical (``tests/test_subset_postprocess.py`` compares the two on random
-cases with ties); the per-video functions stay as that reference.
+detections. Here all videos' candidates sit in flat arrays, and each greedy step makes, for a
+block of videos at once, the pick the per-video loop makes at that step: the best remaining
+candidate of the video's best group (class), which then decays (Soft-NMS) or removes (NMS) the
+candidates of its group that may overlap it (``subset_nms_kernels``, compiled). Per video the
+float32 operations are those of ``_greedy_select``, element for element, so the detections are
+identical (``tests/test_subset_postprocess.py`` compares the two on random cases with ties); the
+per-video functions stay as that reference.
 
-One difference in the work done, not the result: each step here weighs the picked candidate's
-whole group, where the per-video loop visits only candidates that can overlap it. A candidate
-that cannot overlap has IoU 0, weight exp(0) = 1 (Soft-NMS) and IoU 0 < threshold (NMS, where a
-threshold <= 0 empties the group at its first pick), so it is left as it was. This needs
-segments of positive length, which ``select_candidates`` guarantees (``duration_thresh`` >= 0).
+One difference in the work done, not the result: Soft-NMS floors every candidate below
+``min_score`` before the first pick (except each group's best, which that pick takes), where the
+per-video loop floors a group's members at its first pick. Nothing reads them in between, so
+every pick, the first too, may weigh only the candidates it can overlap (IoU 0 weighs exp(0) = 1).
+This needs segments of positive length, which ``select_candidates`` guarantees (``duration_thresh``
+>= 0).
 
-What does not depend on the setting (the order by video, group and start; the group table) is
-computed once per :class:`CandidateSet` and grouping, and reused by every setting scored.
+What does not depend on the setting (the order by video, group and start; each group's best raw
+score; the group table) is computed once per :class:`CandidateSet` and grouping, and reused by
+every setting scored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from localization.config.schema import TestConfig
 from localization.data.timegrid import grid_to_seconds
+from localization.inference import subset_nms_kernels as kernels
 from localization.inference.postprocess import _AREA_EPS, _REMOVED, Candidates, score_voting
-
-SuppressAll = Callable[[np.ndarray, np.ndarray], None]  # (scores (L,), IoU with each one's pick (L,)) in place
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,26 @@ class _Layout:
     group_video: np.ndarray  # (G,) video of each group
     group_column: np.ndarray  # (G,) the group's rank among its video's groups (ascending class)
     width: int  # most groups in one video
+    longest: np.ndarray  # (G,) float64 the group's longest segment (exact)
+    scores: np.ndarray  # (N,) float32 the raw scores in this order
+    group_best: np.ndarray  # (G,) float32 each group's best raw score ...
+    group_arg: np.ndarray  # (G,) ... and its first position
+    table: np.ndarray  # (V, W) int64 group of each video's column (ascending class), -1: none
+
+
+@dataclass(frozen=True)
+class _Suppression:
+    """What a pick does to the members of its group it weighs (``subset_nms_kernels``)."""
+
+    soft: bool  # Soft-NMS: scores times exp(-IoU^2 / sigma), dropped below ``limit`` (min_score)
+    limit: np.float32  # Soft-NMS: min_score; hard NMS: the IoU at which a member is removed
+    windowed: bool  # weigh only the members that may overlap the pick (else the whole group)
+    sigma: float = 0.0
+
+    def factor(self, iou: np.ndarray) -> np.ndarray:
+        """(L,) float32 what the kernel applies: Soft-NMS's Gaussian weights (the expression of
+        ``postprocess.soft_nms``, so the same float32 bits), or the IoUs themselves."""
+        return np.exp(-(iou * iou) / np.float32(self.sigma)) if self.soft else iou
 
 
 @dataclass
@@ -147,23 +169,23 @@ class CandidateSet:
             keep = order[rank < cfg.max_seg_num]
             return video[keep], keep, self.scores[keep]
         layout = self._layout(cfg.multiclass_nms)
-        scores = self.scores[layout.order]  # (N,) working copy in sorted order
+        scores = layout.scores.copy()  # (N,) working copy in sorted order
+        group_best, group_arg = layout.group_best, layout.group_arg
         if cfg.nms_method == "soft":
-            sigma, floor = np.float32(cfg.nms_sigma), np.float32(cfg.min_score)
-
-            def suppress(s: np.ndarray, iou: np.ndarray) -> None:
-                s *= np.exp(-(iou * iou) / sigma)
-                s[~(s >= floor)] = _REMOVED
-
+            # A group's first pick floors every member (IoU 0 weighs 1, then the floor applies), so
+            # flooring them before any pick changes nothing, except for the member that first pick
+            # takes: then every pick, the first too, weighs only the members it may overlap.
+            below = ~(scores >= np.float32(cfg.min_score))
+            below[group_arg] = False
+            scores[below] = _REMOVED  # every group's best, and where it is, stay as they were
+            rule = _Suppression(soft=True, limit=np.float32(cfg.min_score), windowed=True, sigma=cfg.nms_sigma)
         else:
-            threshold = np.float32(cfg.iou_threshold)
             if cfg.min_score > 0:  # hard_nms leaves these out; here they can never be picked
                 scores[~(scores > cfg.min_score)] = _REMOVED
-
-            def suppress(s: np.ndarray, iou: np.ndarray) -> None:
-                s[iou >= threshold] = _REMOVED
-
-        video, position, kept = _greedy_all(layout, scores, len(self.videos), cfg.max_seg_num, suppress)
+                group_best, group_arg = kernels.group_maxima(scores, layout.group_start)
+            threshold = np.float32(cfg.iou_threshold)  # <= 0: IoU 0 >= it, a first pick empties its group
+            rule = _Suppression(soft=False, limit=threshold, windowed=bool(threshold > 0))
+        video, position, kept = _greedy_all(layout, scores, group_best, group_arg, cfg.max_seg_num, rule)
         return video, layout.order[position], kept
 
     def _layout(self, multiclass: bool) -> _Layout:
@@ -181,15 +203,26 @@ class CandidateSet:
             column = np.arange(len(starts)) - first_of_video
             x1 = np.ascontiguousarray(self.segments[order, 0], dtype=np.float32)
             x2 = np.ascontiguousarray(self.segments[order, 1], dtype=np.float32)
+            group_start = np.r_[starts, len(key)].astype(np.int64)
+            scores = self.scores[order]
+            group_best, group_arg = kernels.group_maxima(scores, group_start)
+            width = int(column.max()) + 1 if len(column) else 0
+            table = np.full((len(self.videos), width), -1, np.int64)
+            table[group_video, column] = np.arange(len(starts))
             self._layouts[multiclass] = _Layout(
                 order=order,
                 x1=x1,
                 x2=x2,
                 areas=x2 - x1 + _AREA_EPS,
-                group_start=np.r_[starts, len(key)].astype(np.int64),
+                group_start=group_start,
                 group_video=group_video,
                 group_column=column,
-                width=int(column.max()) + 1 if len(column) else 0,
+                width=width,
+                longest=np.maximum.reduceat(x2.astype(np.float64) - x1, starts) if len(key) else np.zeros(0),
+                scores=scores,
+                group_best=group_best,
+                group_arg=group_arg,
+                table=table,
             )
         return self._layouts[multiclass]
 
@@ -205,63 +238,60 @@ class CandidateSet:
         return out
 
 
+# Videos that step together: their candidates stay in the CPU's caches from one step to the next
+# (all of a FineAction-sized set at once do not), while the per-step calls stay few.
+VIDEOS_PER_BLOCK = 256
+
+
 def _greedy_all(
-    layout: _Layout, scores: np.ndarray, num_videos: int, max_num: int, suppress: SuppressAll
+    layout: _Layout,
+    scores: np.ndarray,
+    group_best: np.ndarray,
+    group_arg: np.ndarray,
+    max_num: int,
+    rule: _Suppression,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_greedy_select`` of every video at once: each step picks, in every video that has one
     left, the best candidate of its best group (ties: the lowest class, then the earliest start,
-    then the lowest index, as there) and lets it suppress its group.
+    then the lowest index, as there) and lets it suppress the members of its group it may overlap
+    (``subset_nms_kernels``).
 
-    ``scores`` (N,) float32 in layout order is the working array (modified). Returns (video,
+    ``scores`` (N,) float32 in layout order is the working array (modified), ``group_best`` and
+    ``group_arg`` (G,) each group's best score in it and where (not modified). Returns (video,
     sorted position, score at selection) of the picks, grouped by video, in selection order.
     """
     bounds = layout.group_start
     if len(scores) == 0 or max_num <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    group_best, group_arg = _segment_argmax(scores, bounds[:-1])  # (G,) each
-    table = np.full((num_videos, layout.width), -1, np.int64)  # (V, W) group id, -1: none
-    table[layout.group_video, layout.group_column] = np.arange(len(group_best))
-    best = np.full((num_videos, layout.width), _REMOVED, np.float32)  # (V, W) best remaining score
+    group_arg = group_arg.copy()
+    best = np.full(layout.table.shape, _REMOVED, np.float32)  # (V, W) best remaining score per group
     best[layout.group_video, layout.group_column] = group_best
-    rows = np.unique(layout.group_video)  # (R,) videos with candidates
+    videos = np.unique(layout.group_video)  # (R,) videos with candidates
+    step = np.empty((min(len(videos), VIDEOS_PER_BLOCK), 5), np.int64)  # per alive video: video, column,
+    # group, pick, members weighed
+    members = np.empty(len(scores), np.int64)  # the step's weighed members, video after video ...
+    iou = np.empty(len(scores), np.float32)  # ... and their IoU with their video's pick
     picked_rows, picked, picked_scores = [], [], []
-    for _ in range(max_num):
-        column = np.argmax(best[rows], axis=1)  # (R,) first maximum: the lowest class
-        alive = best[rows, column] != _REMOVED  # a video whose best is gone is done, as there
-        if not alive.all():
-            rows, column = rows[alive], column[alive]
-            if len(rows) == 0:
+    for rows in np.array_split(videos, -(-len(videos) // VIDEOS_PER_BLOCK)):  # videos are independent
+        for _ in range(max_num):
+            alive, weighed = kernels.pick_and_weigh(
+                rows, best, layout.table, group_arg, bounds, layout.longest, rule.windowed,
+                scores, layout.x1, layout.x2, layout.areas, step, members, iou,
+            )  # fmt: skip
+            if alive == 0:
                 break
-        group = table[rows, column]  # (R,)
-        pick = group_arg[group]  # (R,) sorted positions
-        picked_rows.append(rows)
-        picked.append(pick)
-        picked_scores.append(scores[pick])
-        scores[pick] = _REMOVED
-        lengths = bounds[group + 1] - bounds[group]  # (R,) >= 1
-        members = _concatenated_ranges(bounds[group], lengths)  # (L,) every member of the picked groups
-        x1p, x2p = np.repeat(layout.x1[pick], lengths), np.repeat(layout.x2[pick], lengths)
-        inter = np.maximum(np.minimum(x2p, layout.x2[members]) - np.maximum(x1p, layout.x1[members]), 0)
-        member_scores = scores[members]
-        suppress(member_scores, inter / (np.repeat(layout.areas[pick], lengths) + layout.areas[members] - inter))
-        scores[members] = member_scores
-        segment_starts = np.cumsum(lengths) - lengths
-        group_best_now, arg = _segment_argmax(member_scores, segment_starts)
-        group_arg[group] = members[arg]
-        best[rows, column] = group_best_now
+            rows, pick = step[:alive, 0].copy(), step[:alive, 3].copy()
+            picked_rows.append(rows)
+            picked.append(pick)
+            picked_scores.append(scores[pick])
+            scores[pick] = _REMOVED
+            factor = rule.factor(iou[:weighed])
+            kernels.suppress_and_rank(
+                step, alive, members, factor, rule.soft, rule.limit, scores, bounds, group_arg, best
+            )
     video = np.concatenate(picked_rows)
     by_video = np.argsort(video, kind="stable")  # steps are in order: selection order per video
     return video[by_video], np.concatenate(picked)[by_video], np.concatenate(picked_scores)[by_video]
-
-
-def _segment_argmax(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per segment ``values[starts[i]:starts[i+1]]`` (all non-empty, no NaN): the maximum and the
-    index of its first occurrence (np.argmax's tie-break)."""
-    maxima = np.maximum.reduceat(values, starts)  # (S,)
-    lengths = np.diff(np.r_[starts, len(values)])
-    hits = np.cumsum(values == np.repeat(maxima, lengths))  # (L,) non-decreasing
-    before = np.where(starts > 0, hits[np.maximum(starts - 1, 0)], 0)
-    return maxima, np.searchsorted(hits, before + 1, "left")
 
 
 def _stable_order(key: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -273,9 +303,7 @@ def _stable_order(key: np.ndarray, start: np.ndarray) -> np.ndarray:
     """
     if len(key) and (key.min() < 0 or key.max() >= 2**32):
         return np.lexsort((start, key))
-    bits = (start.astype(np.float32) + np.float32(0)).view(np.uint32)  # + 0: -0.0 -> 0.0
-    sortable = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))  # negative floats: reversed bits
-    combined = (key.astype(np.uint64) << np.uint64(32)) | sortable.astype(np.uint64)
+    combined = (key.astype(np.uint64) << np.uint64(32)) | _order_bits(start).astype(np.uint64)
     order = np.argsort(combined)
     ordered = combined[order]
     tied = np.flatnonzero(ordered[1:] == ordered[:-1])  # (T,) position i ties with i + 1
@@ -286,7 +314,7 @@ def _stable_order(key: np.ndarray, start: np.ndarray) -> np.ndarray:
     return order
 
 
-def _concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])`` without the loop."""
-    ends = np.cumsum(lengths)
-    return np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
+def _order_bits(values: np.ndarray) -> np.ndarray:
+    """(N,) uint32 that sort as the float32 ``values`` compare (no NaN; -0.0 equals 0.0)."""
+    bits = (values.astype(np.float32) + np.float32(0)).view(np.uint32)  # + 0: -0.0 -> 0.0
+    return np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))  # negative floats: reversed bits

@@ -1,0 +1,144 @@
+"""The compiled loops of whole-subset NMS (``subset_postprocess``): one greedy step for every video.
+
+Numba compiles these loops (cached beside this file after the first call). A pick weighs a few
+dozen candidates of its video, so the same step written with NumPy array operations over all
+videos moved every one of those candidates through some thirty gathers, repeats and cumulative
+sums; here each is read once or twice. The float32 operations are those of
+``postprocess._greedy_select`` element for element; the one NumPy call left between the two
+kernels, Soft-NMS's ``np.exp``, is the reference's own, so the detections stay bit for bit
+identical (``tests/test_subset_postprocess.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_REMOVED = np.float32(-np.inf)  # postprocess._REMOVED, as a compile-time constant
+
+
+@njit(cache=True, nogil=True)
+def pick_and_weigh(
+    rows: np.ndarray,
+    best: np.ndarray,
+    table: np.ndarray,
+    group_arg: np.ndarray,
+    group_start: np.ndarray,
+    longest: np.ndarray,
+    windowed: bool,
+    scores: np.ndarray,
+    x1: np.ndarray,
+    x2: np.ndarray,
+    areas: np.ndarray,
+    out: np.ndarray,
+    members: np.ndarray,
+    iou: np.ndarray,
+) -> tuple[int, int]:
+    """One step's picks and the IoU of each pick with the members it weighs.
+
+    For every video of ``rows`` (R,) whose best group (first maximum of its ``best`` (V, W) row:
+    the lowest class) still has a candidate: the group's best candidate is picked and the members
+    it weighs are its window (``windowed``: those starting in
+    [start - the group's longest, end), as ``_greedy_select`` searches after a group's first pick)
+    or its whole group, less those already removed (nothing can change them). ``out`` (R, 5) int64
+    receives per alive video: video, column, group, pick, members weighed; ``members`` (N,) and
+    ``iou`` (N,) float32 the members' positions and IoUs, video after video. Returns (alive
+    videos, members written). Scores are left as they are: the caller reads the picks' scores and
+    removes them before ``suppress_and_rank``.
+    """
+    alive, written = 0, 0
+    zero = np.float32(0.0)
+    for r in range(len(rows)):
+        video = rows[r]
+        column = 0
+        for c in range(1, best.shape[1]):
+            if best[video, c] > best[video, column]:
+                column = c
+        if best[video, column] == _REMOVED:  # a video whose best is gone is done
+            continue
+        group = table[video, column]
+        pick = group_arg[group]
+        a, b = group_start[group], group_start[group + 1]
+        lo, hi = a, b
+        if windowed:
+            lo = _first_at_least(x1, a, b, np.float32(np.float64(x1[pick]) - longest[group]))
+            hi = _first_at_least(x1, lo, b, x2[pick])
+        x1p, x2p, area = x1[pick], x2[pick], areas[pick]
+        first = written
+        for i in range(lo, hi):
+            if scores[i] != _REMOVED:  # no NaN here: max() is np.maximum (a -0.0 weighs the same)
+                inter = max(min(x2p, x2[i]) - max(x1p, x1[i]), zero)
+                members[written], iou[written] = i, inter / (area + areas[i] - inter)
+                written += 1
+        out[alive, 0], out[alive, 1], out[alive, 2] = video, column, group
+        out[alive, 3], out[alive, 4] = pick, written - first
+        alive += 1
+    return alive, written
+
+
+@njit(cache=True, nogil=True)
+def _first_at_least(values: np.ndarray, a: int, b: int, bound: np.float32) -> int:
+    """The first position in [a, b) of ascending ``values`` holding one >= ``bound`` (b if none):
+    ``a + np.searchsorted(values[a:b], bound, "left")``."""
+    while a < b:
+        mid = (a + b) // 2
+        if values[mid] < bound:
+            a = mid + 1
+        else:
+            b = mid
+    return a
+
+
+@njit(cache=True, nogil=True)
+def group_maxima(scores: np.ndarray, group_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's best score and its first position (``np.argmax`` of every group's slice)."""
+    groups = len(group_start) - 1
+    best, arg = np.empty(groups, np.float32), np.empty(groups, np.int64)
+    for g in range(groups):
+        top = group_start[g]
+        for i in range(top + 1, group_start[g + 1]):
+            if scores[i] > scores[top]:
+                top = i
+        best[g], arg[g] = scores[top], top
+    return best, arg
+
+
+@njit(cache=True, nogil=True)
+def suppress_and_rank(
+    out: np.ndarray,
+    alive: int,
+    members: np.ndarray,
+    factor: np.ndarray,
+    soft: bool,
+    limit: np.float32,
+    scores: np.ndarray,
+    group_start: np.ndarray,
+    group_arg: np.ndarray,
+    best: np.ndarray,
+) -> None:
+    """Apply one step's suppression, then find each picked group's new best.
+
+    Soft-NMS (``soft``): every weighed member's score is multiplied by its ``factor`` (the
+    Gaussian weight) and dropped below ``limit`` (``min_score``; NaN from -inf * 0 too). Hard NMS:
+    a member is removed when its ``factor`` (the IoU) is >= ``limit`` (``iou_threshold``). Then the
+    group's best over all its members (first maximum in layout order, as ``np.argmax``) goes into
+    ``group_arg`` and the video's row of ``best``.
+    """
+    k = 0
+    for r in range(alive):
+        video, column, group = out[r, 0], out[r, 1], out[r, 2]
+        for _ in range(out[r, 4]):
+            i = members[k]
+            if soft:
+                s = scores[i] * factor[k]
+                scores[i] = s if s >= limit else _REMOVED
+            elif factor[k] >= limit:
+                scores[i] = _REMOVED
+            k += 1
+        a, b = group_start[group], group_start[group + 1]
+        arg = a
+        for i in range(a + 1, b):
+            if scores[i] > scores[arg]:
+                arg = i
+        group_arg[group] = arg
+        best[video, column] = scores[arg]
