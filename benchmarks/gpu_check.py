@@ -12,6 +12,11 @@ Writes ``DIR/gpu_check.json`` (every number, the machine, the command) and ``DIR
   longest video), each in fp32 and bf16 autocast, eager and ``torch.compile``d, on the same
   batches from the same initial weights; check: every bf16 step loss within ``--bf16-tolerance``
   (relative) of the fp32 loss of the same step;
+- attention: the level-0 local attention of the THUMOS-size model (B 2, 4 heads, T 2304, head
+  dim 128, window 19), forward + backward, with each backend of
+  ``localization.model.attention.BAND_BACKENDS`` (banded, blocks: SDPA over query chunks, flex:
+  FlexAttention, compiled, CUDA only); check: each agrees with ``banded``; reported: the fastest and
+  the one ``auto`` picks on this device (``set_band_attention_backend`` chooses another);
 - longest video: inference of one 14,208-step video (FineAction's longest) and its post-processing;
 - validation: inference + post-processing of a FineAction-sized validation set (4,174 videos,
   FineAction lengths, random features) through the engine's ``predict`` and ``detect``;
@@ -56,6 +61,7 @@ from localization.data.dataset import InferenceDataset
 from localization.data.features import TimedVideo, VideoLayout
 from localization.data.timegrid import Grid
 from localization.inference.prediction import detect, predict
+from localization.model import attention
 
 REPO = Path(__file__).resolve().parents[1]
 FINEACTION_VAL_VIDEOS = 4174  # fineaction.md 1.1
@@ -76,6 +82,7 @@ class Sizes:
     search_overrides: list[str]  # on search_spaces/demo.yaml
     compiled_cases: tuple[str, ...]  # the train cases also run under torch.compile
     compile_backend: str
+    attention: dict[str, int]  # batch, heads, length, head_dim, window
 
 
 FULL = Sizes(
@@ -88,6 +95,7 @@ FULL = Sizes(
     search_overrides=["train.epochs=3", "train.warmup_epochs=0"],
     compiled_cases=("THUMOS-size", "FineAction-size"),
     compile_backend="inductor",
+    attention={"batch": 2, "heads": 4, "length": 2304, "head_dim": 128, "window": 19},
 )
 TINY = Sizes(
     thumos={"input_dim": 64, "dim": 32, "length": 288, "max_seq_len": 576, "batch": 2},
@@ -115,6 +123,7 @@ TINY = Sizes(
     # captures the graph (Dynamo + AOT autograd, the part that breaks on model code) for one shape.
     compiled_cases=("THUMOS-size",),
     compile_backend="aot_eager",
+    attention={"batch": 2, "heads": 2, "length": 160, "head_dim": 16, "window": 9},
 )
 
 
@@ -237,6 +246,55 @@ class RandomFeatures:
             return view.copy()
         out[...] = view
         return out
+
+
+def attention_cases(sizes: Sizes, device: torch.device, repeats: int) -> dict[str, Any]:
+    """Forward + backward of the band attention with every backend, on the same inputs (the last
+    sample padded to 3/4 of the length); each backend's output and gradients against ``banded``."""
+    a = sizes.attention
+    gen = torch.Generator().manual_seed(0)
+    shape = (a["batch"], a["heads"], a["length"], a["head_dim"])
+    inputs = [torch.randn(shape, generator=gen).to(device) for _ in range(3)]
+    kv_mask = torch.ones(a["batch"], a["length"], dtype=torch.bool)
+    kv_mask[-1, a["length"] * 3 // 4 :] = False
+    kv_mask = kv_mask.to(device)
+    valid_rows = kv_mask[:, None, :, None]  # padded queries' rows are masked by the model
+
+    def run() -> list[torch.Tensor]:
+        q, k, v = (x.detach().requires_grad_() for x in inputs)
+        out = attention.band_attention(q, k, v, kv_mask, a["window"]) * valid_rows
+        out.square().sum().backward()
+        return [out.detach(), q.grad, k.grad, v.grad]
+
+    # FlexAttention has no backward on the CPU (torch 2.13): there it is checked on CUDA only
+    backends = [b for b in attention.BAND_BACKENDS if b != "auto" and (b != "flex" or device.type == "cuda")]
+    rows, reference = [], None
+    try:
+        for backend in backends:
+            attention.set_band_attention_backend(backend)
+            result = run()  # warm-up (compiles flex on CUDA)
+            times = []
+            for _ in range(repeats):
+                sync(device)
+                start = time.perf_counter()
+                run()
+                sync(device)
+                times.append(time.perf_counter() - start)
+            reference = result if reference is None else reference
+            pairs = zip(result, reference, strict=True)
+            diff = max(float((x - r).abs().max() / r.abs().max().clamp_min(1e-12)) for x, r in pairs)
+            rows.append({"backend": backend, "s_per_call": float(np.median(times)), "max_rel_diff": diff})
+            rows[-1]["ok"] = diff <= 1e-3
+            progress(f"attention {backend}: {rows[-1]['s_per_call'] * 1000:.1f} ms (diff {diff:.1e})")
+    finally:
+        attention.set_band_attention_backend("auto")
+    return {
+        **a,
+        "backends": rows,
+        "fastest": min(rows, key=lambda r: r["s_per_call"])["backend"],
+        "auto": attention.band_attention_backend(device),
+        "ok": all(r["ok"] for r in rows),
+    }
 
 
 def validation_case(sizes: Sizes, device: torch.device, bf16: bool) -> dict[str, Any]:
@@ -373,6 +431,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"| train step {r['case']} | {r['precision']}, {compiled} | {r['s_per_step']:.3f} s/step "
             f"(first {r['first_step_s']:.1f} s) | {r['peak_memory_gib']:.2f} GiB | {check} {verdict(r)} |"
         )
+    att = report["attention"]
+    for r in att["backends"]:
+        picked = ", fastest" * (r["backend"] == att["fastest"]) + ", auto's pick" * (r["backend"] == att["auto"])
+        lines.append(
+            f"| band attention, fwd + bwd | {r['backend']} (T {att['length']}, window {att['window']}{picked}) | "
+            f"{r['s_per_call'] * 1000:.1f} ms | | vs banded {r['max_rel_diff']:.1e} {verdict(r)} |"
+        )
     v = report["longest_video"]
     lines.append(
         f"| longest video | {v['steps']} steps | forward {v['forward_s']:.2f} s, post-processing "
@@ -414,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(device),
         "train": train_cases(sizes, device, args.bf16_tolerance),
     }
+    report["attention"] = attention_cases(sizes, device, repeats=sizes.steps * 2)
     cfg: RunConfig = load_config(REPO / "configs/fineaction.yaml", [*sizes.fineaction_overrides, f"train.bf16={bf16}"])
     reset_peak(device)
     forward_s, post_s, kept = time_longest_video(cfg, device, sizes.input_dim, sizes.longest_video)
@@ -434,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             for gpu in (1, 0.5):
                 report["searches"].append(search_case(sizes, gpu, args.out / f"search-gpu-{gpu:g}"))
                 progress(f"search gpu {gpu:g}: {report['searches'][-1]['wall_s']:.1f} s")
-    parts = [*report["train"], report["longest_video"], report["validation"], *report["searches"]]
+    parts = [*report["train"], report["attention"], report["longest_video"], report["validation"], *report["searches"]]
     report["ok"] = all(p["ok"] for p in parts)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     table = markdown(report)

@@ -1,7 +1,8 @@
 """benchmarks/gpu_check.py's CPU part (issue 13; no GPU here): every step of the GPU check that does
 not need CUDA runs, at tiny sizes: fp32 and bf16 (CPU autocast) training steps, eager and through
-torch.compile (graph capture), bf16 losses tracking fp32, whole-video and validation inference with
-post-processing, and the two searches (one GPU per trial, then two trials on one declared GPU)."""
+torch.compile (graph capture), bf16 losses tracking fp32, the band attention backends that have a
+CPU backward, whole-video and validation inference with post-processing, and the two searches (one
+GPU per trial, then two trials on one declared GPU)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def test_gpu_check_runs_on_cpu_and_writes_its_json_and_table(tmp_path: Path):
     }
     assert any(r["compiled"] for r in train)  # torch.compile ran on CPU
     assert all(r["bf16_max_rel_diff"] <= 0.05 for r in train if r["precision"] == "bf16")
+    attention = report["attention"]  # every band backend with a CPU backward, against banded
+    assert [r["backend"] for r in attention["backends"]] == ["banded", "blocks"] and attention["auto"] == "banded"
+    assert all(r["max_rel_diff"] <= 1e-3 and r["s_per_call"] > 0 for r in attention["backends"])
     assert report["longest_video"]["segments"] > 0
     assert report["validation"]["videos"] == 16 and report["validation"]["segments"] > 0
     one, half = report["searches"]
@@ -36,3 +40,4 @@ def test_gpu_check_runs_on_cpu_and_writes_its_json_and_table(tmp_path: Path):
     assert all(s["peak_memory_gib"] > 0 for s in (one, half))  # from the runs' system metrics
     table = (tmp_path / "gpu_check.md").read_text()
     assert table.count("| train step") == len(train) and "| search, 2 trials" in table
+    assert table.count("| band attention") == 2
