@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_REMOVED = np.float32(-np.inf)  # postprocess._REMOVED, as a compile-time constant
+from localization.inference.postprocess import _AREA_EPS, _REMOVED  # compile-time constants here
 
 
 @njit(cache=True, nogil=True)
@@ -29,22 +29,20 @@ def pick_and_weigh(
     scores: np.ndarray,
     x1: np.ndarray,
     x2: np.ndarray,
-    areas: np.ndarray,
     out: np.ndarray,
-    members: np.ndarray,
     iou: np.ndarray,
 ) -> tuple[int, int]:
     """One step's picks and the IoU of each pick with the members it weighs.
 
     For every video of ``rows`` (R,) whose best group (first maximum of its ``best`` (V, W) row:
     the lowest class) still has a candidate: the group's best candidate is picked and the members
-    it weighs are its window (``windowed``: those starting in
-    [start - the group's longest, end), as ``_greedy_select`` searches after a group's first pick)
-    or its whole group, less those already removed (nothing can change them). ``out`` (R, 5) int64
-    receives per alive video: video, column, group, pick, members weighed; ``members`` (N,) and
-    ``iou`` (N,) float32 the members' positions and IoUs, video after video. Returns (alive
-    videos, members written). Scores are left as they are: the caller reads the picks' scores and
-    removes them before ``suppress_and_rank``.
+    it weighs are its window (``windowed``: those starting in [start - the group's longest, end),
+    as ``_greedy_select`` searches after a group's first pick) or its whole group, less the pick
+    and those already removed (nothing can change them). ``out`` (R, 6) int64 receives per alive
+    video: video, column, group, pick, window start, window end; ``iou`` (N,) float32 the weighed
+    members' IoUs, window after window. Returns (alive videos, IoUs written). Scores are left as
+    they are: the caller reads the picks' scores and removes them before ``suppress_and_rank``,
+    which walks the same windows and skips the same members.
     """
     alive, written = 0, 0
     zero = np.float32(0.0)
@@ -58,20 +56,19 @@ def pick_and_weigh(
             continue
         group = table[video, column]
         pick = group_arg[group]
-        a, b = group_start[group], group_start[group + 1]
-        lo, hi = a, b
+        lo, hi = group_start[group], group_start[group + 1]
         if windowed:
-            lo = _first_at_least(x1, a, b, np.float32(np.float64(x1[pick]) - longest[group]))
-            hi = _first_at_least(x1, lo, b, x2[pick])
-        x1p, x2p, area = x1[pick], x2[pick], areas[pick]
-        first = written
+            lo = _first_at_least(x1, lo, hi, np.float32(np.float64(x1[pick]) - longest[group]))
+            hi = _first_at_least(x1, lo, hi, x2[pick])
+        x1p, x2p = x1[pick], x2[pick]
+        area = x2p - x1p + _AREA_EPS
         for i in range(lo, hi):
-            if scores[i] != _REMOVED:  # no NaN here: max() is np.maximum (a -0.0 weighs the same)
+            if scores[i] != _REMOVED and i != pick:  # no NaN here: max() is np.maximum (-0.0 weighs the same)
                 inter = max(min(x2p, x2[i]) - max(x1p, x1[i]), zero)
-                members[written], iou[written] = i, inter / (area + areas[i] - inter)
+                iou[written] = inter / (area + (x2[i] - x1[i] + _AREA_EPS) - inter)
                 written += 1
         out[alive, 0], out[alive, 1], out[alive, 2] = video, column, group
-        out[alive, 3], out[alive, 4] = pick, written - first
+        out[alive, 3], out[alive, 4], out[alive, 5] = pick, lo, hi
         alive += 1
     return alive, written
 
@@ -107,7 +104,6 @@ def group_maxima(scores: np.ndarray, group_start: np.ndarray) -> tuple[np.ndarra
 def suppress_and_rank(
     out: np.ndarray,
     alive: int,
-    members: np.ndarray,
     factor: np.ndarray,
     soft: bool,
     limit: np.float32,
@@ -120,25 +116,31 @@ def suppress_and_rank(
 
     Soft-NMS (``soft``): every weighed member's score is multiplied by its ``factor`` (the
     Gaussian weight) and dropped below ``limit`` (``min_score``; NaN from -inf * 0 too). Hard NMS:
-    a member is removed when its ``factor`` (the IoU) is >= ``limit`` (``iou_threshold``). Then the
-    group's best over all its members (first maximum in layout order, as ``np.argmax``) goes into
-    ``group_arg`` and the video's row of ``best``.
+    a member is removed when its ``factor`` (the IoU) is >= ``limit`` (``iou_threshold``). The
+    weighed members are those ``pick_and_weigh`` weighed: the window's members not removed (the
+    pick is by now). Then the group's best over all its members (first maximum in layout order, as
+    ``np.argmax``) goes into ``group_arg`` and the video's row of ``best``.
     """
     k = 0
     for r in range(alive):
-        video, column, group = out[r, 0], out[r, 1], out[r, 2]
-        for _ in range(out[r, 4]):
-            i = members[k]
-            if soft:
-                s = scores[i] * factor[k]
-                scores[i] = s if s >= limit else _REMOVED
-            elif factor[k] >= limit:
-                scores[i] = _REMOVED
-            k += 1
+        video, column, group, lo, hi = out[r, 0], out[r, 1], out[r, 2], out[r, 4], out[r, 5]
         a, b = group_start[group], group_start[group + 1]
-        arg = a
-        for i in range(a + 1, b):
-            if scores[i] > scores[arg]:
-                arg = i
-        group_arg[group] = arg
-        best[video, column] = scores[arg]
+        top = a
+        for i in range(a + 1, lo):  # before the window
+            if scores[i] > scores[top]:
+                top = i
+        for i in range(lo, hi):
+            if scores[i] != _REMOVED:
+                if soft:
+                    s = scores[i] * factor[k]
+                    scores[i] = s if s >= limit else _REMOVED
+                elif factor[k] >= limit:
+                    scores[i] = _REMOVED
+                k += 1
+            if scores[i] > scores[top]:
+                top = i
+        for i in range(max(hi, a + 1), b):  # after it
+            if scores[i] > scores[top]:
+                top = i
+        group_arg[group] = top
+        best[video, column] = scores[top]

@@ -32,7 +32,7 @@ import numpy as np
 from localization.config.schema import TestConfig
 from localization.data.timegrid import grid_to_seconds
 from localization.inference import subset_nms_kernels as kernels
-from localization.inference.postprocess import _AREA_EPS, _REMOVED, Candidates, score_voting
+from localization.inference.postprocess import _REMOVED, Candidates, score_voting
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,6 @@ class _Layout:
     order: np.ndarray  # (N,) flat index of the candidate at each sorted position
     x1: np.ndarray  # (N,) float32 starts, ascending within a group
     x2: np.ndarray  # (N,) float32 ends
-    areas: np.ndarray  # (N,) float32 end - start + 1e-6 (the reference's areas)
     group_start: np.ndarray  # (G + 1,) sorted position where each group starts; N at the end
     group_video: np.ndarray  # (G,) video of each group
     group_column: np.ndarray  # (G,) the group's rank among its video's groups (ascending class)
@@ -213,7 +212,6 @@ class CandidateSet:
                 order=order,
                 x1=x1,
                 x2=x2,
-                areas=x2 - x1 + _AREA_EPS,
                 group_start=group_start,
                 group_video=group_video,
                 group_column=column,
@@ -267,16 +265,15 @@ def _greedy_all(
     best = np.full(layout.table.shape, _REMOVED, np.float32)  # (V, W) best remaining score per group
     best[layout.group_video, layout.group_column] = group_best
     videos = np.unique(layout.group_video)  # (R,) videos with candidates
-    step = np.empty((min(len(videos), VIDEOS_PER_BLOCK), 5), np.int64)  # per alive video: video, column,
-    # group, pick, members weighed
-    members = np.empty(len(scores), np.int64)  # the step's weighed members, video after video ...
-    iou = np.empty(len(scores), np.float32)  # ... and their IoU with their video's pick
+    step = np.empty((min(len(videos), VIDEOS_PER_BLOCK), 6), np.int64)  # per alive video: video, column,
+    # group, pick, window start and end
+    iou = np.empty(len(scores), np.float32)  # the step's weighed members' IoU with their video's pick
     picked_rows, picked, picked_scores = [], [], []
     for rows in np.array_split(videos, -(-len(videos) // VIDEOS_PER_BLOCK)):  # videos are independent
         for _ in range(max_num):
             alive, weighed = kernels.pick_and_weigh(
                 rows, best, layout.table, group_arg, bounds, layout.longest, rule.windowed,
-                scores, layout.x1, layout.x2, layout.areas, step, members, iou,
+                scores, layout.x1, layout.x2, step, iou,
             )  # fmt: skip
             if alive == 0:
                 break
@@ -286,9 +283,7 @@ def _greedy_all(
             picked_scores.append(scores[pick])
             scores[pick] = _REMOVED
             factor = rule.factor(iou[:weighed])
-            kernels.suppress_and_rank(
-                step, alive, members, factor, rule.soft, rule.limit, scores, bounds, group_arg, best
-            )
+            kernels.suppress_and_rank(step, alive, factor, rule.soft, rule.limit, scores, bounds, group_arg, best)
     video = np.concatenate(picked_rows)
     by_video = np.argsort(video, kind="stable")  # steps are in order: selection order per video
     return video[by_video], np.concatenate(picked)[by_video], np.concatenate(picked_scores)[by_video]
