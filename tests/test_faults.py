@@ -9,6 +9,7 @@ killed only below this test's own process tree: other Ray users on the machine a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -196,7 +197,13 @@ class Driver:
         )
 
     def worker_log(self) -> str:
-        return "".join(f.read_text(errors="replace") for f in self.ray_tmp.glob("ray/session_*/logs/worker-*.out"))
+        """What this launch's trial workers printed so far (Ray removes the logs of exited idle
+        workers: a file listed a moment ago may be gone when it is read)."""
+        text = []
+        for log in self.ray_tmp.glob("ray/session_*/logs/worker-*.out"):
+            with contextlib.suppress(FileNotFoundError):
+                text.append(log.read_text(errors="replace"))
+        return "".join(text)
 
     def kill_when(self, moment: Callable[[], bool], timeout_s: float = 600) -> None:
         """SIGKILL the driver once ``moment()`` holds, then wait until its trial workers have exited
