@@ -52,6 +52,7 @@ SETTINGS = [
     {"nms_sigma": 0.05, "min_score": 0.5, "max_seg_num": 5},  # ... mostly not: those videos run again
     {"nms_method": "hard", "iou_threshold": 0.2, "max_seg_num": 4},
     {"max_seg_num": 0},
+    {"nms_method": "hard", "min_score": 2.0},  # no score above it: nothing is kept anywhere
 ]
 
 

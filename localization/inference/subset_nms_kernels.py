@@ -1,4 +1,4 @@
-"""The compiled loops of whole-subset NMS (``subset_postprocess``): one greedy step for every video.
+"""The compiled loops of whole-subset NMS (``subset_postprocess``): one greedy step for many videos.
 
 Numba compiles these loops (cached beside this file after the first call). A pick weighs a few
 dozen candidates of its video, so the same step written with NumPy array operations over all

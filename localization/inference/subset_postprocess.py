@@ -284,6 +284,8 @@ def _greedy_all(
             scores[pick] = _REMOVED
             factor = rule.factor(iou[:weighed])
             kernels.suppress_and_rank(step, alive, factor, rule.soft, rule.limit, scores, bounds, group_arg, best)
+    if not picked_rows:  # nothing left to pick anywhere (e.g. every score <= min_score)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     video = np.concatenate(picked_rows)
     by_video = np.argsort(video, kind="stable")  # steps are in order: selection order per video
     return video[by_video], np.concatenate(picked)[by_video], np.concatenate(picked_scores)[by_video]
