@@ -76,9 +76,6 @@ class _Layout:
     x1: np.ndarray  # (N,) float32 starts, ascending within a group
     x2: np.ndarray  # (N,) float32 ends
     group_start: np.ndarray  # (G + 1,) sorted position where each group starts; N at the end
-    group_video: np.ndarray  # (G,) video of each group
-    group_column: np.ndarray  # (G,) the group's rank among its video's groups (ascending class)
-    width: int  # most groups in one video
     longest: np.ndarray  # (G,) float64 the group's longest segment (exact)
     scores: np.ndarray  # (N,) float32 the raw scores in this order
     group_best: np.ndarray  # (G,) float32 each group's best raw score ...
@@ -205,17 +202,13 @@ class CandidateSet:
             group_start = np.r_[starts, len(key)].astype(np.int64)
             scores = self.scores[order]
             group_best, group_arg = kernels.group_maxima(scores, group_start)
-            width = int(column.max()) + 1 if len(column) else 0
-            table = np.full((len(self.videos), width), -1, np.int64)
+            table = np.full((len(self.videos), int(column.max()) + 1 if len(column) else 0), -1, np.int64)
             table[group_video, column] = np.arange(len(starts))
             self._layouts[multiclass] = _Layout(
                 order=order,
                 x1=x1,
                 x2=x2,
                 group_start=group_start,
-                group_video=group_video,
-                group_column=column,
-                width=width,
                 longest=np.maximum.reduceat(x2.astype(np.float64) - x1, starts) if len(key) else np.zeros(0),
                 scores=scores,
                 group_best=group_best,
@@ -262,9 +255,9 @@ def _greedy_all(
     if len(scores) == 0 or max_num <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     group_arg = group_arg.copy()
-    best = np.full(layout.table.shape, _REMOVED, np.float32)  # (V, W) best remaining score per group
-    best[layout.group_video, layout.group_column] = group_best
-    videos = np.unique(layout.group_video)  # (R,) videos with candidates
+    has_group = layout.table >= 0
+    best = np.where(has_group, group_best[layout.table], _REMOVED).astype(np.float32)  # (V, W) per group
+    videos = np.flatnonzero(has_group[:, 0]) if has_group.size else np.zeros(0, np.int64)  # with candidates
     step = np.empty((min(len(videos), VIDEOS_PER_BLOCK), 6), np.int64)  # per alive video: video, column,
     # group, pick, window start and end
     iou = np.empty(len(scores), np.float32)  # the step's weighed members' IoU with their video's pick
