@@ -1,12 +1,19 @@
 """The compiled loops of whole-subset NMS (``subset_postprocess``): one greedy step for many videos.
 
 Numba compiles these loops (cached beside this file after the first call). A pick weighs a few
-dozen candidates of its video, so the same step written with NumPy array operations over all
-videos moved every one of those candidates through some thirty gathers, repeats and cumulative
-sums; here each is read once or twice. The float32 operations are those of
-``postprocess._greedy_select`` element for element; the one NumPy call left between the two
-kernels, Soft-NMS's ``np.exp``, is the reference's own, so the detections stay bit for bit
-identical (``tests/test_subset_postprocess.py``).
+dozen to a few hundred candidates of its video; the same step written with NumPy array
+operations over all videos moved every one of them through some thirty gathers, repeats and
+cumulative sums. Here the loops over a pick's window vectorise: they have no branch, indices
+count from 0 (no wraparound test) and ``error_model="numpy"`` drops Python's test for a division
+by zero (NumPy's inf or NaN instead, as the reference gets). A video's best group is the root of
+a tournament tree over its groups, so a pick updates log2(groups) nodes instead of rescanning
+the row.
+
+The float32 operations are those of ``postprocess._greedy_select`` element for element, and
+they apply, as there, to every member of the window, those already removed too (a removed score
+is -inf and stays removed). The one NumPy call left between the two kernels, Soft-NMS's
+``np.exp``, is the reference's own, so the detections stay bit for bit identical
+(``tests/test_subset_postprocess.py``).
 """
 
 from __future__ import annotations
@@ -17,41 +24,46 @@ from numba import njit
 from localization.inference.postprocess import _AREA_EPS, _REMOVED  # compile-time constants here
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def pick_and_weigh(
     rows: np.ndarray,
+    count: int,
     best: np.ndarray,
+    tree: np.ndarray,
     table: np.ndarray,
     group_arg: np.ndarray,
     group_start: np.ndarray,
     longest: np.ndarray,
     windowed: bool,
+    soft: bool,
+    sigma: np.float32,
     scores: np.ndarray,
     x1: np.ndarray,
     x2: np.ndarray,
-    out: np.ndarray,
-    iou: np.ndarray,
-) -> tuple[int, int]:
-    """One step's picks and the IoU of each pick with the members it weighs.
+    step: np.ndarray,
+    weights: np.ndarray,
+    picks: np.ndarray,
+    pick_scores: np.ndarray,
+    picked: int,
+) -> tuple[int, int, int]:
+    """One step's picks, and what each does to the members of its window.
 
-    For every video of ``rows`` (R,) whose best group (first maximum of its ``best`` (V, W) row:
-    the lowest class) still has a candidate: the group's best candidate is picked and the members
-    it weighs are its window (``windowed``: those starting in [start - the group's longest, end),
-    as ``_greedy_select`` searches after a group's first pick) or its whole group, less the pick
-    and those already removed (nothing can change them). ``out`` (R, 6) int64 receives per alive
-    video: video, column, group, pick, window start, window end; ``iou`` (N,) float32 the weighed
-    members' IoUs, window after window. Returns (alive videos, IoUs written). Scores are left as
-    they are: the caller reads the picks' scores and removes them before ``suppress_and_rank``,
-    which walks the same windows and skips the same members.
+    For every video of ``rows[:count]`` whose best group (first maximum of its ``best`` (V, C)
+    row: the lowest class; the root of its ``tree``) still has a candidate, the group's best
+    candidate is picked: its video and sorted position go to row ``picked`` of ``picks`` (P, 2)
+    int64, its score to ``pick_scores`` (P,) float32, and it is removed.
+    Its window is the members starting in [start - the group's longest, end) (``windowed``: those
+    that may overlap it, as ``_greedy_select`` searches after a group's first pick) or the whole
+    group. ``weights`` (N,) float32 receives, window after window, each member's IoU with the pick
+    (hard NMS) or -IoU^2 / sigma (Soft-NMS: the exponent of its weight); ``step`` (R, 4) int64 per
+    alive video its column, group and window; ``rows`` is compacted to the alive videos.
+    Returns (alive videos, weights written, picks recorded).
     """
     alive, written = 0, 0
     zero = np.float32(0.0)
-    for r in range(len(rows)):
+    for r in range(count):
         video = rows[r]
-        column = 0
-        for c in range(1, best.shape[1]):
-            if best[video, c] > best[video, column]:
-                column = c
+        column = _winner(tree, video, 1)
         if best[video, column] == _REMOVED:  # a video whose best is gone is done
             continue
         group = table[video, column]
@@ -60,20 +72,24 @@ def pick_and_weigh(
         if windowed:
             lo = _first_at_least(x1, lo, hi, np.float32(np.float64(x1[pick]) - longest[group]))
             hi = _first_at_least(x1, lo, hi, x2[pick])
+        picks[picked, 0], picks[picked, 1], pick_scores[picked] = video, pick, scores[pick]
+        picked += 1
+        scores[pick] = _REMOVED
         x1p, x2p = x1[pick], x2[pick]
         area = x2p - x1p + _AREA_EPS
-        for i in range(lo, hi):
-            if scores[i] != _REMOVED and i != pick:  # no NaN here: max() is np.maximum (-0.0 weighs the same)
-                inter = max(min(x2p, x2[i]) - max(x1p, x1[i]), zero)
-                iou[written] = inter / (area + (x2[i] - x1[i] + _AREA_EPS) - inter)
-                written += 1
-        out[alive, 0], out[alive, 1], out[alive, 2] = video, column, group
-        out[alive, 3], out[alive, 4], out[alive, 5] = pick, lo, hi
+        members_x1, members_x2, out = x1[lo:hi], x2[lo:hi], weights[written : written + hi - lo]
+        for j in range(hi - lo):  # indices from 0: no wraparound check, so LLVM vectorises it
+            inter = max(min(x2p, members_x2[j]) - max(x1p, members_x1[j]), zero)  # no NaN: max() is np.maximum
+            iou = inter / (area + (members_x2[j] - members_x1[j] + _AREA_EPS) - inter)
+            out[j] = -(iou * iou) / sigma if soft else iou
+        written += hi - lo
+        rows[alive] = video
+        step[alive, 0], step[alive, 1], step[alive, 2], step[alive, 3] = column, group, lo, hi
         alive += 1
-    return alive, written
+    return alive, written, picked
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _first_at_least(values: np.ndarray, a: int, b: int, bound: np.float32) -> int:
     """The first position in [a, b) of ascending ``values`` holding one >= ``bound`` (b if none):
     ``a + np.searchsorted(values[a:b], bound, "left")``."""
@@ -86,61 +102,90 @@ def _first_at_least(values: np.ndarray, a: int, b: int, bound: np.float32) -> in
     return a
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def group_maxima(scores: np.ndarray, group_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each group's best score and its first position (``np.argmax`` of every group's slice)."""
     groups = len(group_start) - 1
     best, arg = np.empty(groups, np.float32), np.empty(groups, np.int64)
     for g in range(groups):
-        top = group_start[g]
-        for i in range(top + 1, group_start[g + 1]):
-            if scores[i] > scores[top]:
-                top = i
-        best[g], arg[g] = scores[top], top
+        best[g], arg[g] = _first_maximum(scores, group_start[g], group_start[g + 1])
     return best, arg
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _first_maximum(scores: np.ndarray, a: int, b: int) -> tuple[np.float32, int]:
+    """(max, first position of it) of ``scores[a:b]`` (b > a), as ``np.argmax``."""
+    top, value = a, scores[a]
+    for i in range(a + 1, b):
+        if scores[i] > value:
+            top, value = i, scores[i]
+    return value, top
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def suppress_and_rank(
-    out: np.ndarray,
+    rows: np.ndarray,
+    step: np.ndarray,
     alive: int,
-    factor: np.ndarray,
+    weights: np.ndarray,
     soft: bool,
     limit: np.float32,
     scores: np.ndarray,
     group_start: np.ndarray,
     group_arg: np.ndarray,
     best: np.ndarray,
+    tree: np.ndarray,
 ) -> None:
-    """Apply one step's suppression, then find each picked group's new best.
+    """Apply one step's suppression to every window, then find each picked group's new best.
 
-    Soft-NMS (``soft``): every weighed member's score is multiplied by its ``factor`` (the
-    Gaussian weight) and dropped below ``limit`` (``min_score``; NaN from -inf * 0 too). Hard NMS:
-    a member is removed when its ``factor`` (the IoU) is >= ``limit`` (``iou_threshold``). The
-    weighed members are those ``pick_and_weigh`` weighed: the window's members not removed (the
-    pick is by now). Then the group's best over all its members (first maximum in layout order, as
-    ``np.argmax``) goes into ``group_arg`` and the video's row of ``best``.
+    Soft-NMS (``soft``): every member's score is multiplied by its weight (``weights``, by now
+    the Gaussian exp(-IoU^2 / sigma)) and dropped below ``limit`` (``min_score``; NaN from
+    -inf * 0 too). Hard NMS: a member is removed when its weight (the IoU) is >= ``limit``
+    (``iou_threshold``). Then the group's best (first maximum in layout order, as ``np.argmax``)
+    goes into ``group_arg`` and the video's row of ``best`` and ``tree``.
     """
     k = 0
     for r in range(alive):
-        video, column, group, lo, hi = out[r, 0], out[r, 1], out[r, 2], out[r, 4], out[r, 5]
-        a, b = group_start[group], group_start[group + 1]
-        top = a
-        for i in range(a + 1, lo):  # before the window
-            if scores[i] > scores[top]:
-                top = i
-        for i in range(lo, hi):
-            if scores[i] != _REMOVED:
-                if soft:
-                    s = scores[i] * factor[k]
-                    scores[i] = s if s >= limit else _REMOVED
-                elif factor[k] >= limit:
-                    scores[i] = _REMOVED
-                k += 1
-            if scores[i] > scores[top]:
-                top = i
-        for i in range(max(hi, a + 1), b):  # after it
-            if scores[i] > scores[top]:
-                top = i
-        group_arg[group] = top
-        best[video, column] = scores[top]
+        column, group, lo, hi = step[r, 0], step[r, 1], step[r, 2], step[r, 3]
+        members, weight = scores[lo:hi], weights[k : k + hi - lo]
+        for j in range(hi - lo):
+            if soft:
+                s = members[j] * weight[j]
+                members[j] = s if s >= limit else _REMOVED
+            elif weight[j] >= limit:
+                members[j] = _REMOVED
+        k += hi - lo
+        video = rows[r]
+        best[video, column], group_arg[group] = _first_maximum(scores, group_start[group], group_start[group + 1])
+        node = (tree.shape[1] // 2 + column) // 2  # the column's parent, then up to the root
+        while node >= 1:
+            tree[video, node] = _match(best, tree, video, 2 * node)
+            node //= 2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def column_tree(best: np.ndarray) -> np.ndarray:
+    """(V, 2C) int64 a tournament tree over each row of ``best`` (V, C), C a power of 2: node
+    n >= 1 of row v holds the first maximum's column among the columns below it (leaves C + c:
+    column c; ties go left, to the lower column), so the root (node 1) is ``np.argmax(best[v])``
+    and lowering one column's value updates its log2(C) ancestors, not the whole row."""
+    videos, columns = best.shape
+    tree = np.zeros((videos, 2 * columns), np.int64)
+    for v in range(videos):
+        for node in range(columns - 1, 0, -1):
+            tree[v, node] = _match(best, tree, v, 2 * node)
+    return tree
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _match(best: np.ndarray, tree: np.ndarray, video: int, left: int) -> int:
+    """The winner of siblings ``left`` and ``left + 1`` of ``video``'s tree (ties: the left)."""
+    a, b = _winner(tree, video, left), _winner(tree, video, left + 1)
+    return a if best[video, a] >= best[video, b] else b
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _winner(tree: np.ndarray, video: int, node: int) -> int:
+    """The column node ``node`` of ``video``'s tree stands for (a leaf is its own column)."""
+    columns = tree.shape[1] // 2
+    return node - columns if node >= columns else tree[video, node]

@@ -90,12 +90,7 @@ class _Suppression:
     soft: bool  # Soft-NMS: scores times exp(-IoU^2 / sigma), dropped below ``limit`` (min_score)
     limit: np.float32  # Soft-NMS: min_score; hard NMS: the IoU at which a member is removed
     windowed: bool  # weigh only the members that may overlap the pick (else the whole group)
-    sigma: float = 0.0
-
-    def factor(self, iou: np.ndarray) -> np.ndarray:
-        """(L,) float32 what the kernel applies: Soft-NMS's Gaussian weights (the expression of
-        ``postprocess.soft_nms``, so the same float32 bits), or the IoUs themselves."""
-        return np.exp(-(iou * iou) / np.float32(self.sigma)) if self.soft else iou
+    sigma: np.float32  # Soft-NMS's sigma (hard NMS: unused)
 
 
 @dataclass
@@ -174,13 +169,13 @@ class CandidateSet:
             below = ~(scores >= np.float32(cfg.min_score))
             below[group_arg] = False
             scores[below] = _REMOVED  # every group's best, and where it is, stay as they were
-            rule = _Suppression(soft=True, limit=np.float32(cfg.min_score), windowed=True, sigma=cfg.nms_sigma)
+            rule = _Suppression(True, np.float32(cfg.min_score), windowed=True, sigma=np.float32(cfg.nms_sigma))
         else:
             if cfg.min_score > 0:  # hard_nms leaves these out; here they can never be picked
                 scores[~(scores > cfg.min_score)] = _REMOVED
                 group_best, group_arg = kernels.group_maxima(scores, layout.group_start)
             threshold = np.float32(cfg.iou_threshold)  # <= 0: IoU 0 >= it, a first pick empties its group
-            rule = _Suppression(soft=False, limit=threshold, windowed=bool(threshold > 0))
+            rule = _Suppression(False, threshold, windowed=bool(threshold > 0), sigma=np.float32(1))
         video, position, kept = _greedy_all(layout, scores, group_best, group_arg, cfg.max_seg_num, rule)
         return video, layout.order[position], kept
 
@@ -231,7 +226,7 @@ class CandidateSet:
 
 # Videos that step together: their candidates stay in the CPU's caches from one step to the next
 # (all of a FineAction-sized set at once do not), while the per-step calls stay few.
-VIDEOS_PER_BLOCK = 256
+VIDEOS_PER_BLOCK = 128
 
 
 def _greedy_all(
@@ -256,32 +251,32 @@ def _greedy_all(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     group_arg = group_arg.copy()
     has_group = layout.table >= 0
-    best = np.where(has_group, group_best[layout.table], _REMOVED).astype(np.float32)  # (V, W) per group
+    columns = 1 << max(layout.table.shape[1] - 1, 0).bit_length()  # W rounded up to a power of 2
+    best = np.full((len(layout.table), columns), _REMOVED, np.float32)  # (V, C) each group's best score
+    best[:, : layout.table.shape[1]][has_group] = group_best[layout.table[has_group]]
+    tree = kernels.column_tree(best)  # (V, 2C) where each video's best group is
     videos = np.flatnonzero(has_group[:, 0]) if has_group.size else np.zeros(0, np.int64)  # with candidates
-    step = np.empty((min(len(videos), VIDEOS_PER_BLOCK), 6), np.int64)  # per alive video: video, column,
-    # group, pick, window start and end
-    iou = np.empty(len(scores), np.float32)  # the step's weighed members' IoU with their video's pick
-    picked_rows, picked, picked_scores = [], [], []
-    for rows in np.array_split(videos, -(-len(videos) // VIDEOS_PER_BLOCK)):  # videos are independent
+    step = np.empty((min(len(videos), VIDEOS_PER_BLOCK), 4), np.int64)  # per alive video: column, group,
+    # window start and end
+    weights = np.empty(len(scores), np.float32)  # the step's window members' IoUs or Soft-NMS exponents
+    capacity = min(len(scores), len(videos) * max_num)
+    picks, pick_scores, picked = np.empty((capacity, 2), np.int64), np.empty(capacity, np.float32), 0
+    for block in np.array_split(videos, -(-len(videos) // VIDEOS_PER_BLOCK)):  # videos are independent
+        rows, alive = block.copy(), len(block)  # the block's videos with picks left, compacted each step
         for _ in range(max_num):
-            alive, weighed = kernels.pick_and_weigh(
-                rows, best, layout.table, group_arg, bounds, layout.longest, rule.windowed,
-                scores, layout.x1, layout.x2, step, iou,
+            alive, written, picked = kernels.pick_and_weigh(
+                rows, alive, best, tree, layout.table, group_arg, bounds, layout.longest, rule.windowed, rule.soft,
+                rule.sigma, scores, layout.x1, layout.x2, step, weights, picks, pick_scores, picked,
             )  # fmt: skip
             if alive == 0:
                 break
-            rows, pick = step[:alive, 0].copy(), step[:alive, 3].copy()
-            picked_rows.append(rows)
-            picked.append(pick)
-            picked_scores.append(scores[pick])
-            scores[pick] = _REMOVED
-            factor = rule.factor(iou[:weighed])
-            kernels.suppress_and_rank(step, alive, factor, rule.soft, rule.limit, scores, bounds, group_arg, best)
-    if not picked_rows:  # nothing left to pick anywhere (e.g. every score <= min_score)
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    video = np.concatenate(picked_rows)
-    by_video = np.argsort(video, kind="stable")  # steps are in order: selection order per video
-    return video[by_video], np.concatenate(picked)[by_video], np.concatenate(picked_scores)[by_video]
+            if rule.soft:  # the reference's np.exp: its float32 bits
+                np.exp(weights[:written], out=weights[:written])
+            kernels.suppress_and_rank(
+                rows, step, alive, weights, rule.soft, rule.limit, scores, bounds, group_arg, best, tree
+            )  # fmt: skip
+    by_video = np.argsort(picks[:picked, 0], kind="stable")  # steps are in order: selection order per video
+    return picks[by_video, 0], picks[by_video, 1], pick_scores[:picked][by_video]
 
 
 def _stable_order(key: np.ndarray, start: np.ndarray) -> np.ndarray:
