@@ -132,10 +132,11 @@ def to_submission(detections: dict[str, Candidates], class_names: list[str]) -> 
     Values are written at full precision, so scoring the file reproduces in-memory metrics.
     """
     results = {}
-    for video_id, det in detections.items():
+    for video_id, det in detections.items():  # tolist(): Python floats and ints, the values of float()
+        segments, scores, labels = det.segments.tolist(), det.scores.tolist(), det.labels.tolist()
         results[video_id] = [
-            {"segment": [float(s), float(e)], "label": class_names[int(label)], "score": float(score)}
-            for (s, e), score, label in zip(det.segments, det.scores, det.labels, strict=True)
+            {"segment": segment, "label": class_names[label], "score": score}
+            for segment, score, label in zip(segments, scores, labels, strict=True)
         ]
     return {
         "version": "actionformer-search",
