@@ -137,14 +137,14 @@ def whole_set(videos: int, seed: int, repeat: int) -> None:
                 return built, built.metrics(cfg)
 
             (scorer, after), *t_after = timed(build_and_score)
-            t_alone, rounds = [t_score], 1
+            t_alone = [t_score]
         else:
             t_after, t_alone = [], [t_score]
             for _ in range(repeat):  # alternated, so a change in the machine's speed hits both
                 after, *t = timed(lambda s=scorer, c=cfg: s.metrics(c))
                 t_after.append(t)
                 t_alone.append(timed(lambda d=detections: score(d))[1:])
-            t_after, rounds = [statistics.median(col) for col in zip(*t_after, strict=True)], repeat
+            t_after = [statistics.median(col) for col in zip(*t_after, strict=True)]
         assert after.average_mAP == before.average_mAP  # the same detections, the same score
         t_alone = [statistics.median(col) for col in zip(*t_alone, strict=True)]
         rows = {"video by video": [t_nms[i] + t_score[i] for i in (0, 1)], "all videos at once": t_after}
@@ -152,7 +152,7 @@ def whole_set(videos: int, seed: int, repeat: int) -> None:
         shown = "  ".join(f"{name} {wall / 1e3:6.2f} s ({cpu / 1e3:6.2f} s)" for name, (wall, cpu) in rows.items())
         print(
             f"sigma {sigma:.2f}, {'first setting (builds the set)' if first else 'next setting (set reused)'}, "
-            f"mAP {after.average_mAP:.3f}, wall (CPU{'' if first else f', median of {rounds}'}): {shown}  "
+            f"mAP {after.average_mAP:.3f}, wall (CPU{'' if first else f', median of {repeat}'}): {shown}  "
             f"ratio to scoring alone, CPU: before {rows['video by video'][1] / t_alone[1]:.1f}x, "
             f"now {rows['all videos at once'][1] / t_alone[1]:.1f}x"
         )
