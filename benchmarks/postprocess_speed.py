@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,6 +159,145 @@ def whole_set(videos: int, seed: int, repeat: int) -> None:
         )
 
 
+def dense_case(videos: int, seed: int, topk: int = 5000) -> tuple:
+    """(raw {video id: Candidates}, timing, ground truth, class names) as an early model leaves them
+    on a FineAction-sized validation set: ~21k raw candidates per video.
+
+    Per video and pyramid level (strides 1..32), logits near the classifier prior (-4, spread 1,
+    a per-class bias, +1.5 inside the video's ground-truth instances for their class, what two
+    epochs learn) go through ``select_candidates``'s steps: the top ``topk`` (point, class) pairs
+    in descending probability, those above pre_nms_thresh (0.001, nearly all) kept, each a segment
+    [t - left, t + right] with offsets exp(0.5 + 0.8 N) strides. Lengths are lognormal (spread
+    0.866, FineAction validation's mean/median duration ratio), their median set so the set holds
+    ~87 M candidates, the count a two-epoch model left on the real set. The arrays are flat, each
+    video's candidates a view (as ``load_candidates`` gives them)."""
+    from localization.inference.subset_postprocess import VideoTiming
+    from localization.metrics import ground_truth_from_arrays
+
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.rint(rng.lognormal(np.log(262.0), 0.866, videos)), 2, 14_400).astype(np.int64)  # steps
+    capacity = int(sum(np.minimum(topk, -(-lengths // s) * NUM_CLASSES) for s in STRIDES).sum())
+    segments, scores = np.empty((capacity, 2), np.float32), np.empty(capacity, np.float32)
+    labels = np.empty(capacity, np.int64)
+    class_bias = rng.normal(0.0, 0.5, NUM_CLASSES).astype(np.float32) - np.float32(4.0)
+    gt_per_video = np.bincount(rng.choice(videos, 24_236 * videos // 4174), minlength=videos)
+    offsets, timing, gt = [0], [], {}
+    for v, steps in enumerate(lengths):
+        vid, n_gt = f"v_{v:08d}", gt_per_video[v]
+        gt_len = np.minimum(rng.lognormal(np.log(6.0), 1.0, n_gt), steps / 2)  # grid units
+        gt_start = rng.uniform(0, steps - gt_len)
+        gt_labels = rng.integers(0, NUM_CLASSES, n_gt)
+        gt[vid] = (np.stack([gt_start, gt_start + gt_len], 1) * 16 / 30.0, gt_labels)
+        n = offsets[-1]
+        for stride in STRIDES:
+            logits = rng.standard_normal((-(-steps // stride), NUM_CLASSES), dtype=np.float32)
+            logits += class_bias
+            for a, b, label in zip(gt_start, gt_start + gt_len, gt_labels, strict=True):
+                logits[int(np.ceil(a / stride)) : int(b // stride) + 1, label] += np.float32(1.5)
+            flat = logits.ravel()
+            k = min(topk, flat.size)
+            top = np.argpartition(flat, flat.size - k)[flat.size - k :]
+            top = top[np.argsort(-flat[top], kind="stable")]  # descending, as torch.topk
+            point, label = np.divmod(top, NUM_CLASSES)
+            reach = np.exp(np.float32(0.5) + np.float32(0.8) * rng.standard_normal((k, 2), dtype=np.float32))
+            prob = np.float32(1) / (np.float32(1) + np.exp(-flat[top]))
+            keep = (prob > np.float32(0.001)) & ((reach[:, 0] + reach[:, 1]) * stride > np.float32(0.05))
+            m, t = int(keep.sum()), (point[keep] * stride).astype(np.float32)
+            segments[n : n + m, 0] = t - reach[keep, 0] * np.float32(stride)
+            segments[n : n + m, 1] = t + reach[keep, 1] * np.float32(stride)
+            scores[n : n + m], labels[n : n + m] = prob[keep], label[keep]
+            n += m
+        offsets.append(n)
+        timing.append(VideoTiming(vid, 30.0, float((steps * 16 + 8) / 30.0), 16.0, 16.0))
+    raw = {
+        video.video_id: Candidates(segments[a:b], scores[a:b], labels[a:b])
+        for video, a, b in zip(timing, offsets[:-1], offsets[1:], strict=True)
+    }
+    classes = [f"class_{c:03d}" for c in range(NUM_CLASSES)]
+    return raw, timing, ground_truth_from_arrays(gt, classes, "validation"), classes
+
+
+def _memory() -> tuple[float, float]:
+    """(resident, peak resident since the last reset) GB of this process, from /proc."""
+    lines = Path("/proc/self/status").read_text().splitlines()
+    status = dict(line.split(":", 1) for line in lines if ":" in line)
+    return tuple(int(status[key].split()[0]) / 2**20 for key in ("VmRSS", "VmHWM"))
+
+
+def _reset_peak() -> None:
+    """Start a new peak-resident count (Linux: ``5`` into clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def dense(videos: int, seed: int, repeat: int) -> None:
+    """The dense regime (``dense_case``): the first setting (the set built, sorted and grouped,
+    then scored), its peak resident memory and system time; then ``repeat`` alternated rounds of
+    a next setting (Soft-NMS sigma varied, as the searched space does) and of scoring its
+    detections alone (``evaluate_detections``), medians compared."""
+    import hashlib
+    import resource
+
+    from localization.inference.evaluation import SubsetScorer
+    from localization.inference.subset_postprocess import CandidateSet
+    from localization.metrics import evaluate_detections, predictions_from_arrays
+
+    started = time.perf_counter()
+    raw, timing, gt, classes = dense_case(videos, seed)
+    total = sum(len(c) for c in raw.values())
+    resident, _ = _memory()
+    print(
+        f"dense set: {len(timing)} videos, {total} raw candidates ({total / len(timing):.0f} per video), "
+        f"{len(gt.labels)} ground truth, {NUM_CLASSES} classes, made in {time.perf_counter() - started:.1f} s, "
+        f"resident {resident:.2f} GB"
+    )
+    base = TestConfig()
+
+    def system() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+    _reset_peak()
+    sys_before = system()
+
+    def build_and_score():
+        built = SubsetScorer(CandidateSet.from_raw(raw, timing), gt, classes, base)
+        return built, built.metrics(base)
+
+    (scorer, first), *t_first = timed(build_and_score)
+    sys_first = system() - sys_before
+    resident, peak = _memory()
+    print(
+        f"first setting (builds the set): wall {t_first[0] / 1e3:6.2f} s, CPU {t_first[1] / 1e3:6.2f} s, "
+        f"system {sys_first:5.2f} s, peak resident {peak:.2f} GB, resident after {resident:.2f} GB, "
+        f"mAP {first.average_mAP:.4f}"
+    )
+    t_next, t_alone, sys_next = [], [], 0.0
+    for sigma in np.linspace(0.3, 0.95, repeat):  # alternated, so a change in the machine's speed hits both
+        cfg = dataclasses.replace(base, nms_sigma=float(sigma))
+        sys_before = system()
+        after, *t = timed(lambda c=cfg: scorer.metrics(c))
+        sys_next += system() - sys_before
+        t_next.append(t)
+        detections = scorer.candidates.detect(cfg).per_video()
+        alone, *t = timed(lambda d=detections, c=cfg: evaluate_detections(gt, predictions_from_arrays(d, classes)))
+        assert alone.average_mAP == after.average_mAP
+        t_alone.append(t)
+    digest = hashlib.sha256()  # the detections of the first and the last setting, to compare across versions
+    for setting in (base, cfg):
+        found = scorer.candidates.detect(setting)
+        for array in (found.offsets, found.segments, found.scores, found.labels.astype(np.int64)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    (next_wall, next_cpu), (alone_wall, alone_cpu) = (
+        [statistics.median(col) / 1e3 for col in zip(*rows, strict=True)] for rows in (t_next, t_alone)
+    )
+    print(
+        f"next setting (set reused), medians of {repeat}: wall {next_wall:6.2f} s, CPU {next_cpu:6.2f} s; "
+        f"system {sys_next / repeat:5.2f} s; scoring alone: wall {alone_wall:6.2f} s, CPU {alone_cpu:6.2f} s; "
+        f"ratio, CPU: {next_cpu / alone_cpu:.1f}x"
+    )
+    print(f"detections sha256 {digest.hexdigest()[:16]}")
+
+
 def command_line(videos: int, seed: int, repeat: int) -> None:
     """The issue's yardstick as commands: ``localization.evaluate --from-raw`` (load the raw
     candidates and the subset, post-process, score, write the submission) against
@@ -170,7 +310,6 @@ def command_line(videos: int, seed: int, repeat: int) -> None:
     import subprocess
     import sys
     import tempfile
-    from pathlib import Path
 
     import yaml
 
@@ -241,10 +380,16 @@ def main() -> None:
         "--repeat", type=int, default=5, help="--whole-set: rounds of the next setting, or of the commands"
     )
     parser.add_argument("--commands", action="store_true", help="--whole-set: time the two commands instead")
+    parser.add_argument(
+        "--dense", action="store_true", help="re-score an early model's dense set (default 4171 videos)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.dense:
+        dense(args.videos or 4171, args.seed, args.repeat)
+        return
     if args.whole_set:
         if args.commands:
             command_line(args.videos or 4174, args.seed, args.repeat)

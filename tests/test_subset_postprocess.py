@@ -12,7 +12,7 @@ import pytest
 from localization.config.schema import TestConfig as PostConfig  # alias: pytest would try to collect Test*
 from localization.inference import subset_postprocess
 from localization.inference.postprocess import Candidates, postprocess
-from localization.inference.subset_postprocess import CandidateSet, VideoTiming, _stable_order
+from localization.inference.subset_postprocess import CandidateSet, VideoTiming
 
 GRIDS = [(16.0, 16.0), (8.0, 16.0), (4.5, 4.5), (5.333, 21.333)]  # (stride, clip): native, downsampled, auto, resized
 
@@ -86,10 +86,74 @@ def test_empty_subset_and_videos_without_candidates() -> None:
         assert detections.offsets.tolist() == [0, 0, 0] and len(detections.scores) == 0
 
 
-def test_the_fast_sort_is_lexsort() -> None:
+def dense_video(rng: np.random.Generator, n: int, num_classes: int) -> Candidates:
+    """An early model's candidates: every level's top (point, class) pairs, so each class holds
+    hundreds of segments of every scale (the long ones make every pick's window most of its group),
+    scores near the classifier prior with float32 ties, nearly all above min_score."""
+    stride = rng.choice([1.0, 2.0, 4.0, 8.0, 16.0, 32.0], n)
+    centre = np.floor(rng.uniform(0, 300, n) / stride) * stride
+    reach = np.exp(0.5 + 0.8 * rng.standard_normal((n, 2))) * stride[:, None]
+    segments = np.stack([centre - reach[:, 0], centre + reach[:, 1]], 1).astype(np.float32)
+    segments[rng.random(n) < 0.02, 0] = -0.0  # starts at -0.0 and 0.0 sort as one value
+    scores = np.maximum(np.round(1 / (1 + np.exp(-(rng.standard_normal(n) - 3.5))), 4), 0.0005).astype(np.float32)
+    alone = rng.random(n) < 0.02  # short segments apart from the others, exactly at a min_score tried below
+    segments[alone] = rng.uniform(400, 4000, (alone.sum(), 1)) + np.array([0.0, 0.5])
+    scores[alone] = np.float32(0.05)
+    return Candidates(segments, scores, rng.integers(0, num_classes, n).astype(np.int64))
+
+
+DENSE_SETTINGS = [
+    {
+        "min_score": 0.05,
+        "max_seg_num": 2000,
+    },  # a set's first setting fills only what it picks from; the next reuse the buffer
+    {},
+    {"nms_sigma": 0.9, "max_seg_num": 200},
+    {"nms_method": "hard", "iou_threshold": 0.5, "min_score": 0.01},
+    {"nms_method": "hard", "iou_threshold": 0.3, "min_score": 0.0},
+    {"multiclass_nms": False, "voting_thresh": 0.75},
+    {"nms_method": "none"},
+]
+
+
+def test_dense_subset_detections_equal_the_per_video_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subset_postprocess, "VIDEOS_PER_BLOCK", 2)  # 5 videos: 3 blocks
+    rng = np.random.default_rng(7)
+    raw = {f"v{v}": dense_video(rng, n, 4) for v, n in enumerate([3000, 1, 2500, 0, 3500])}
+    raw["v3"] = Candidates.empty()
+    timing = [VideoTiming(video_id, 30.0, 200.0, 16.0, 16.0) for video_id in raw]
+    candidates = CandidateSet.from_raw(raw, timing)
+    assert candidates.labels.dtype == np.int16 and candidates.segments.dtype == np.float32
+    for setting in DENSE_SETTINGS:
+        cfg = dataclasses.replace(PostConfig(), **setting)
+        detections = candidates.detect(cfg).per_video()
+        for video in timing:
+            expected = postprocess(raw[video.video_id], cfg, video.fps, video.duration, video.stride, video.clip)
+            got = detections[video.video_id]
+            for name in ("segments", "scores", "labels"):
+                a, b = getattr(got, name), getattr(expected, name)
+                assert a.dtype == b.dtype, (setting, name)
+                np.testing.assert_array_equal(a, b, err_msg=f"{setting} {video.video_id} {name}")
+
+
+def test_the_layout_orders_as_lexsort() -> None:
+    """The radix sort within videos gives ``np.lexsort``'s order: by video, class, start (-0.0 as
+    0.0), then index; by descending score for ``nms_method="none"``."""
     rng = np.random.default_rng(0)
-    start = rng.choice(np.array([-3.5, -0.0, 0.0, 1e-30, 2.0, 2.5, 1e9], np.float32), 5000)
-    key = rng.integers(0, 30, 5000)
-    np.testing.assert_array_equal(_stable_order(key, start), np.lexsort((start, key)))
-    wide = key * 2**33  # beyond the packed range: the plain lexsort
-    np.testing.assert_array_equal(_stable_order(wide, start), np.lexsort((start, wide)))
+    values = np.array([-3.5, -0.0, 0.0, 1e-30, 2.0, 2.5, 1e9, -np.inf], np.float32)
+    counts = [0, 5000, 1, 300]
+    raw = {
+        f"v{v}": Candidates(
+            np.stack([rng.choice(values, n), np.full(n, 1e10, np.float32)], 1),
+            rng.choice(values[values >= 0], n),
+            rng.integers(0, 30, n),
+        )
+        for v, n in enumerate(counts)
+    }
+    timing = [VideoTiming(video_id, 30.0, 10.0, 16.0, 16.0) for video_id in raw]
+    candidates = CandidateSet.from_raw(raw, timing)
+    video = np.repeat(np.arange(len(counts)), counts)
+    start, labels = candidates.segments[:, 0], candidates.labels
+    np.testing.assert_array_equal(candidates._layout(True).order, np.lexsort((start, labels, video)))
+    np.testing.assert_array_equal(candidates._layout(False).order, np.lexsort((start, video)))
+    np.testing.assert_array_equal(candidates._score_order(), np.lexsort((-candidates.scores, video)))

@@ -19,7 +19,11 @@ This needs segments of positive length, which ``select_candidates`` guarantees (
 
 What does not depend on the setting (the order by video, group and start; each group's best raw
 score; the group table) is computed once per :class:`CandidateSet` and grouping, and reused by
-every setting scored.
+every setting scored. An early model leaves ~21k candidates per video (~87 M on a FineAction-sized
+set) where a trained one leaves ~1,500, and a setting picks from a small part of them, so the
+candidates are stored compactly (float32, labels int16), sorted video by video (a radix sort that
+stays in the CPU's caches), and a setting's working scores are filled a group at a time, at its
+first pick, into one buffer the settings share: a setting costs what it picks, not the set's size.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class Detections:
 class _Layout:
     """The candidates ordered by (video, group, start, index): what every greedy step indexes."""
 
-    order: np.ndarray  # (N,) flat index of the candidate at each sorted position
+    order: np.ndarray  # (N,) int32 (int64 beyond 2**31 rows) flat index of the candidate at each sorted position
     x1: np.ndarray  # (N,) float32 starts, ascending within a group
     x2: np.ndarray  # (N,) float32 ends
     group_start: np.ndarray  # (G + 1,) sorted position where each group starts; N at the end
@@ -81,6 +85,7 @@ class _Layout:
     group_best: np.ndarray  # (G,) float32 each group's best raw score ...
     group_arg: np.ndarray  # (G,) ... and its first position
     table: np.ndarray  # (V, W) int64 group of each video's column (ascending class), -1: none
+    work: np.ndarray  # (N,) float32 a setting's working scores (one setting at a time), filled per group
 
 
 @dataclass(frozen=True)
@@ -105,20 +110,28 @@ class CandidateSet:
     offsets: np.ndarray  # (V + 1,) int64
     segments: np.ndarray  # (N, 2) float32 grid units
     scores: np.ndarray  # (N,) float32
-    labels: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int16 class ids (int32 from 2**15 classes)
     _layouts: dict[bool, _Layout] = field(default_factory=dict, repr=False)  # by multiclass_nms
+    _by_score: np.ndarray | None = field(default=None, repr=False)  # (N,) each video's rows by descending score
 
     @staticmethod
     def from_raw(raw: Mapping[str, Candidates], videos: Sequence[VideoTiming]) -> CandidateSet:
-        """The candidates of ``videos`` (in that order) from ``raw`` (which must hold every one)."""
+        """The candidates of ``videos`` (in that order) from ``raw`` (which must hold every one),
+        copied once into compact flat arrays."""
         parts = [raw[video.video_id] for video in videos]
         counts = [len(c) for c in parts]
+        lowest = min((int(c.labels.min()) for c in parts if len(c)), default=0)
+        highest = max((int(c.labels.max()) for c in parts if len(c)), default=0)
+        if lowest < 0 or highest >= 2**31:
+            raise ValueError(f"raw candidates: labels: class id {lowest if lowest < 0 else highest} out of range")
         return CandidateSet(
             videos=list(videos),
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            segments=np.concatenate([c.segments for c in parts] or [np.zeros((0, 2))]).astype(np.float32),
-            scores=np.concatenate([c.scores for c in parts] or [np.zeros(0)]).astype(np.float32),
-            labels=np.concatenate([c.labels for c in parts] or [np.zeros(0)]).astype(np.int64),
+            segments=np.concatenate([c.segments for c in parts] or [np.zeros((0, 2))], dtype=np.float32),
+            scores=np.concatenate([c.scores for c in parts] or [np.zeros(0)], dtype=np.float32),
+            labels=np.concatenate(
+                [c.labels for c in parts] or [np.zeros(0, np.int64)], dtype=np.int16 if highest < 2**15 else np.int32
+            ),
         )
 
     @property
@@ -143,72 +156,71 @@ class CandidateSet:
         grid = segments.astype(np.float64)
         seconds = grid_to_seconds(grid, per_row("fps"), per_row("stride"), per_row("clip"))
         duration = per_row("duration")
-        return Detections(self.video_ids, offsets, np.clip(seconds, 0.0, duration), scores, self.labels[keep])
+        labels = self.labels[keep].astype(np.int64)  # the per-video functions' dtype
+        return Detections(self.video_ids, offsets, np.clip(seconds, 0.0, duration), scores, labels)
 
     # ---- selection ----------------------------------------------------------------------------
-
-    def _video_of_rows(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self.videos)), np.diff(self.offsets))  # (N,)
 
     def _select(self, cfg: TestConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(video (M,), flat index (M,), score (M,)) of the kept candidates, video by video in
         selection order (descending score), at most ``max_seg_num`` per video."""
         if cfg.nms_method == "none":  # the top max_seg_num by score; equal scores by index
-            video = self._video_of_rows()
-            order = np.lexsort((-self.scores, video))
-            rank = np.arange(len(order)) - self.offsets[video[order]]
-            keep = order[rank < cfg.max_seg_num]
-            return video[keep], keep, self.scores[keep]
+            counts = np.minimum(np.diff(self.offsets), max(cfg.max_seg_num, 0))
+            video = np.repeat(np.arange(len(self.videos)), counts)
+            rank = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            keep = self._score_order()[self.offsets[video] + rank].astype(np.int64)
+            return video, keep, self.scores[keep]
         layout = self._layout(cfg.multiclass_nms)
-        scores = layout.scores.copy()  # (N,) working copy in sorted order
-        group_best, group_arg = layout.group_best, layout.group_arg
+        group_best = layout.group_best
         if cfg.nms_method == "soft":
             # A group's first pick floors every member (IoU 0 weighs 1, then the floor applies), so
             # flooring them before any pick changes nothing, except for the member that first pick
             # takes: then every pick, the first too, weighs only the members it may overlap.
-            below = ~(scores >= np.float32(cfg.min_score))
-            below[group_arg] = False
-            scores[below] = _REMOVED  # every group's best, and where it is, stay as they were
+            floor_rule = 1
             rule = _Suppression(True, np.float32(cfg.min_score), windowed=True, sigma=np.float32(cfg.nms_sigma))
         else:
-            if cfg.min_score > 0:  # hard_nms leaves these out; here they can never be picked
-                scores[~(scores > cfg.min_score)] = _REMOVED
-                group_best, group_arg = kernels.group_maxima(scores, layout.group_start)
+            floor_rule = 2 if cfg.min_score > 0 else 0  # hard_nms leaves those out; here they are never picked
+            if floor_rule:  # a group with nothing above min_score has nothing to pick
+                group_best = np.where(group_best > np.float32(cfg.min_score), group_best, _REMOVED)
             threshold = np.float32(cfg.iou_threshold)  # <= 0: IoU 0 >= it, a first pick empties its group
             rule = _Suppression(False, threshold, windowed=bool(threshold > 0), sigma=np.float32(1))
-        video, position, kept = _greedy_all(layout, scores, group_best, group_arg, cfg.max_seg_num, rule)
-        return video, layout.order[position], kept
+        floor = (floor_rule, np.float32(cfg.min_score))
+        video, position, kept = _greedy_all(layout, group_best, cfg.max_seg_num, rule, floor)
+        return video, layout.order[position].astype(np.int64), kept
+
+    def _score_order(self) -> np.ndarray:
+        """(N,) each video's rows by descending score, equal scores by index (cached)."""
+        if self._by_score is None:
+            order = np.empty(len(self), _index_dtype(len(self)))
+            kernels.order_within_videos(self.offsets, self.scores.view(np.uint32), True, order)
+            self._by_score = order
+        return self._by_score
 
     def _layout(self, multiclass: bool) -> _Layout:
         """The (cached) order by video, then group, then start, then index (the per-video order)."""
         if multiclass not in self._layouts:
-            video = self._video_of_rows()
-            group = self.labels if multiclass else np.zeros(len(self), np.int64)
-            num_groups = int(group.max()) + 1 if len(group) else 1
-            key = video * num_groups + group  # (N,) one key per (video, group)
-            order = _stable_order(key, self.segments[:, 0])
-            key = key[order]
-            starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
-            group_video = key[starts] // num_groups
+            n, group_bits = len(self), int(self.labels.max()).bit_length() if multiclass and len(self) else 0
+            order = np.empty(n, _index_dtype(n))
+            x1, x2, scores = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
+            capacity = min(n, len(self.videos) * (1 << group_bits))  # groups at most
+            group_start, group_video, longest, group_best, group_arg = kernels.layout_within_videos(
+                self.offsets, self.labels, group_bits, self.segments, self.scores, capacity, order, x1, x2, scores
+            )
             first_of_video = np.searchsorted(group_video, group_video, "left")  # (G,) ascending videos
-            column = np.arange(len(starts)) - first_of_video
-            x1 = np.ascontiguousarray(self.segments[order, 0], dtype=np.float32)
-            x2 = np.ascontiguousarray(self.segments[order, 1], dtype=np.float32)
-            group_start = np.r_[starts, len(key)].astype(np.int64)
-            scores = self.scores[order]
-            group_best, group_arg = kernels.group_maxima(scores, group_start)
+            column = np.arange(len(group_video)) - first_of_video
             table = np.full((len(self.videos), int(column.max()) + 1 if len(column) else 0), -1, np.int64)
-            table[group_video, column] = np.arange(len(starts))
+            table[group_video, column] = np.arange(len(group_video))
             self._layouts[multiclass] = _Layout(
                 order=order,
                 x1=x1,
                 x2=x2,
                 group_start=group_start,
-                longest=np.maximum.reduceat(x2.astype(np.float64) - x1, starts) if len(key) else np.zeros(0),
+                longest=longest,
                 scores=scores,
                 group_best=group_best,
                 group_arg=group_arg,
                 table=table,
+                work=np.empty(n, np.float32),
             )
         return self._layouts[multiclass]
 
@@ -230,26 +242,23 @@ VIDEOS_PER_BLOCK = 128
 
 
 def _greedy_all(
-    layout: _Layout,
-    scores: np.ndarray,
-    group_best: np.ndarray,
-    group_arg: np.ndarray,
-    max_num: int,
-    rule: _Suppression,
+    layout: _Layout, group_best: np.ndarray, max_num: int, rule: _Suppression, floor: tuple[int, np.float32]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_greedy_select`` of every video at once: each step picks, in every video that has one
     left, the best candidate of its best group (ties: the lowest class, then the earliest start,
     then the lowest index, as there) and lets it suppress the members of its group it may overlap
     (``subset_nms_kernels``).
 
-    ``scores`` (N,) float32 in layout order is the working array (modified), ``group_best`` and
-    ``group_arg`` (G,) each group's best score in it and where (not modified). Returns (video,
-    sorted position, score at selection) of the picks, grouped by video, in selection order.
+    ``group_best`` (G,) is each group's best score (the layout's, or -inf where nothing can be
+    picked); ``floor`` (rule, min_score) how a group's working scores are filled at its first
+    pick (``kernels.pick_and_weigh``), into ``layout.work``. Returns (video, sorted position,
+    score at selection) of the picks, grouped by video, in selection order.
     """
-    bounds = layout.group_start
+    bounds, scores = layout.group_start, layout.work
     if len(scores) == 0 or max_num <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    group_arg = group_arg.copy()
+    group_arg = layout.group_arg.copy()
+    ready = np.zeros(len(group_arg), bool)  # (G,) whose working scores are filled
     has_group = layout.table >= 0
     columns = 1 << max(layout.table.shape[1] - 1, 0).bit_length()  # W rounded up to a power of 2
     best = np.full((len(layout.table), columns), _REMOVED, np.float32)  # (V, C) each group's best score
@@ -258,7 +267,8 @@ def _greedy_all(
     videos = np.flatnonzero(has_group[:, 0]) if has_group.size else np.zeros(0, np.int64)  # with candidates
     step = np.empty((min(len(videos), VIDEOS_PER_BLOCK), 4), np.int64)  # per alive video: column, group,
     # window start and end
-    weights = np.empty(len(scores), np.float32)  # the step's window members' IoUs or Soft-NMS exponents
+    largest = int(np.diff(bounds).max())  # a window lies in one group: a step writes at most this per video
+    weights = np.empty(min(len(scores), len(step) * largest), np.float32)  # the step's IoUs or exponents
     capacity = min(len(scores), len(videos) * max_num)
     picks, pick_scores, picked = np.empty((capacity, 2), np.int64), np.empty(capacity, np.float32), 0
     for block in np.array_split(videos, -(-len(videos) // VIDEOS_PER_BLOCK)):  # videos are independent
@@ -266,7 +276,8 @@ def _greedy_all(
         for _ in range(max_num):
             alive, written, picked = kernels.pick_and_weigh(
                 rows, alive, best, tree, layout.table, group_arg, bounds, layout.longest, rule.windowed, rule.soft,
-                rule.sigma, scores, layout.x1, layout.x2, step, weights, picks, pick_scores, picked,
+                rule.sigma, scores, layout.scores, ready, floor[0], floor[1], layout.x1, layout.x2, step, weights,
+                picks, pick_scores, picked,
             )  # fmt: skip
             if alive == 0:
                 break
@@ -279,27 +290,6 @@ def _greedy_all(
     return picks[by_video, 0], picks[by_video, 1], pick_scores[:picked][by_video]
 
 
-def _stable_order(key: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """``np.lexsort((start, key))`` (by key, then float32 start, then index), ~10x faster.
-
-    Both keys go into one uint64 (key above 32 bits, start as order-preserving float32 bits, -0.0
-    folded into 0.0 as float comparison does), sorted by quicksort; runs of equal values, rare,
-    are then put back in index order.
-    """
-    if len(key) and (key.min() < 0 or key.max() >= 2**32):
-        return np.lexsort((start, key))
-    combined = (key.astype(np.uint64) << np.uint64(32)) | _order_bits(start).astype(np.uint64)
-    order = np.argsort(combined)
-    ordered = combined[order]
-    tied = np.flatnonzero(ordered[1:] == ordered[:-1])  # (T,) position i ties with i + 1
-    if len(tied):
-        members = np.unique(np.r_[tied, tied + 1])  # positions inside a run of equal values
-        run = np.cumsum(np.r_[True, np.diff(members) > 1] | np.r_[True, ordered[members[1:]] != ordered[members[:-1]]])
-        order[members] = order[members][np.lexsort((order[members], run))]
-    return order
-
-
-def _order_bits(values: np.ndarray) -> np.ndarray:
-    """(N,) uint32 that sort as the float32 ``values`` compare (no NaN; -0.0 equals 0.0)."""
-    bits = (values.astype(np.float32) + np.float32(0)).view(np.uint32)  # + 0: -0.0 -> 0.0
-    return np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))  # negative floats: reversed bits
+def _index_dtype(n: int) -> type:
+    """Row indices of ``n`` rows: int32 while they fit (half the memory of int64)."""
+    return np.int32 if n < 2**31 else np.int64
