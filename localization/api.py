@@ -14,7 +14,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localization.cli import add_set_argument, write_json
+from localization.cli import add_set_argument, exit_status, write_json
 from localization.cli import run as run_command
 from localization.config.loading import (
     apply_overrides,
@@ -72,6 +72,7 @@ __all__ = [
     "config_from_dict",
     "dump_yaml",
     "evaluate_checkpoint",
+    "exit_status",
     "flatten",
     "format_table",
     "load_config",

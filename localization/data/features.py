@@ -1,7 +1,7 @@
 """Per-video feature streams on disk -> one aligned (C, T) float32 array on a known time grid.
 
 Each stream (I3D, SlowFast, VideoMAE, ...) is one file per video, its type chosen by the
-extension of ``file_pattern`` (``../shared/spec/fineaction.md`` 1.5 lists the public layouts):
+extension of ``file_pattern``:
 
 - ``.npy``: float16/32/64 (64 is cast to 32), memory-mapped, so a header probe is cheap and a
   training crop of a 14,000-step video reads only the rows it needs;

@@ -38,7 +38,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
     """A 24-video synthetic set (18 training, 6 validation): an epoch takes well under a second."""
-    return generate(tmp_path_factory.mktemp("engine_data"), seed=3, videos=24)
+    return generate(tmp_path_factory.mktemp("loop_data"), seed=3, videos=24)
 
 
 def tiny_config(path, *extra):
