@@ -118,7 +118,7 @@ def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> list[str
 def pack_features(data: DataConfig) -> str:
     """Build (or find) the node's feature store of ``data.features`` (``data.store_dir``) before any trial
     starts, so trials only map it; returns one line per stream (where, size, built or found)."""
-    from localization.data.store import describe, pack
+    from localization.data.feature_store import describe, pack
 
     return describe(pack(data))
 
