@@ -77,6 +77,9 @@ AVERAGE_MAP = "average_mAP"  # percent, as localization.api.metrics_as_floats na
 LOSS_METRICS = ("loss", "cls_loss", "reg_loss")
 EPOCH_METRICS = (*LOSS_METRICS, "lr", "epoch_time_s")  # logged every epoch at step=epoch
 POSTPROCESS_SECONDS = "postprocess_search_s"  # evaluated epochs: time of the post-processing search
+# evaluated epochs: the epoch the training loop was on when that search ended (past the evaluated one:
+# training went on meanwhile; one past the last: training had ended)
+POSTPROCESS_TRAINING_EPOCH = "postprocess_training_epoch"
 LOSS_HISTORY = "loss"  # the metric whose history says which epochs a run already logged
 
 

@@ -44,10 +44,10 @@ class EpochReport:
     """What the ``on_epoch`` callback receives after every epoch."""
 
     epoch: int  # 1-based
-    metrics: dict[str, float]  # losses, lr, epoch time; mAP keys (percent) when evaluated
+    metrics: dict[str, float]  # losses, lr, epoch time; mAP keys (percent) when evaluated (and not handed off)
     evaluated: bool
     checkpoint: Path  # written at the end of this epoch
-    predictions: dict[str, Any] | None  # validation detections (submission format) when evaluated
+    predictions: dict[str, Any] | None  # validation detections (submission format) when evaluated (idem)
     test: TestConfig | None = None  # the post-processing the evaluation used (see ``train``'s choose_test)
 
 
@@ -92,6 +92,7 @@ def train(
     log: Callable[[str], None] = print,
     choose_test: Callable[[SubsetScorer], TestConfig] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    hand_off: Callable[[int, SubsetScorer], None] | None = None,
 ) -> TrainResult:
     """Train one model; write ``out_dir/checkpoint.pt`` after every epoch.
 
@@ -102,6 +103,11 @@ def train(
 
     ``choose_test`` picks the post-processing of every evaluation from the model's raw candidates
     (a post-processing search; default: ``cfg.test``); the epoch's report says which.
+
+    ``hand_off(epoch, scorer)`` instead receives every evaluation's raw candidates and scores them
+    itself, beside the next epochs (a post-processing search on the CPU while the accelerator
+    trains on): the epoch's report then holds no validation metrics, predictions or settings, and
+    the result's ``last_eval`` is None.
 
     ``resume`` continues from a checkpoint (model, EMA, optimizer, scheduler, loss normaliser,
     RNG states, epoch) exactly where it stopped. Raises :class:`TrainingDiverged` on a NaN or
@@ -132,10 +138,13 @@ def train(
         if evaluated:
             log(f"epoch {epoch:>3}/{cfg.train.epochs}  evaluating on {len(state.evaluator.dataset)} videos")
             scorer = state.evaluator.run(state.ema.module, device)
-            test = choose_test(scorer) if choose_test is not None else cfg.test
-            last_eval = scorer.result(test)
-            if last_eval.metrics is not None:
-                metrics.update(metrics_as_floats(last_eval.metrics))
+            if hand_off is not None:
+                hand_off(epoch, scorer)
+            else:
+                test = choose_test(scorer) if choose_test is not None else cfg.test
+                last_eval = scorer.result(test)
+                if last_eval.metrics is not None:
+                    metrics.update(metrics_as_floats(last_eval.metrics))
         metrics["epoch_time_s"] = time.perf_counter() - started
         save_checkpoint(checkpoint_path, _checkpoint(state, cfg, epoch))
         log(_progress_line(epoch, cfg.train.epochs, metrics))

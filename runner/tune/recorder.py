@@ -48,6 +48,7 @@ from runner.names import (
     PLACEMENT_PREFIX,
     POSTPROCESS_PREFIX,
     POSTPROCESS_SECONDS,
+    POSTPROCESS_TRAINING_EPOCH,
     PREDICTIONS_DIR,
     PREDICTIONS_FILE,
     REPEAT_OF,
@@ -170,7 +171,8 @@ class TrialRecorder(Callback):
         epoch = int(result["epoch"])
         if epoch <= self._logged.get(trial.trial_id, 0):
             return
-        evaluated = [*validation_metrics(self.spec.base), POSTPROCESS_SECONDS] if result.get("evaluated") else []
+        postprocess = [POSTPROCESS_SECONDS, POSTPROCESS_TRAINING_EPOCH]
+        evaluated = [*validation_metrics(self.spec.base), *postprocess] if result.get("evaluated") else []
         keys = [*EPOCH_METRICS, *evaluated]
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), stamp, epoch) for k in keys if k in result]

@@ -18,8 +18,16 @@ as NaN.
 With ``search.postprocess`` every evaluation picks its post-processing on the model's raw
 candidates (runner.tune.postprocess_search): the mAP reported is that of the pick, the epoch's
 ``config.yaml`` carries the picked ``test.*`` settings (so promotion and runner.evaluate use
-them), ``report.json`` lists them under ``postprocess``, and the metric ``postprocess_search_s``
-is the time the inner search took.
+them), ``report.json`` lists them under ``postprocess``, the metric ``postprocess_search_s``
+is the time the inner search took and ``postprocess_training_epoch`` the epoch training was on
+when it ended. The search does not hold up training: the training loop hands
+each evaluation's raw candidates over (its ``hand_off``) and trains on, while one background
+thread (runner.tune.in_order) runs the search, scores the pick and makes the reports, in epoch
+order, each with the checkpoint of its own epoch (linked when the epoch ended). The reports and
+what ASHA and Optuna decide from them are those of a search run in line; they arrive later, by at
+most one evaluation interval (an evaluation first waits for the previous one's search), so a
+trial that ASHA stops has trained that much further for nothing. The worker log stamps each line
+with the time, so it shows the epochs trained while a search ran.
 
 The checkpoint directory holds ``checkpoint.pt`` (the training loop's checkpoint), ``config.yaml``
 (the trial's resolved run config), ``report.json`` (epoch + metrics) and, on evaluated epochs,
@@ -37,6 +45,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,10 +55,19 @@ from typing import Any
 import ray
 from ray import tune
 
-from localization.api import RunConfig, dump_yaml
-from runner.names import CHECKPOINT_FILE, CONFIG_FILE, POSTPROCESS_SECONDS, PREDICTIONS_FILE, REPEAT_OF, REPORT_FILE
+from localization.api import RunConfig, dump_yaml, metrics_as_floats
+from runner.names import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    POSTPROCESS_SECONDS,
+    POSTPROCESS_TRAINING_EPOCH,
+    PREDICTIONS_FILE,
+    REPEAT_OF,
+    REPORT_FILE,
+)
 from runner.searchfile.spec import SearchFile, validation_metrics
 from runner.tracking.system_metrics import ParentRunAddress, TrialSystemMetrics
+from runner.tune.in_order import InOrder
 from runner.tune.postprocess_search import PostprocessSearch
 
 SCORE_KEY = "checkpoint_score"
@@ -118,18 +136,23 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
                     reporter.restore(json.loads((Path(found) / REPORT_FILE).read_text()))
         try:
             with _worker_exit().training() as exiting:
+                hand_off = reporter.hand_off if postprocess is not None else None
                 train(
                     cfg,
                     work,
                     on_epoch=reporter,
                     resume=resume,
                     log=reporter.log,
-                    choose_test=postprocess,
                     should_stop=exiting,
+                    hand_off=hand_off,
                 )
+                if not exiting():  # a worker that exits does not wait for the reports still queued
+                    reporter.wait()
         except TrainingDiverged as exc:  # final: raising would be retried search.max_failures times
+            reporter.wait()  # the epochs before come first
             tune.report({setup.spec.search.metric: math.nan, DIVERGED_KEY: f"{type(exc).__name__}: {exc}"})
     finally:
+        reporter.close()
         system_metrics.stop()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -198,7 +221,12 @@ def shrink_finished(trial_dir: Path) -> int:
 
 
 class EpochReporter:
-    """The training loop's ``on_epoch`` callback: epoch metrics + checkpoint directory -> tune.report."""
+    """The training loop's ``on_epoch`` callback: epoch metrics + checkpoint directory -> tune.report.
+
+    With a post-processing search the loop hands each evaluation's raw candidates over
+    (:meth:`hand_off`) and the reports are made on a background thread (``InOrder``), the search
+    of an evaluated epoch first; otherwise each report is made in the loop's thread.
+    """
 
     def __init__(self, cfg: RunConfig, metric: str, mode: str, postprocess: PostprocessSearch | None = None) -> None:
         self.cfg = cfg
@@ -212,6 +240,9 @@ class EpochReporter:
             "ray_node_id": ray.get_runtime_context().get_node_id(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         }
+        self.handed: dict[int, Any] = {}  # {epoch: SubsetScorer} handed over, not yet reported
+        self.reports = InOrder("trial-reports") if postprocess is not None else None
+        self.training_epoch = 0  # the epoch the loop trains once its last report was handed over
 
     def restore(self, report: dict[str, Any]) -> None:
         """Carry the last validation values (and post-processing choice) over a resume (from the
@@ -221,27 +252,61 @@ class EpochReporter:
             self.postprocess.restore(report.get("postprocess", {}))
 
     def log(self, line: str) -> None:
-        """Engine progress lines go to the worker log (Ray forwards them with a trial prefix)."""
-        print(line, flush=True)
+        """Progress lines go to the worker log (Ray forwards them with a trial prefix), stamped
+        with the time: they show which epochs trained while a post-processing search ran."""
+        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+    def hand_off(self, epoch: int, scorer: Any) -> None:  # scorer: localization.api.SubsetScorer
+        """The loop's evaluation of ``epoch``: searched and scored with its report. One search at a
+        time (and so one evaluation's candidates held beside the next): the previous one's first."""
+        assert self.reports is not None
+        started = time.perf_counter()
+        self.reports.wait()
+        if (waited := time.perf_counter() - started) >= 1.0:
+            self.log(f"epoch {epoch:>3}  waited {waited:.1f}s for the previous evaluation's post-processing search")
+        self.handed[epoch] = scorer
 
     def __call__(self, report: Any) -> None:  # report: localization.api.EpochReport
-        metrics = dict(report.metrics)
-        fresh = self.metric in metrics
-        if report.evaluated:
-            self.last_validation = {k: metrics[k] for k in self.validation_keys if k in metrics}
-        for key in self.validation_keys:
-            metrics.setdefault(key, self.last_validation.get(key, 0.0))
-        score = self.sign * metrics[self.metric] if fresh else -math.inf
-        metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **self.placement)
-        metrics.update({SCORE_KEY: score, PLANNED_EPOCHS_KEY: self.cfg.train.epochs})
-        if self.postprocess is not None and report.evaluated:
-            metrics[POSTPROCESS_SECONDS] = self.postprocess.seconds
-        cfg = dataclasses.replace(self.cfg, test=report.test) if report.test is not None else self.cfg
-        with tempfile.TemporaryDirectory(prefix="report-") as tmp:
-            out = Path(tmp)
-            _link_or_copy(report.checkpoint, out / CHECKPOINT_FILE)
-            (out / CONFIG_FILE).write_text(dump_yaml(cfg))
-            (out / REPORT_FILE).write_text(
+        snapshot = Path(tempfile.mkdtemp(prefix="report-"))
+        _link_or_copy(report.checkpoint, snapshot / CHECKPOINT_FILE)  # this epoch's, before the loop replaces it
+        scorer = self.handed.pop(report.epoch, None)
+        if self.reports is None:
+            self._report(report, scorer, snapshot)
+        else:
+            self.reports.submit(lambda: self._report(report, scorer, snapshot))
+            self.training_epoch = report.epoch + 1  # on return the loop trains the next epoch
+
+    def wait(self) -> None:
+        """Until every epoch handed to the background thread is reported; raises its failure."""
+        if self.reports is not None:
+            self.reports.wait()
+
+    def close(self) -> None:
+        if self.reports is not None:
+            self.reports.close()
+
+    def _report(self, report: Any, scorer: Any, snapshot: Path) -> None:
+        """tune.report of one epoch from ``snapshot`` (a folder holding its checkpoint); a handed-over
+        evaluation (``scorer``) is searched and scored first."""
+        try:
+            overlap = {}
+            if scorer is not None:
+                report, overlap = self._scored(report, scorer)
+            metrics = dict(report.metrics)
+            fresh = self.metric in metrics
+            if report.evaluated:
+                self.last_validation = {k: metrics[k] for k in self.validation_keys if k in metrics}
+            for key in self.validation_keys:
+                metrics.setdefault(key, self.last_validation.get(key, 0.0))
+            score = self.sign * metrics[self.metric] if fresh else -math.inf
+            metrics.update(epoch=report.epoch, evaluated=bool(report.evaluated), **self.placement)
+            metrics.update({SCORE_KEY: score, PLANNED_EPOCHS_KEY: self.cfg.train.epochs})
+            if self.postprocess is not None and report.evaluated:
+                metrics[POSTPROCESS_SECONDS] = self.postprocess.seconds
+            metrics.update(overlap)
+            cfg = dataclasses.replace(self.cfg, test=report.test) if report.test is not None else self.cfg
+            (snapshot / CONFIG_FILE).write_text(dump_yaml(cfg))
+            (snapshot / REPORT_FILE).write_text(
                 json.dumps(
                     {
                         "epoch": report.epoch,
@@ -253,8 +318,31 @@ class EpochReporter:
                 )
             )
             if report.predictions is not None:
-                (out / PREDICTIONS_FILE).write_text(json.dumps(report.predictions))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+                (snapshot / PREDICTIONS_FILE).write_text(json.dumps(report.predictions))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(snapshot))
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+    def _scored(self, report: Any, scorer: Any) -> tuple[Any, dict[str, int]]:
+        """``report`` with the validation metrics, predictions and settings of the post-processing
+        search's pick on ``scorer``, and the metric of the epoch the loop was on when it ended."""
+        assert self.postprocess is not None
+        self.log(f"epoch {report.epoch:>3}  post-processing search on {len(scorer.video_ids)} videos: started")
+        test = self.postprocess(scorer)
+        result = scorer.result(test)
+        metrics = {**report.metrics, **(metrics_as_floats(result.metrics) if result.metrics is not None else {})}
+        chosen = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.postprocess.chosen.items()
+        )
+        found = f"{self.metric} {metrics[self.metric]:.2f}" if self.metric in metrics else "no labelled instances"
+        seconds, training = self.postprocess.seconds, self.training_epoch
+        reached = f"reached epoch {training}" if training <= self.cfg.train.epochs else "had ended"
+        self.log(
+            f"epoch {report.epoch:>3}  post-processing search: done in {seconds:.1f}s ({chosen}), {found}; "
+            f"training meanwhile {reached}"
+        )
+        scored = dataclasses.replace(report, metrics=metrics, predictions=result.predictions, test=test)
+        return scored, {POSTPROCESS_TRAINING_EPOCH: training}
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
