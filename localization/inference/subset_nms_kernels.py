@@ -128,13 +128,23 @@ def _first_at_least(values: np.ndarray, a: int, b: int, bound: np.float32) -> in
     return a
 
 
+_SHORT = 64  # _first_maximum: ranges up to this long are scanned once
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _first_maximum(scores: np.ndarray, a: int, b: int) -> tuple[np.float32, int]:
     """(max, first position of it) of ``scores[a:b]`` (b > a), as ``np.argmax``.
 
-    The maximum is taken over the float32 bits as integers that order as the floats do (-0.0 as
-    0.0; a NaN above everything, as ``np.argmax`` has it): that loop vectorises, where a running
-    float argmax does not (a group is rescanned after every pick from it)."""
+    A long range's maximum is taken over the float32 bits as integers that order as the floats do
+    (-0.0 as 0.0; a NaN above everything, as ``np.argmax`` has it): that loop vectorises, where a
+    running float argmax does not (a group is rescanned after every pick from it). A short one
+    (a trained model's groups) is scanned once."""
+    if b - a <= _SHORT:
+        top, value = a, scores[a]
+        for i in range(a + 1, b):
+            if scores[i] > value:
+                top, value = i, scores[i]
+        return value, top
     bits = scores[a:b].view(np.int32)
     top = _ordered(bits[0])
     for i in range(1, b - a):
