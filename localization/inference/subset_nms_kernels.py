@@ -79,7 +79,7 @@ def pick_and_weigh(
         pick = group_arg[group]
         lo, hi = group_start[group], group_start[group + 1]
         if not ready[group]:
-            _fill(raw, scores, lo, hi, floor_rule, floor)
+            fill(raw, scores, lo, hi, floor_rule, floor)
             scores[pick] = raw[pick]
             ready[group] = True
         if windowed:
@@ -103,7 +103,7 @@ def pick_and_weigh(
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _fill(raw: np.ndarray, scores: np.ndarray, a: int, b: int, floor_rule: int, floor: np.float32) -> None:
+def fill(raw: np.ndarray, scores: np.ndarray, a: int, b: int, floor_rule: int, floor: np.float32) -> None:
     """``scores[a:b]`` = ``raw[a:b]``, those below ``floor`` removed (``pick_and_weigh``'s rules)."""
     if floor_rule == 1:
         for i in range(a, b):

@@ -236,6 +236,11 @@ class CandidateSet:
         return out
 
 
+# A set whose groups hold at most this many candidates on average (a trained model's ~15; an
+# early model's ~200) fills a setting's working scores in one pass before the first pick: most of
+# its groups are picked from, and one streaming pass costs less than a fill per group.
+EAGER_FILL_GROUP_SIZE = 64
+
 # Videos that step together: their candidates stay in the CPU's caches from one step to the next
 # (all of a FineAction-sized set at once do not), while the per-step calls stay few.
 VIDEOS_PER_BLOCK = 128
@@ -259,6 +264,10 @@ def _greedy_all(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     group_arg = layout.group_arg.copy()
     ready = np.zeros(len(group_arg), bool)  # (G,) whose working scores are filled
+    if len(scores) <= EAGER_FILL_GROUP_SIZE * len(group_arg):  # small groups, most of them picked from:
+        kernels.fill(layout.scores, scores, 0, len(scores), floor[0], floor[1])  # one streaming pass
+        scores[group_arg] = layout.scores[group_arg]  # each group's first pick takes its best (Soft-NMS)
+        ready[:] = True
     has_group = layout.table >= 0
     columns = 1 << max(layout.table.shape[1] - 1, 0).bit_length()  # W rounded up to a power of 2
     best = np.full((len(layout.table), columns), _REMOVED, np.float32)  # (V, C) each group's best score
