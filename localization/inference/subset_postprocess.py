@@ -22,8 +22,9 @@ score; the group table) is computed once per :class:`CandidateSet` and grouping,
 every setting scored. An early model leaves ~21k candidates per video (~87 M on a FineAction-sized
 set) where a trained one leaves ~1,500, and a setting picks from a small part of them, so the
 candidates are stored compactly (float32, labels int16), sorted video by video (a radix sort that
-stays in the CPU's caches), and a setting's working scores are filled a group at a time, at its
-first pick, into one buffer the settings share: a setting costs what it picks, not the set's size.
+stays in the CPU's caches), and a setting's working scores go into one buffer the settings
+share, filled a group at a time at the group's first pick when groups are large (an early model
+picks from few of them): a setting costs what it picks, not the set's size.
 """
 
 from __future__ import annotations
