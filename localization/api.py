@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from localization.inference.evaluation import EvalResult, SubsetScorer, evaluate_checkpoint, rescore
     from localization.training.checkpoints import save_inference_checkpoint
     from localization.training.loop import EpochReport, OnEpoch, TrainingDiverged, TrainResult, train
+    from localization.video.weights import load_backbone
 
 # module -> the names of it this door offers, imported on first use
 _LAZY_MODULES: dict[str, tuple[str, ...]] = {
@@ -44,6 +45,7 @@ _LAZY_MODULES: dict[str, tuple[str, ...]] = {
     "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult", "SubsetScorer"),
     "localization.inference.detector": ("Detector", "Segment"),
     "localization.training.checkpoints": ("save_inference_checkpoint",),
+    "localization.video.weights": ("load_backbone",),
 }
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
@@ -74,6 +76,7 @@ __all__ = [
     "evaluate_checkpoint",
     "flatten",
     "format_table",
+    "load_backbone",
     "load_config",
     "load_subset",
     "make_synthetic",
