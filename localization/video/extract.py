@@ -66,7 +66,8 @@ class ClipEncoder:
 
     @torch.inference_mode()
     def __call__(self, clips: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(clips).to(self.device, non_blocking=True)
+        # batches from Ray's object store are read-only views; torch wants its own memory
+        batch = torch.from_numpy(clips if clips.flags.writeable else clips.copy()).to(self.device, non_blocking=True)
         on_cuda = self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
             slow, fast = to_pathways(batch, torch.bfloat16 if on_cuda else torch.float32)

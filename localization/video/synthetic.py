@@ -1,5 +1,12 @@
 """Small real encoded videos whose pictures say which frame they are and which action is happening.
 
+``generate_videos(DIR, seed, videos)`` (``python -m localization.synthetic --format video``) writes
+``DIR/videos/<video_id>.mp4`` (24, 25 or 30 fps, 160-320 frames, 80 x 64), ``DIR/annotations_gt.json``
+(FineAction's layout, 8 classes, clean), ``DIR/extract.yaml`` (for ``python -m runner.extract``: the
+seeded R50 at 32 x 32, 32-frame clips every 16 frames at 30 fps, into ``DIR/features/slowfast``) and
+``DIR/config.yaml`` (a run config reading that one stream), so videos -> features -> training needs
+no download.
+
 Each frame's centre square carries its index as a 4 x 3 grid of black / white cells (12 bits, read
 back by :func:`read_index` after any short-side resize and centre crop), so a test can tell exactly
 which source frames a clip holds. The bottom quarter of the square is an "event" band: grey when
@@ -9,16 +16,35 @@ features that tell actions apart. Written with PyAV (H.264 in MP4), the decoder'
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import yaml
+
+from localization.data.synthetic import (
+    CLASS_NAMES,
+    FEAT_STRIDE,
+    FPS_CHOICES,
+    SyntheticVideo,
+    annotations_of,
+    place_intervals,
+    write_config,
+)
+from localization.video.settings import ClipSettings, FrameSettings, StreamSettings
+from localization.video.slowfast import FEATURE_DIM
 
 CODE_COLUMNS, CODE_ROWS = 4, 3
 MAX_FRAMES = 2 ** (CODE_COLUMNS * CODE_ROWS)
 WIDTH, HEIGHT = 80, 64  # landscape, so the short-side resize and the centre crop both matter
 IDLE = (128, 128, 128)
+FRAMES_RANGE = (160, 320)  # frames per video: 5-13 s, 9-19 clips of 32 frames every 16 (at the native rate)
+ACTION_STEPS = (2, 8)  # action length in 16-frame steps
+# what the written extraction file extracts: the seeded R50 (no download) on small frames
+EXTRACTION = StreamSettings(clip=ClipSettings(num_frames=32, stride=16, fps=30.0), frames=FrameSettings(32, 32))
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -78,3 +104,58 @@ def write_video(path: Path, num_frames: int, fps: float, actions: np.ndarray, la
             frame = av.VideoFrame.from_ndarray(picture(index, frame_label[index]), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+
+
+def sample_clip_video(rng: np.random.Generator, video_id: str, subset: str) -> SyntheticVideo:
+    """A short video: random length and fps, 1-3 labelled actions apart from each other."""
+    num_frames = int(rng.integers(FRAMES_RANGE[0], FRAMES_RANGE[1], endpoint=True))
+    actions = place_intervals(rng, num_frames // FEAT_STRIDE, int(rng.integers(1, 3, endpoint=True)), [], ACTION_STEPS)
+    return SyntheticVideo(
+        video_id=video_id,
+        subset=subset,
+        fps=float(rng.choice(FPS_CHOICES)),
+        num_frames=num_frames,
+        actions=np.array(actions, dtype=np.int64).reshape(-1, 2),
+        labels=rng.integers(0, len(CLASS_NAMES), size=len(actions)),
+        distractors=np.zeros((0, 2), dtype=np.int64),
+        distractor_groups=np.zeros(0, dtype=np.int64),
+    )
+
+
+def extraction_file(out_dir: Path) -> dict:
+    """The ``python -m runner.extract`` file of the synthetic videos (paths absolute, tracking default)."""
+    return {
+        "videos": str(out_dir / "videos"),
+        "out": str(out_dir / "features" / "slowfast"),
+        **dataclasses.asdict(EXTRACTION),
+        "resources": {"gpu": 0, "cpu": 2},
+    }
+
+
+def generate_videos(out_dir: Path, seed: int = 0, videos: int = 32) -> Path:
+    """Write the encoded videos, annotations, extraction file and run config (3/4 training); return the config."""
+    rng = np.random.default_rng(seed)
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    num_val = max(videos // 4, 1)
+    database = {}
+    for i in range(videos):
+        video = sample_clip_video(rng, f"v_{i:08d}", "validation" if i >= videos - num_val else "training")
+        write_video(
+            out_dir / "videos" / f"{video.video_id}.mp4", video.num_frames, video.fps, video.actions, video.labels
+        )
+        database[video.video_id] = {
+            "subset": video.subset,
+            "duration": video.duration,
+            "fps": video.fps,
+            "annotations": annotations_of(video),
+        }
+    (out_dir / "annotations_gt.json").write_text(json.dumps({"version": "synthetic-video", "database": database}))
+    (out_dir / "extract.yaml").write_text(yaml.safe_dump(extraction_file(out_dir), sort_keys=False))
+    stream = {
+        "dir": str(out_dir / "features" / "slowfast"),
+        "dim": FEATURE_DIM,
+        "feat_stride": EXTRACTION.clip.stride,
+        "num_frames": EXTRACTION.clip.num_frames,
+    }
+    # features extracted at 30 fps whatever the video's own rate: steps are counted in 30-fps frames
+    return write_config(out_dir, streams={"slowfast": stream}, default_fps=EXTRACTION.clip.fps, force_default_fps=True)
