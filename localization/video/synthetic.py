@@ -1,7 +1,7 @@
 """Small real encoded videos whose pictures say which frame they are and which action is happening.
 
 ``generate_videos(DIR, seed, videos)`` (``python -m localization.synthetic --format video``) writes
-``DIR/videos/<video_id>.mp4`` (24, 25 or 30 fps, 160-320 frames, 80 x 64), ``DIR/annotations_gt.json``
+``DIR/videos/<video_id>.mp4`` (24, 25 or 30 fps, 5-10 s, 80 x 64), ``DIR/annotations_gt.json``
 (FineAction's layout, 8 classes, clean), ``DIR/extract.yaml`` (for ``python -m runner.extract``: the
 seeded R50 at 32 x 32, 32-frame clips every 16 frames at 30 fps, into ``DIR/features/slowfast``) and
 ``DIR/config.yaml`` (a run config reading that one stream), so videos -> features -> training needs
@@ -41,7 +41,10 @@ CODE_COLUMNS, CODE_ROWS = 4, 3
 MAX_FRAMES = 2 ** (CODE_COLUMNS * CODE_ROWS)
 WIDTH, HEIGHT = 80, 64  # landscape, so the short-side resize and the centre crop both matter
 IDLE = (128, 128, 128)
-FRAMES_RANGE = (160, 320)  # frames per video: 5-13 s, 9-19 clips of 32 frames every 16 (at the native rate)
+STEPS_RANGE = (8, 18)  # steps of 32-frame clips every 16 frames at 30 fps: 5-10 s of video
+# frames at 30 fps past the last clip's end: few, so that the clips cover ~all of a short video (as the
+# remainder of a long one is negligible) and the loader's coverage check sees ~1
+TAIL_FRAMES = 3
 ACTION_STEPS = (2, 8)  # action length in 16-frame steps
 # what the written extraction file extracts: the seeded R50 (no download) on small frames
 EXTRACTION = StreamSettings(clip=ClipSettings(num_frames=32, stride=16, fps=30.0), frames=FrameSettings(32, 32))
@@ -108,12 +111,17 @@ def write_video(path: Path, num_frames: int, fps: float, actions: np.ndarray, la
 
 def sample_clip_video(rng: np.random.Generator, video_id: str, subset: str) -> SyntheticVideo:
     """A short video: random length and fps, 1-3 labelled actions apart from each other."""
-    num_frames = int(rng.integers(FRAMES_RANGE[0], FRAMES_RANGE[1], endpoint=True))
-    actions = place_intervals(rng, num_frames // FEAT_STRIDE, int(rng.integers(1, 3, endpoint=True)), [], ACTION_STEPS)
+    fps = float(rng.choice(FPS_CHOICES))
+    steps = int(rng.integers(STEPS_RANGE[0], STEPS_RANGE[1], endpoint=True))
+    frames_30 = (steps - 1) * FEAT_STRIDE + 32 + int(rng.integers(0, TAIL_FRAMES, endpoint=True))
+    num_frames = round(frames_30 * fps / 30.0)
+    steps_native = num_frames // FEAT_STRIDE  # >= 7: actions of up to steps - 2 steps fit
+    lengths = (ACTION_STEPS[0], min(ACTION_STEPS[1], steps_native - 2))
+    actions = place_intervals(rng, steps_native, int(rng.integers(1, 3, endpoint=True)), [], lengths)
     return SyntheticVideo(
         video_id=video_id,
         subset=subset,
-        fps=float(rng.choice(FPS_CHOICES)),
+        fps=fps,
         num_frames=num_frames,
         actions=np.array(actions, dtype=np.int64).reshape(-1, 2),
         labels=rng.integers(0, len(CLASS_NAMES), size=len(actions)),
