@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from localization.api import add_set_argument, run_command
+from runner import console
 from runner.extraction.job import run
 from runner.extraction.spec import load_extract_file
 
@@ -36,14 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m runner.extract " + shlex.join(sys.argv[1:] if argv is None else argv)
     outcome = run(spec, args.address, args.overwrite, args.match_stream, command)
     grid = spec.stream.clip
-    print(
+    console.say(
         f"extracted {len(outcome.ok)} videos ({outcome.skipped} skipped, {len(outcome.failed)} failed) "
         f"into {spec.out}; "
         f"read them with data.streams.NAME: {{dir: {spec.out}, dim: 2304, feat_stride: {grid.stride}, "
         f"num_frames: {grid.num_frames}}}" + ("" if grid.fps is None else f" at {grid.fps:g} fps")
     )
     for video_id, reason in sorted(outcome.failed.items()):
-        print(f"failed: {video_id}: {reason}")
+        console.say(f"failed: {video_id}: {reason}")
     return 1 if outcome.failed else 0
 
 

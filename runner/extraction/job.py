@@ -8,17 +8,17 @@ not spent waiting on one long video. The driver writes every file; workers only 
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import ray
 
 from localization.api import InputError, VideoError, fit_grid, header_frames, load_backbone
+from runner import console
 from runner.extraction.folder import OutputFolder, settings_record
 from runner.extraction.spec import ExtractFile
 from runner.extraction.workers import failure_reason, start_encoders
@@ -29,7 +29,7 @@ from runner.tune import cluster
 
 MATCH_SAMPLE = 400  # videos whose header frames and stream lengths fit the grid
 MATCH_SHARE = 0.9  # the fitted grid must explain this share of them exactly
-PROGRESS_EVERY_S = 10.0  # a progress line this often when stdout is not a terminal
+PROGRESS_EVERY_S = 10.0  # a progress line this often (and one at the end)
 SEEDED = "seeded"  # the weights_sha256 of seeded weights (no checkpoint)
 
 
@@ -93,35 +93,13 @@ def match_stream(spec: ExtractFile, stream_dir: Path, videos: list[Path], echo: 
     return {"stream": str(stream_dir), "matched": fit.matched, "videos": fit.videos}
 
 
-class Progress:
-    """``extract: 12/32 videos (1 failed), 0.84 videos/s, ETA 0:00:24``: redrawn on a terminal, else
-    printed as plain lines every PROGRESS_EVERY_S seconds and at the end."""
-
-    def __init__(self, total: int, out: TextIO = sys.stdout) -> None:
-        self.total, self.out = total, out
-        self.started = self.printed = time.monotonic()
-        self.tty = out.isatty()
-
-    def update(self, done: int, failed: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not (self.tty or final or now - self.printed >= PROGRESS_EVERY_S):
-            return
-        rate = done / max(now - self.started, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
-        line = f"extract: {done}/{self.total} videos ({failed} failed), {rate:.2f} videos/s, ETA {eta_text}"
-        self.out.write(f"\r{line}" + ("\n" if final else "") if self.tty else line + "\n")
-        self.out.flush()
-        self.printed = now
-
-
 def run(
     spec: ExtractFile,
     address: str | None = None,
     overwrite: bool = False,
     match: Path | None = None,
     command: str = "python -m runner.extract",
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = console.say,
 ) -> ExtractionOutcome:
     """The whole extraction; InputError (nothing written) on bad input."""
     videos = list_videos(spec.videos)
@@ -146,7 +124,7 @@ def run(
     outcome.run_id = extraction_run.start(client, exp_id, record, spec.videos, spec.out, command)
     status = "failed"
     try:
-        _extract(spec, todo, folder, outcome, address)
+        _extract(spec, todo, folder, outcome, address, echo)
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -161,9 +139,15 @@ def run(
 
 
 def _extract(
-    spec: ExtractFile, todo: list[Path], folder: OutputFolder, outcome: ExtractionOutcome, address: str | None
+    spec: ExtractFile,
+    todo: list[Path],
+    folder: OutputFolder,
+    outcome: ExtractionOutcome,
+    address: str | None,
+    echo: Callable[[str], None],
 ) -> None:
-    """Run ``todo`` on Ray; the driver writes each video's file and manifest line as it arrives."""
+    """Run ``todo`` on Ray; the driver writes each video's file and manifest line as it arrives, and
+    says how far it is every PROGRESS_EVERY_S seconds and at the end."""
     if not todo:
         return
     res = spec.resources
@@ -180,7 +164,8 @@ def _extract(
         encoders = start_encoders(spec.stream.backbone, res.gpu, res.model_threads, per_actor)
         ray.get([encoder.ready.remote() for encoder in encoders])
         started = time.monotonic()
-        progress = Progress(len(todo))
+        progress = console.Progress(len(todo))
+        said = time.monotonic()
         queue = list(todo)
         pending: dict[Any, tuple[Path, int]] = {}
 
@@ -202,9 +187,13 @@ def _extract(
             _write(folder, video, result, outcome)
             if queue:
                 submit(slot)
-            outcome.seconds = time.monotonic() - started
-            progress.update(len(outcome.ok) + len(outcome.failed), len(outcome.failed))
-        progress.update(len(outcome.ok) + len(outcome.failed), len(outcome.failed), final=True)
+            progress.advance()
+            now = time.monotonic()
+            outcome.seconds = now - started
+            if now - said >= PROGRESS_EVERY_S or not pending:
+                rate = progress.done / max(outcome.seconds, 1e-9)
+                echo(progress.line("videos", f" ({len(outcome.failed)} failed, {rate:.2f} videos/s)"))
+                said = now
     finally:
         outcome.seconds = time.monotonic() - started
         cluster.stop(info)
