@@ -2,6 +2,7 @@
 
     python benchmarks/extract_speed.py                      # the synthetic videos, seeded R50 at 32 x 32
     python benchmarks/extract_speed.py --hd-decode          # also: decoding 1280 x 720 H.264 to 224 x 224
+    python benchmarks/extract_speed.py --model-only --crop 224 --batch 2 --clips 4   # the real frame size, CPU
     python benchmarks/extract_speed.py --device cuda --model-only --crop 224 --batch 16   # a GPU's clips/s (bf16)
 
 - decode: frames/s of one decoding worker (one process, one FFmpeg thread): decode, resize, crop,
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=12, help="synthetic videos (5-10 s each)")
     parser.add_argument("--repeat", type=int, default=3, help="alternated rounds; figures are medians")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--clips", type=int, default=64, help="clips the model is timed on, per round")
     parser.add_argument("--crop", type=int, default=EXTRACTION.frames.crop, help="short side = crop")
     parser.add_argument("--backbone", default="slowfast_r50", choices=["slowfast_r50", "slowfast_r101"])
     parser.add_argument("--device", default="cpu")
@@ -130,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted((root / "videos").iterdir())
     encoder = ClipEncoder(settings.backbone, args.device)
     batches = list(ClipStream(files[0], settings, args.batch))
-    while sum(len(b) for b in batches) < 64:  # enough clips to time, whatever the file
+    while sum(len(b) for b in batches) < args.clips:  # enough clips to time, whatever the file
         batches += batches
+    batches = batches[: max(1, -(-args.clips // args.batch))]
     rounds: dict[str, list[float]] = {}
     info = None if args.model_only else cluster.start(num_cpus=2)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from localization.device import autocast
 from localization.errors import DataError
 from localization.video.clips import batched, cut_clips, num_steps
 from localization.video.decoding import VideoReader
@@ -69,7 +70,7 @@ class ClipEncoder:
         # batches from Ray's object store are read-only views; torch wants its own memory
         batch = torch.from_numpy(clips if clips.flags.writeable else clips.copy()).to(self.device, non_blocking=True)
         on_cuda = self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+        with autocast(self.device, bf16=True):
             slow, fast = to_pathways(batch, torch.bfloat16 if on_cuda else torch.float32)
             features = self.model(slow, fast)
         return features.float().cpu().numpy()
