@@ -32,10 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FOLDER",
         help="set clip.stride and clip.num_frames so each video's steps equal its <video_id>.npy there",
     )
+    parser.add_argument("--verbose", action="store_true", help="show Ray's and the workers' output here too")
     args = parser.parse_args(argv)
     spec = load_extract_file(args.file, args.overrides)
     command = "python -m runner.extract " + shlex.join(sys.argv[1:] if argv is None else argv)
-    outcome = run(spec, args.address, args.overwrite, args.match_stream, command)
+    outcome = run(
+        spec, args.address, args.overwrite, args.match_stream, command, log_to_file=True, verbose=args.verbose
+    )
     grid = spec.stream.clip
     console.say(
         f"extracted {len(outcome.ok)} videos ({outcome.skipped} skipped, {len(outcome.failed)} failed) "

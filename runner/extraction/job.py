@@ -7,6 +7,7 @@ not spent waiting on one long video. The driver writes every file; workers only 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ MATCH_SAMPLE = 400  # videos whose header frames and stream lengths fit the grid
 MATCH_SHARE = 0.9  # the fitted grid must explain this share of them exactly
 PROGRESS_EVERY_S = 10.0  # a progress line this often (and one at the end)
 SEEDED = "seeded"  # the weights_sha256 of seeded weights (no checkpoint)
+LOG_FILE = "extract.log"
 
 
 @dataclass
@@ -100,8 +102,11 @@ def run(
     match: Path | None = None,
     command: str = "python -m runner.extract",
     echo: Callable[[str], None] = console.say,
+    log_to_file: bool = False,
+    verbose: bool = False,
 ) -> ExtractionOutcome:
-    """The whole extraction; InputError (nothing written) on bad input."""
+    """The whole extraction; InputError (nothing written) on bad input. With ``log_to_file`` (the
+    command) Ray's and the workers' output go to ``out/LOG_FILE`` unless ``verbose``."""
     videos = list_videos(spec.videos)
     matched = match_stream(spec, match, videos, echo) if match is not None else None
     backbone = spec.stream.backbone
@@ -124,7 +129,13 @@ def run(
     outcome.run_id = extraction_run.start(client, exp_id, record, spec.videos, spec.out, command)
     status = "failed"
     try:
-        _extract(spec, todo, folder, outcome, address, echo)
+        with contextlib.ExitStack() as stack:
+            if log_to_file and todo:
+                log = folder.path / LOG_FILE
+                echo(f"Ray's and the workers' output: {log}" + ("" if verbose else " (--verbose shows it here)"))
+                stack.enter_context(console.capture(log, verbose))
+                echo = console.say
+            _extract(spec, todo, folder, outcome, address, echo)
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
