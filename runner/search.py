@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -135,14 +136,23 @@ def run(
     parent_id = _resumable_parent(record, spec, ray_path) if resume else None
     timings = {"validate": time.perf_counter() - started}
     outcome = SearchOutcome(status="failed", ray_path=ray_path, timings=timings)
-    with contextlib.ExitStack() as stack:
-        if log_to_file:
-            log = ray_path / SEARCH_LOG
-            echo(f"Ray's tables and the trials' output: {log}" + ("" if verbose else " (--verbose shows them here)"))
-            stack.enter_context(console.capture(log, verbose))
-        else:
-            stack.enter_context(console.speaking_through(echo))
-        _search(spec, record, address, ray_path, parent_id, resume, outcome, console.say)
+    # the outermost folder this search creates (the storage path itself on a first search)
+    created = next((p for p in reversed([ray_path, *ray_path.parents]) if not p.exists()), None)
+    try:
+        with contextlib.ExitStack() as stack:
+            if log_to_file:
+                log = ray_path / SEARCH_LOG
+                echo(
+                    f"Ray's tables and the trials' output: {log}" + ("" if verbose else " (--verbose shows them here)")
+                )
+                stack.enter_context(console.capture(log, verbose))
+            else:
+                stack.enter_context(console.speaking_through(echo))
+            _search(spec, record, address, ray_path, parent_id, resume, outcome, console.say)
+    except InputError:  # refused before any trial (the cluster cannot run one): leave nothing behind
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     timings["total"] = time.perf_counter() - started
     _say_how_to_continue(outcome, record.store, argv, echo)
     if outcome.best is not None and outcome.parent_run_id is not None:
