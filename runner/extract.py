@@ -23,15 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", type=Path, help="extraction YAML (see docs/extraction.md)")
     add_set_argument(parser)
     parser.add_argument("--address", help="join this Ray cluster (host:port) instead of starting one")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a stream extracted into out with other settings"
-    )
-    parser.add_argument(
-        "--match-stream",
-        type=Path,
-        metavar="FOLDER",
-        help="set clip.stride and clip.num_frames so each video's steps equal its <video_id>.npy there",
-    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the stream in out (other settings)")
+    match_help = "clip.stride and clip.num_frames such that every video's steps equal FOLDER/<video_id>.npy's"
+    parser.add_argument("--match-stream", type=Path, metavar="FOLDER", help=match_help)
     parser.add_argument("--verbose", action="store_true", help="show Ray's and the workers' output here too")
     args = parser.parse_args(argv)
     spec = load_extract_file(args.file, args.overrides)
