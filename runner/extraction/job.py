@@ -120,33 +120,51 @@ def run(
     client = connect(store)
     exp_id = experiment_id(client, store, spec.tracking.experiment)
 
-    folder.start(record, overwrite)
-    finished = folder.finished()
+    finished = set() if overwrite else folder.finished()
     todo = [v for v in videos if v.stem not in finished]
     outcome = ExtractionOutcome(skipped=len(videos) - len(todo))
-    if outcome.skipped:
-        echo(f"extract: {outcome.skipped} of {len(videos)} videos already extracted in {spec.out}: skipped")
-    outcome.run_id = extraction_run.start(client, exp_id, record, spec.videos, spec.out, command)
-    status = "failed"
+    info = _start_ray(spec, address) if todo else None  # a missing GPU is bad input too: before any write
     try:
-        with contextlib.ExitStack() as stack:
-            if log_to_file and todo:
-                log = folder.path / LOG_FILE
-                echo(f"Ray's and the workers' output: {log}" + ("" if verbose else " (--verbose shows it here)"))
-                stack.enter_context(console.capture(log, verbose))
-                echo = console.say
-            _extract(spec, todo, folder, outcome, address, echo)
-        status = "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
+        folder.start(record, overwrite)
+        if outcome.skipped:
+            echo(f"extract: {outcome.skipped} of {len(videos)} videos already extracted in {spec.out}: skipped")
+        outcome.run_id = extraction_run.start(client, exp_id, record, spec.videos, spec.out, command)
+        status = "failed"
+        try:
+            with contextlib.ExitStack() as stack:
+                if log_to_file and info is not None:
+                    log = folder.path / LOG_FILE
+                    echo(f"Ray's and the workers' output: {log}" + ("" if verbose else " (--verbose shows it here)"))
+                    stack.enter_context(console.capture(log, verbose))
+                    echo = console.say
+                if info is not None:
+                    _extract(spec, todo, folder, outcome, info, echo)
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            done, seconds = len(outcome.ok) + len(outcome.failed), max(outcome.seconds, 1e-9)
+            values = (len(outcome.ok), len(outcome.failed), outcome.skipped, outcome.clips, outcome.seconds)
+            rates = (done / seconds, outcome.clips / seconds)
+            metrics = dict(zip(EXTRACTION_METRICS, (*values, *rates), strict=True))
+            files = [folder.manifest_path, folder.settings_path]
+            extraction_run.finish(client, outcome.run_id, metrics, files, status)
     finally:
-        done, seconds = len(outcome.ok) + len(outcome.failed), max(outcome.seconds, 1e-9)
-        values = (len(outcome.ok), len(outcome.failed), outcome.skipped, outcome.clips, outcome.seconds)
-        metrics = dict(zip(EXTRACTION_METRICS, (*values, done / seconds, outcome.clips / seconds), strict=True))
-        files = [folder.manifest_path, folder.settings_path]
-        extraction_run.finish(client, outcome.run_id, metrics, files, status)
+        if info is not None:
+            cluster.stop(info)
     return outcome
+
+
+def _start_ray(spec: ExtractFile, address: str | None) -> cluster.Cluster:
+    """Start (sized by ``resources``) or join Ray; InputError if it has fewer GPUs than ``resources.gpu``."""
+    res = spec.resources
+    model_cpus = 0 if res.gpu > 0 else res.model_threads
+    info = cluster.start(address, num_cpus=None if res.cpu is None else res.cpu + model_cpus)
+    if res.gpu > info.gpus:
+        cluster.stop(info)
+        raise InputError(f"resources.gpu: {res.gpu} model actors on GPUs, but the cluster has {info.gpus:g} GPUs")
+    return info
 
 
 def _extract(
@@ -154,60 +172,49 @@ def _extract(
     todo: list[Path],
     folder: OutputFolder,
     outcome: ExtractionOutcome,
-    address: str | None,
+    info: cluster.Cluster,
     echo: Callable[[str], None],
 ) -> None:
     """Run ``todo`` on Ray; the driver writes each video's file and manifest line as it arrives, and
     says how far it is every PROGRESS_EVERY_S seconds and at the end."""
-    if not todo:
-        return
     res = spec.resources
     model_cpus = 0 if res.gpu > 0 else res.model_threads
-    local_cpus = None if res.cpu is None else res.cpu + model_cpus
-    info = cluster.start(address, num_cpus=local_cpus)
-    started = time.monotonic()  # reset once the models are loaded
-    try:
-        if res.gpu > info.gpus:
-            raise InputError(f"resources.gpu: {res.gpu} model actors on GPUs, but the cluster has {info.gpus:g} GPUs")
-        decoders = res.cpu or max(1, int(info.cpus) - model_cpus)
-        actors = max(1, res.gpu)
-        per_actor = max(1, decoders // actors) + 1  # one more than its decoders: the next video starts early
-        encoders = start_encoders(spec.stream.backbone, res.gpu, res.model_threads, per_actor)
-        ray.get([encoder.ready.remote() for encoder in encoders])
-        started = time.monotonic()
-        progress = console.Progress(len(todo))
-        said = time.monotonic()
-        queue = list(todo)
-        pending: dict[Any, tuple[Path, int]] = {}
+    decoders = res.cpu or max(1, int(info.cpus) - model_cpus)
+    actors = max(1, res.gpu)
+    per_actor = max(1, decoders // actors) + 1  # one more than its decoders: the next video starts early
+    encoders = start_encoders(spec.stream.backbone, res.gpu, res.model_threads, per_actor)
+    ray.get([encoder.ready.remote() for encoder in encoders])
+    started = time.monotonic()  # throughput counts from the models loaded
+    progress = console.Progress(len(todo))
+    said = time.monotonic()
+    queue = list(todo)
+    pending: dict[Any, tuple[Path, int]] = {}
 
-        def submit(slot: int) -> None:
-            video = queue.pop(0)
-            ref = encoders[slot].extract.remote(str(video), spec.stream, res.batch_size)
-            pending[ref] = (video, slot)
+    def submit(slot: int) -> None:
+        video = queue.pop(0)
+        ref = encoders[slot].extract.remote(str(video), spec.stream, res.batch_size)
+        pending[ref] = (video, slot)
 
-        for slot in [a for a in range(actors) for _ in range(per_actor)]:
-            if queue:
-                submit(slot)
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            video, slot = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayError as exc:  # the actor died (out of memory, a crash): this video failed
-                result = {"status": "failed", "reason": failure_reason(exc), "seconds": 0.0}
-            _write(folder, video, result, outcome)
-            if queue:
-                submit(slot)
-            progress.advance()
-            now = time.monotonic()
-            outcome.seconds = now - started
-            if now - said >= PROGRESS_EVERY_S or not pending:
-                rate = progress.done / max(outcome.seconds, 1e-9)
-                echo(progress.line("videos", f" ({len(outcome.failed)} failed, {rate:.2f} videos/s)"))
-                said = now
-    finally:
-        outcome.seconds = time.monotonic() - started
-        cluster.stop(info)
+    for slot in [a for a in range(actors) for _ in range(per_actor)]:
+        if queue:
+            submit(slot)
+    while pending:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        video, slot = pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the actor died (out of memory, a crash): this video failed
+            result = {"status": "failed", "reason": failure_reason(exc), "seconds": 0.0}
+        _write(folder, video, result, outcome)
+        if queue:
+            submit(slot)
+        progress.advance()
+        now = time.monotonic()
+        outcome.seconds = now - started
+        if now - said >= PROGRESS_EVERY_S or not pending:
+            rate = progress.done / max(outcome.seconds, 1e-9)
+            echo(progress.line("videos", f" ({len(outcome.failed)} failed, {rate:.2f} videos/s)"))
+            said = now
 
 
 def _write(folder: OutputFolder, video: Path, result: dict, outcome: ExtractionOutcome) -> None:

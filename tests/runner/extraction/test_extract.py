@@ -102,6 +102,11 @@ def test_broken_videos_are_recorded_the_others_finish_and_a_rerun_skips(ray_clus
     assert (out / MANIFEST_FILE).read_bytes() == before
     assert len(client.search_runs([run.info.experiment_id])) == 2  # the refused run created none
 
+    fresh = tmp_path / "fresh"  # GPUs the cluster does not have: bad input, found before anything is written
+    assert exit_status(extract_main, [*args[:-2], "--set", f"out={fresh}", "--set", "resources.gpu=1"]) == 2
+    assert "resources.gpu: 1 model actors on GPUs, but the cluster has 0 GPUs" in capsys.readouterr().err
+    assert not fresh.exists() and len(client.search_runs([run.info.experiment_id])) == 2
+
 
 def test_a_killed_extraction_resumes_with_no_half_written_file(ray_cluster, dataset, tmp_path, capsys):
     """The driver is SIGKILLed once the first video is written, then run again on the same folder."""
