@@ -87,8 +87,11 @@ def load_backbone(name: str, weights: str | Path | None, seed: int = 0) -> SlowF
     ``weights=None``, from :func:`seeded_state` (tests and dry runs only: the features mean nothing)."""
     if name not in BACKBONES:
         raise InputError(f"backbone.name: {name!r} is not one of {list(BACKBONES)}")
-    model = SlowFast(name)
+    with torch.device("meta"):  # shapes only: every value comes from the state below
+        model = SlowFast(name)
     layout = reference_layout(model)
     state = seeded_state(layout, seed) if weights is None else read_checkpoint(Path(weights), layout)
-    model.load_state_dict({key: value for key, value in state.items() if key not in HEAD_ENTRIES}, strict=True)
+    # float32 whatever the file stored (assign keeps the given tensors as they are)
+    backbone = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k not in HEAD_ENTRIES}
+    model.load_state_dict(backbone, strict=True, assign=True)
     return model.eval()
