@@ -26,7 +26,8 @@ import torch
 
 from localization.config.loading import load_config
 from localization.model import ActionFormer
-from localization.training.checkpoints import checkpoint_state, save_checkpoint, save_inference_checkpoint
+from localization.model.weights import save_checkpoint, save_inference_checkpoint
+from localization.training.checkpoints import checkpoint_state
 from localization.training.optim import ModelEma, build_scheduler, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def checkpoint_parts(tmp: Path) -> dict[str, int]:
 
 
 def predictions_bytes(path: Path, per_video: int) -> int:
-    """Validation predictions in the submission format (runner.trial writes them with json.dumps)."""
+    """Validation predictions in the submission format (runner.tune.trial writes them with json.dumps)."""
     rng = np.random.default_rng(0)
     results = {
         f"v_{i:08d}": [

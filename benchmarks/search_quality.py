@@ -36,8 +36,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from localization.api import config_from_dict, evaluate_checkpoint, make_synthetic, read_yaml
-from runner import cluster, search
+from runner import search
 from runner.names import BEST_CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE
+from runner.tune import cluster
 
 TEST_SUBSET = "validation"  # never seen by a search decision: selection uses a slice of training
 

@@ -25,8 +25,8 @@ import torch
 from localization.config.loading import load_config
 from localization.config.schema import inference_div_factor
 from localization.data.dataset import collate
+from localization.device import autocast, resolve_device
 from localization.inference.postprocess import postprocess, select_candidates
-from localization.inference.prediction import autocast, resolve_device
 from localization.model import ActionFormer, make_points
 from localization.training.loop import train_step
 from localization.training.losses import LossNormalizer

@@ -35,7 +35,7 @@ from localization.metrics import DetectionMetrics, format_table, metric_key, met
 if TYPE_CHECKING:
     from localization.inference.detector import Detector, Segment
     from localization.inference.evaluation import EvalResult, SubsetScorer, evaluate_checkpoint, rescore
-    from localization.training.checkpoints import save_inference_checkpoint
+    from localization.model.weights import save_inference_checkpoint
     from localization.training.loop import EpochReport, OnEpoch, TrainingDiverged, TrainResult, train
 
 # module -> the names of it this door offers, imported on first use
@@ -43,7 +43,7 @@ _LAZY_MODULES: dict[str, tuple[str, ...]] = {
     "localization.training.loop": ("train", "EpochReport", "OnEpoch", "TrainResult", "TrainingDiverged"),
     "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult", "SubsetScorer"),
     "localization.inference.detector": ("Detector", "Segment"),
-    "localization.training.checkpoints": ("save_inference_checkpoint",),
+    "localization.model.weights": ("save_inference_checkpoint",),
 }
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 

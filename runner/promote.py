@@ -45,10 +45,10 @@ from runner.names import (
     TRIAL_ID,
     best_metric,
 )
-from runner.report import mean_and_spread, repeat_scores
-from runner.selection import describe_selection
-from runner.spec import SearchFile, load_search_file
-from runner.store import resolve_store
+from runner.searchfile.selection import describe_selection
+from runner.searchfile.spec import SearchFile, load_search_file
+from runner.tracking.mlflow_store import resolve_store
+from runner.tracking.report import mean_and_spread, repeat_scores
 
 DONE = ("finished", "pruned")  # runner.status values of trials that count towards num_samples
 

@@ -30,7 +30,7 @@ from localization import api
 from localization.api import InputError
 from runner.names import CLASS_NAMES, CONFIG, LOGGED_MODEL_NAME, WEIGHTS
 from runner.names import MODEL_FILE_NAMES as FILE_NAMES
-from runner.store import Store, connect
+from runner.tracking.mlflow_store import Store, connect
 
 PYFUNC_CODE = Path(__file__).with_name("actionformer_pyfunc.py")
 # Load-time settings of the pyfunc (mlflow.pyfunc.load_model(..., model_config=...)); MLflow only

@@ -20,19 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from localization.api import InputError, dump_yaml, load_subset, make_synthetic, pack_features, probe_features
-from runner import cluster, report, search_run
-from runner.importance import Importance, param_importance
-from runner.importance import write as write_importance
 from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, IMPORTANCE_DIR, NOTE, SPEC_HASH, STATUS, best_metric
-from runner.recorder import TrialRecorder, lost_reason
-from runner.repeats import run_repeats
-from runner.searcher import load_saved_search
-from runner.space import make_sampler, sample_configs
-from runner.spec import SearchFile, dump, load_search_file
-from runner.store import Store, connect, experiment_id, resolve_store
-from runner.system_metrics import SearchRecord
-from runner.trial import TrialSetup
-from runner.tuner import build_tuner, new_tuner
+from runner.searchfile.space import make_sampler, sample_configs
+from runner.searchfile.spec import SearchFile, dump, load_search_file
+from runner.tracking import report, search_run
+from runner.tracking.importance import Importance, param_importance
+from runner.tracking.importance import write as write_importance
+from runner.tracking.mlflow_store import Store, connect, experiment_id, resolve_store
+from runner.tracking.system_metrics import SearchRecord
+from runner.tune import cluster
+from runner.tune.recorder import TrialRecorder, lost_reason
+from runner.tune.repeats import run_repeats
+from runner.tune.searcher import load_saved_search
+from runner.tune.trial import TrialSetup
+from runner.tune.tuner import build_tuner, new_tuner
 
 DRY_RUN_SAMPLES = 4
 DEFAULT_STORAGE = "ray_results"
@@ -236,7 +237,7 @@ def _fit(
 def _repeat_top(
     record: _Record, trials: _Trials, ray_path: Path, outcome: SearchOutcome, echo: Callable[[str], None]
 ) -> None:
-    """``search.repeat_top``: re-train the best finished configs with other seeds (runner.repeats)."""
+    """``search.repeat_top``: re-train the best finished configs with other seeds (runner.tune.repeats)."""
     mark = time.perf_counter()
 
     def tuner_for(path: Path, search_alg: Any, scheduler: Any, num_samples: int) -> Any:
@@ -372,7 +373,7 @@ def _writable_storage(storage_path: Path) -> Path:
 def _apply_selection(spec: SearchFile, ray_path: Path) -> str:
     """``search.selection``: split the training subset into ``<ray path>/selection`` and point the
     base config at it, so trials train on the rest and are scored (selected) on the held-out slice."""
-    from runner.selection import write_selection
+    from runner.searchfile.selection import write_selection
 
     selection = spec.search.selection
     overrides = write_selection(spec.base.data, selection.holdout_fraction, selection.seed, ray_path / "selection")

@@ -24,16 +24,12 @@ from localization.data.annotations import SubsetAnnotations, load_subset, restri
 from localization.data.dataset import TrainingDataset, build_loader
 from localization.data.features import FeatureReader
 from localization.data.report import data_warnings
+from localization.device import autocast, resolve_device
 from localization.inference.evaluation import EvalResult, SubsetEvaluator, SubsetScorer, subset_evaluator
-from localization.inference.prediction import autocast, resolve_device
 from localization.metrics import metrics_as_floats
 from localization.model import ActionFormer, make_points
-from localization.training.checkpoints import (
-    checkpoint_state,
-    load_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
+from localization.model.weights import load_checkpoint, save_checkpoint
+from localization.training.checkpoints import checkpoint_state, set_rng_state
 from localization.training.losses import LossNormalizer, compute_losses
 from localization.training.optim import ModelEma, build_scheduler, param_groups
 from localization.training.targets import assign_targets
