@@ -47,6 +47,7 @@ from runner.names import CHECKPOINT_FILE, CONFIG_FILE, POSTPROCESS_SECONDS, PRED
 from runner.searchfile.spec import SearchFile, validation_metrics
 from runner.tracking.system_metrics import SearchRecord, TrialSystemMetrics
 from runner.tune.postprocess_search import PostprocessSearch
+from runner.tune.storage import Location
 
 SCORE_KEY = "checkpoint_score"
 PLANNED_EPOCHS_KEY = "planned_epochs"
@@ -120,7 +121,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def shrink_finished(trial_dir: Path) -> int:
+def shrink_finished(trial_dir: Location) -> int:
     """Drop what only an unfinished trial needs from a finished trial's checkpoints; bytes freed.
 
     A finished or pruned trial is never trained again (``--resume`` restores it as it ended) and,
@@ -134,8 +135,8 @@ def shrink_finished(trial_dir: Path) -> int:
         for name in (CHECKPOINT_FILE, PREDICTIONS_FILE):
             path = directory / name
             if path.is_file():
-                freed += path.stat().st_size
-                path.unlink()
+                freed += path.size()
+                path.delete()
     return freed
 
 
