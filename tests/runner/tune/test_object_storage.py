@@ -8,6 +8,7 @@ the URI with no trial lost or run twice.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,13 +93,14 @@ def test_search_to_a_bucket_then_promotion_and_evaluation_from_mlflow_artifacts_
 
 
 def test_a_driver_killed_mid_search_resumes_from_the_bucket(s3, tmp_path, monkeypatch):
-    epochs = 12
+    epochs = 6
     path = write_tiny_search(tmp_path, "s3-resume", {"cpu": 1, "gpu": 0}, trials=2, epochs=epochs)
     storage = storage_uri(s3, "resume")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     fs = s3_filesystem(s3)
 
     def trained_and_snapshotted() -> bool:  # Ray's snapshot is in the bucket and a trial has checkpoints there
+        time.sleep(0.5)  # a listing per half second: the search has the CPUs
         stored = keys(fs, f"{BUCKET}/resume")
         return (
             any("/experiment_state-" in key for key in stored)

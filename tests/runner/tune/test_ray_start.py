@@ -120,6 +120,7 @@ def test_search_joins_a_ray_start_cluster_by_address_with_its_token(token_cluste
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "InvalidAuthToken" not in proc.stderr
+    assert f"storage: {tmp_path / 'ray_results'}, read and written from 2 node(s)" in proc.stdout  # checked first
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("ray-start").experiment_id
