@@ -4,7 +4,7 @@
 (default: the demo) in this process, then prints a markdown table:
 
 - wall time (validation, Ray start, ``Tuner.fit``, leaderboard/plots) against the sum of the
-  trials' training time (the engine's epoch times, evaluation included);
+  trials' training time (the training loop's epoch times, evaluation included);
 - slot utilisation = training time / (fit time x concurrent trials);
 - per-trial scheduling overhead = (fit time x concurrent trials - training time) / trials, split
   into idle slots (no trial placed: start-up, the tail when fewer trials than slots remain) and

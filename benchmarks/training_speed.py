@@ -33,7 +33,7 @@ from localization.training.losses import LossNormalizer
 from localization.training.optim import ModelEma, param_groups
 
 NUM_CLASSES = 106
-LONGEST_VIDEO_STEPS = 14_208  # ~7,600 s at 30 fps, stride 16 (fineaction.md 1.2), rounded to 32
+LONGEST_VIDEO_STEPS = 14_208  # ~7,600 s at 30 fps, stride 16, rounded to 32
 
 
 def fineaction_lengths(rng: np.random.Generator, count: int, max_len: int) -> list[int]:

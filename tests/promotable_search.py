@@ -1,15 +1,12 @@
-"""A search small enough for promotion and evaluation tests, and a command-line runner for them
-(shared by the tests of promotion, final evaluation, selection and the MLflow servers)."""
+"""A search small enough for promotion and evaluation tests (shared by the tests of promotion, final
+evaluation, selection and the MLflow servers)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import yaml
 
-from localization import cli
 from localization.data.synthetic import generate
 
 # Tuned at every evaluation; the file's own sigma (0.5) is far from most of the range
@@ -43,10 +40,3 @@ def write_promotable_search(root: Path, tracking_uri: str, experiment: str, mode
     path = root / "search.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str]) -> int:
-    """Run a command as ``python -m`` would (through ``cli.run``) and return its exit status."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(main, argv)
-    return exit_info.value.code

@@ -61,7 +61,7 @@ class Selection:
     def warning_for(self, evaluated_subset: str) -> str | None:
         """A warning when evaluating on ``evaluated_subset`` scores the videos that selected the model.
 
-        The engine evaluates the config's val subset restricted to ``data.val_videos``, so with a
+        The training loop evaluates the config's val subset restricted to ``data.val_videos``, so with a
         holdout the evaluated videos are then exactly the held-out slice that selected the model.
         """
         if evaluated_subset.lower() != self.subset.lower():
@@ -93,7 +93,7 @@ def write_selection(data_cfg: DataConfig, fraction: float, seed: int, out_dir: P
     overrides that make a trial train on one list and score (select) on the other.
 
     Meant for runner.search when ``search.selection`` is set: the search's base config gets these
-    overrides and its parent run the tag ``runner.selection``. The engine trains on
+    overrides and its parent run the tag ``runner.selection``. The training loop trains on
     ``data.train_videos`` of the train subset and scores ``data.val_videos`` of the val subset.
     """
     video_ids = [video.video_id for video in load_subset(data_cfg, data_cfg.train_subset).videos]

@@ -113,7 +113,7 @@ class SearchSpace:
     """The define-by-run space handed to Ray's ``OptunaSearch``.
 
     A module-level class (not a closure) because ``OptunaSearch.save`` pickles it into the
-    experiment checkpoint (stack notes R7). Calling it samples every active parameter in file
+    experiment checkpoint. Calling it samples every active parameter in file
     order and returns ``{dotted key: config value}``, which Ray merges into the trial config, so
     trials receive decoded values (lists stay lists) under flat dotted keys.
     """
@@ -165,7 +165,7 @@ class SearchSpace:
 
 
 def make_sampler(name: str, seed: int, startup_trials: int = 10) -> optuna.samplers.BaseSampler:
-    """A seeded Optuna sampler (Ray's OptunaSearch ignores its own `seed`, stack notes R8).
+    """A seeded Optuna sampler (Ray's OptunaSearch ignores its own `seed`.
 
     TPE samples at random until `startup_trials` trials ended (COMPLETE or PRUNED; seed configs
     count), and with ``constant_liar`` treats running trials as bad, so concurrent trials spread out.

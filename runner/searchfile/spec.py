@@ -2,7 +2,10 @@
 
 Top-level sections: ``data``, ``model``, ``train``, ``test`` (the run config every trial starts
 from, validated by :func:`localization.config.config_from_dict`), plus ``experiment`` (name),
-``search``, ``resources``, ``tracking`` and optionally ``synthetic``. Everything is checked here,
+``search``, ``resources``, ``tracking`` and optionally ``synthetic``. ``base: PATH`` (relative to
+the search file) names a single-run config under ``configs/`` that the run sections start from:
+the search file then holds only what it changes, so the recipe is written once and a search
+cannot drift from it (nested mappings merge key by key; a list or a value replaces). Everything is checked here,
 before Ray starts or an MLflow run exists, so a typo costs seconds, not a cluster start: errors
 are one :class:`ConfigError` line naming the file and the dotted key.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +40,7 @@ from runner.names import AVERAGE_MAP, LOSS_METRICS
 from runner.searchfile.space import SearchSpace, make_sampler, parse_space, sample_configs
 
 SEARCH_SECTIONS = ("experiment", "search", "resources", "tracking", "synthetic")
+BASE_KEY = "base"  # a run config file the run sections start from
 # Engine metrics a trial reports every epoch, and the ones only evaluated epochs carry.
 VALIDATION_SAMPLES = 8  # sampled configs built (type- and range-checked) before the search starts
 # Run-config keys a post-processing search may tune: applied to raw candidates, no model run
@@ -67,7 +72,7 @@ class RepeatSpec:
 
 @dataclass(frozen=True)
 class SearchOptions:
-    metric: str = AVERAGE_MAP  # an engine metric: average_mAP, mAP_0.50, ..., or a loss
+    metric: str = AVERAGE_MAP  # a metric the training loop reports: average_mAP, mAP_0.50, ..., or a loss
     mode: Literal["max", "min"] = "max"
     num_samples: int = 8
     max_concurrent: int | None = None  # null: one trial per GPU, or per 2 CPUs without GPUs
@@ -126,6 +131,7 @@ class SearchFile:
     raw_space: dict[str, Any] = field(default_factory=dict)  # search.space as written
     seed_configs: list[dict[str, Any]] = field(default_factory=list)  # search.seed_configs as written
     postprocess: PostprocessSpec | None = None  # search.postprocess; None: cfg.test as given
+    base_path: Path | None = None  # the ``base:`` run config, as resolved; None: none named
 
     def seed_params(self) -> list[dict[str, Any]]:
         """Optuna parameters of the seed configs, queued before anything is sampled."""
@@ -161,6 +167,7 @@ class SearchFile:
         """The whole search file as resolved (defaults filled, overrides applied), YAML-ready."""
         return {
             "experiment": self.experiment,
+            **({BASE_KEY: str(self.base_path)} if self.base_path else {}),
             **to_dict(self.base),
             "search": {
                 **to_dict(self.search),
@@ -181,12 +188,12 @@ def load_search_file(
     path = Path(path)
     source = str(path)
     raw = read_yaml(path)
+    base_path = _merge_base(raw, path)
     _apply_overrides(raw, overrides or [])
     unknown = [k for k in raw if k not in RUN_SECTIONS + SEARCH_SECTIONS]
     if unknown:
-        raise ConfigError(
-            f"{source}: {unknown[0]}: unknown section (expected one of {list(RUN_SECTIONS + SEARCH_SECTIONS)})"
-        )
+        expected = [BASE_KEY, *RUN_SECTIONS, *SEARCH_SECTIONS]
+        raise ConfigError(f"{source}: {unknown[0]}: unknown section (expected one of {expected})")
     run_raw = {k: raw[k] for k in RUN_SECTIONS if k in raw}
     base = config_from_dict(copy.deepcopy(run_raw), source)
 
@@ -230,9 +237,38 @@ def load_search_file(
         raw_space=copy.deepcopy(raw_space),
         seed_configs=copy.deepcopy(seed_configs),
         postprocess=postprocess,
+        base_path=base_path,
     )
     _validate(spec)
     return spec
+
+
+def _merge_base(raw: dict[str, Any], path: Path) -> Path | None:
+    """Replace ``base: PATH`` by that config's run sections, with the search file's own on top."""
+    if BASE_KEY not in raw:
+        return None
+    name = raw.pop(BASE_KEY)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: {BASE_KEY}: expected the path of a run config, got {name!r}")
+    base_path = Path(os.path.normpath(path.parent / name))
+    base_raw = read_yaml(base_path)
+    extra = [k for k in base_raw if k not in RUN_SECTIONS]
+    if extra:
+        raise ConfigError(f"{base_path}: {extra[0]}: not a run-config section (a base holds only {list(RUN_SECTIONS)})")
+    for section in RUN_SECTIONS:
+        if section in base_raw:
+            raw[section] = merge_mappings(base_raw[section], raw.get(section) or {})
+    return base_path
+
+
+def merge_mappings(base: Any, over: Any) -> Any:
+    """``over`` on top of ``base``: mappings merge key by key, anything else is replaced whole."""
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        return copy.deepcopy(over)
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        merged[key] = merge_mappings(merged[key], value) if key in merged else copy.deepcopy(value)
+    return merged
 
 
 def default_startup_trials(num_samples: int) -> int:
@@ -404,7 +440,7 @@ def check_tracking_uri(uri: str | None, source: str) -> None:
 
 
 def validation_metrics(cfg: RunConfig) -> list[str]:
-    """Metrics the engine reports only on evaluated epochs: average_mAP and mAP at each tIoU."""
+    """Metrics the training loop reports only on evaluated epochs: average_mAP and mAP at each tIoU."""
     return [AVERAGE_MAP, *(metric_key(t) for t in cfg.test.tiou_thresholds)]
 
 

@@ -43,7 +43,7 @@ class TrialRow:
     best: float  # NaN when never evaluated
     best_epoch: int | None
     epochs: int  # epochs logged
-    train_time_s: float  # sum of the engine's epoch times
+    train_time_s: float  # sum of the training loop's epoch times
     values: dict[str, Any]  # searched key -> value, for the keys active in this trial
     curve: list[tuple[int, float]]  # (epoch, metric) on evaluated epochs
     repeat_of: str | None = None  # search.repeat_top: the trial id whose config this run re-trains

@@ -61,6 +61,8 @@ def start_parent(client: MlflowClient, exp_id: str, spec: SearchFile, ray_uri: s
     log_params(client, run_id, options)
     client.log_inputs(run_id, datasets=[dataset_input(spec.base.data)])  # the recipe's data
     client.log_artifact(run_id, str(spec.path), SEARCH_SPACE_DIR)
+    if spec.base_path is not None:  # the run config the search file starts from
+        client.log_artifact(run_id, str(spec.base_path), SEARCH_SPACE_DIR)
     return run_id
 
 

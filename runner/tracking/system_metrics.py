@@ -33,8 +33,8 @@ _logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SearchRecord:
-    """Where the search's MLflow record is: enough for a worker to find its trial's run."""
+class ParentRunAddress:
+    """Where the search's parent run is (store, experiment, run id): enough for a worker to find its trial's run."""
 
     tracking_uri: str
     experiment_id: str
@@ -44,7 +44,7 @@ class SearchRecord:
 class TrialSystemMetrics:
     """``start()`` samples the node in the background until ``stop()``."""
 
-    def __init__(self, record: SearchRecord | None, trial_id: str) -> None:
+    def __init__(self, record: ParentRunAddress | None, trial_id: str) -> None:
         self.record = record
         self.trial_id = trial_id
         self._stop = threading.Event()

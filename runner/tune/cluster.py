@@ -2,9 +2,9 @@
 
 The default starts a local Ray sized to this machine: every CPU, the GPUs Ray detects, a
 modest object store (trials exchange only small results; Ray's default takes 30 % of RAM) and
-no dashboard (``ray[tune]`` ships none, stack notes R16). Ray binds its services to the
+no dashboard (``ray[tune]`` ships none. Ray binds its services to the
 machine's address (it replaces 127.0.0.1 by it), so Ray 2.60's token authentication stays on
-(R15: the token lives in ``~/.ray/auth_token``); set ``RAY_AUTH_MODE=disabled`` yourself to opt
+(the token lives in ``~/.ray/auth_token``); set ``RAY_AUTH_MODE=disabled`` yourself to opt
 out. ``--address`` joins a cluster started with ``ray start --head`` instead, authenticating with
 the cluster's token (see :func:`use_cluster_token`).
 """
@@ -27,8 +27,8 @@ CONNECT_TIMEOUT_S = 5
 # Where Ray 2.60 looks for a cluster's token, in this order (said when joining fails without one)
 TOKEN_HELP = "set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a file with it, or copy the head's ~/.ray/auth_token here"
 
-# Set before Ray starts: trials keep the driver's cwd so relative data paths work (R5), and
-# checkpointing every epoch must not warn about forced experiment snapshots (R10).
+# Set before Ray starts: trials keep the driver's cwd so relative data paths work, and
+# checkpointing every epoch must not warn about forced experiment snapshots.
 RAY_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",

@@ -3,7 +3,7 @@
 Ray retries every error a trainable raises ``search.max_failures`` times from its last checkpoint
 (Tune has no per-exception retry policy), and a diverged trial diverges again each time: that
 costs a GPU as many runs. ``search.max_failures`` is for workers that died. So the trainable
-(runner.tune.trial) catches the engine's ``TrainingDiverged`` and ends with one terminal report: the
+(runner.tune.trial) catches the training loop's ``TrainingDiverged`` and ends with one terminal report: the
 reason under ``DIVERGED_KEY`` and the search metric as NaN (Tune requires the metric in every
 result). On the driver:
 

@@ -27,7 +27,7 @@ KEY_PREFIX = "test."
 
 
 class PostprocessSearch:
-    """``choose_test`` for the engine: settings chosen at each evaluation, and what it cost."""
+    """``choose_test`` for the training loop: settings chosen at each evaluation, and what it cost."""
 
     def __init__(self, spec: PostprocessSpec, base: TestConfig, metric: str, mode: str, seed: int) -> None:
         self.spec = spec

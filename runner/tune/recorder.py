@@ -4,7 +4,7 @@ Only the driver writes the record (one writer per SQLite database): :class:`Tria
 Ray Tune callback, so results, checkpoints and trial ends reach it in the driver process. (Each
 trial's worker adds only its system/* metrics to its own run: runner.tracking.system_metrics.) It replaces
 Ray's ``MLflowLoggerCallback``, which cannot nest runs, does not upload checkpoints, and opens a
-second run per trial after a restore (stack notes M4-M6, section 4). The names it writes are
+second run per trial after a restore. The names it writes are
 runner.names' (the MLflow layout contract), which runner.promote and runner.evaluate read.
 
 Resume safety: a trial's child run is found again by its ``runner.trial_id`` tag (never a
@@ -187,13 +187,7 @@ class TrialRecorder(Callback):
         if self.lost:
             return
         with self._timed():
-            reason = diverged(trial.last_result)
-            if reason is not None:  # stopped by runner.tune.diverged.StopDiverged: failed, once
-                self._finish(trial, "failed", reason)
-                return
-            last_epoch = int((trial.last_result or {}).get("epoch", 0))
-            epochs = trial_run_config(self.trial_setup, trial.config).train.epochs
-            self._finish(trial, "pruned" if last_epoch < epochs else "finished")
+            self._finish(trial, *trial_end(self.trial_setup, trial))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A failed worker (killed, out of memory) is retried from its last checkpoint: the same
@@ -278,6 +272,17 @@ class TrialRecorder(Callback):
         self._runs.pop(trial.trial_id, None)
         if status != "failed":  # a failed trial may be retried by --resume from its checkpoint
             shrink_finished(trial_folder(trial))
+
+
+def trial_end(setup: TrialSetup, trial: Any) -> tuple[str, str | None]:
+    """How a trial Tune completed ended: ``failed`` (diverged, with why), ``pruned`` (the scheduler
+    stopped it before its last epoch) or ``finished``."""
+    reason = diverged(trial.last_result)
+    if reason is not None:  # stopped by runner.tune.diverged.StopDiverged: failed, once
+        return "failed", reason
+    last_epoch = int((trial.last_result or {}).get("epoch", 0))
+    epochs = trial_run_config(setup, trial.config).train.epochs
+    return ("pruned" if last_epoch < epochs else "finished"), None
 
 
 def _last_logged_epoch(client: MlflowClient, run_id: str) -> int:

@@ -1,6 +1,6 @@
 """A restored trial continues from its newest checkpoint on storage, whatever Ray's snapshot says.
 
-The failure this prevents (issue 10): after a driver crash, ``Tuner.restore`` restores every
+The failure this prevents: after a driver crash, ``Tuner.restore`` restores every
 unfinished trial from the checkpoint named in the last experiment snapshot
 (``experiment_state-*.json``: written at the end of a controller step, copied to storage in the
 background). The keep policy (``CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=...)``:

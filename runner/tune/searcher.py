@@ -3,7 +3,7 @@
 Ray 2.60's ``OptunaSearch`` reports every result as an intermediate value at Ray's iteration
 count and, on completion, tells Optuna COMPLETE with the last value whenever the result holds the
 metric: a trial that ASHA stopped at epoch 6 reads as finished with its epoch-6 mAP, and an
-errored trial with a metric reads as COMPLETE too (stack notes R13). Here instead:
+errored trial with a metric reads as COMPLETE too. Here instead:
 
 - intermediate values are the metric at the epochs that measured it (``step`` = epoch), once;
 - a trial that reached its last planned epoch is COMPLETE with its best measured value;

@@ -1,7 +1,7 @@
 """One Ray Tune trial: build the trial's run config, train it, report every epoch to Tune.
 
 Every epoch is reported with ``tune.report(metrics, checkpoint=...)``. The reported metrics are
-the engine's epoch metrics plus:
+the training loop's epoch metrics plus:
 
 - ``epoch``, ``evaluated`` (whether validation ran this epoch) and ``planned_epochs`` (the
   trial's ``train.epochs``: a trial stopped before it was stopped early, runner.tune.searcher);
@@ -12,7 +12,7 @@ the engine's epoch metrics plus:
   without validation, so Ray's "keep the best checkpoint" picks an evaluated epoch.
 
 A trial whose loss diverges ends with one terminal report instead of an exception (see
-runner.tune.diverged): ``diverged`` (the engine's ``TrainingDiverged`` message) and the search metric
+runner.tune.diverged): ``diverged`` (the training loop's ``TrainingDiverged`` message) and the search metric
 as NaN.
 
 With ``search.postprocess`` every evaluation picks its post-processing on the model's raw
@@ -21,13 +21,14 @@ candidates (runner.tune.postprocess_search): the mAP reported is that of the pic
 them), ``report.json`` lists them under ``postprocess``, and the metric ``postprocess_search_s``
 is the time the inner search took.
 
-The checkpoint directory holds ``checkpoint.pt`` (the engine's checkpoint), ``config.yaml``
+The checkpoint directory holds ``checkpoint.pt`` (the training loop's checkpoint), ``config.yaml``
 (the trial's resolved run config), ``report.json`` (epoch + metrics) and, on evaluated epochs,
 ``predictions.json`` (validation detections in the submission format).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import logging
@@ -35,6 +36,9 @@ import math
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,11 +49,12 @@ from ray import tune
 from localization.api import RunConfig, dump_yaml
 from runner.names import CHECKPOINT_FILE, CONFIG_FILE, POSTPROCESS_SECONDS, PREDICTIONS_FILE, REPEAT_OF, REPORT_FILE
 from runner.searchfile.spec import SearchFile, validation_metrics
-from runner.tracking.system_metrics import SearchRecord, TrialSystemMetrics
+from runner.tracking.system_metrics import ParentRunAddress, TrialSystemMetrics
 from runner.tune.postprocess_search import PostprocessSearch
 from runner.tune.storage import Location
 
 SCORE_KEY = "checkpoint_score"
+EXIT_WAIT_S = 60  # how long a worker that exits waits for its trial's training to reach a step boundary
 PLANNED_EPOCHS_KEY = "planned_epochs"
 DIVERGED_KEY = "diverged"  # in a diverged trial's terminal report: why
 
@@ -60,7 +65,7 @@ class TrialSetup:
 
     spec: SearchFile
     num_threads: int  # torch threads on CPU-only clusters (the trial's CPUs); 0 keeps the default
-    record: SearchRecord | None = None  # the search's MLflow record, for the worker's system metrics
+    record: ParentRunAddress | None = None  # the search's MLflow record, for the worker's system metrics
 
 
 def trial_run_config(setup: TrialSetup, values: dict[str, Any]) -> RunConfig:
@@ -93,9 +98,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         else None
     )
     reporter = EpochReporter(cfg, search.metric, search.mode, postprocess)
-    # The engine's own per-epoch checkpoint is scratch (Tune keeps the copies that matter): one
+    # the training loop's own per-epoch checkpoint is scratch (Tune keeps the copies that matter): one
     # folder per worker process, emptied per trial, so a killed worker leaks at most one.
-    work = Path(tempfile.gettempdir()) / f"runner-engine-{os.getpid()}"
+    work = Path(tempfile.gettempdir()) / f"runner-training-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     system_metrics = TrialSystemMetrics(setup.record, tune.get_context().get_trial_id()).start()
@@ -113,12 +118,65 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
                     shutil.copyfile(Path(found) / CHECKPOINT_FILE, resume)
                     reporter.restore(json.loads((Path(found) / REPORT_FILE).read_text()))
         try:
-            train(cfg, work, on_epoch=reporter, resume=resume, log=reporter.log, choose_test=postprocess)
+            with _worker_exit().training() as exiting:
+                train(
+                    cfg,
+                    work,
+                    on_epoch=reporter,
+                    resume=resume,
+                    log=reporter.log,
+                    choose_test=postprocess,
+                    should_stop=exiting,
+                )
         except TrainingDiverged as exc:  # final: raising would be retried search.max_failures times
             tune.report({setup.spec.search.metric: math.nan, DIVERGED_KEY: f"{type(exc).__name__}: {exc}"})
     finally:
         system_metrics.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+class WorkerExit:
+    """Ends a trial's training at a step boundary before its worker process exits.
+
+    Ray Tune runs a function trainable in a daemon thread and, when the scheduler stops the trial,
+    does not wait for that thread before the worker exits. A daemon thread still inside a torch
+    operation when the interpreter shuts down is ended by ``pthread_exit``, whose unwinding runs
+    into a tensor destructor and aborts the whole process ("Fatal Python error: Aborted", a native
+    crash trace in the search's output after a search that succeeded). At exit (atexit runs while
+    daemon threads still run normally) this asks the training loop to stop, which it checks between
+    steps, and waits for the thread.
+    """
+
+    def __init__(self) -> None:
+        self.exiting = threading.Event()
+        self.threads: set[threading.Thread] = set()
+        atexit.register(self.join)
+
+    @contextmanager
+    def training(self) -> Iterator[Callable[[], bool]]:
+        """The current thread trains in this block; yields the question the loop asks between steps."""
+        thread = threading.current_thread()
+        self.threads.add(thread)
+        try:
+            yield self.exiting.is_set
+        finally:
+            self.threads.discard(thread)
+
+    def join(self) -> None:
+        self.exiting.set()
+        for thread in list(self.threads):
+            thread.join(timeout=EXIT_WAIT_S)
+
+
+_exit_guard: WorkerExit | None = None
+
+
+def _worker_exit() -> WorkerExit:
+    """This worker process's guard (one atexit hook however many trials the worker runs)."""
+    global _exit_guard
+    if _exit_guard is None:
+        _exit_guard = WorkerExit()
+    return _exit_guard
 
 
 def shrink_finished(trial_dir: Location) -> int:
@@ -141,7 +199,7 @@ def shrink_finished(trial_dir: Location) -> int:
 
 
 class EpochReporter:
-    """The engine's ``on_epoch`` callback: epoch metrics + checkpoint directory -> tune.report."""
+    """The training loop's ``on_epoch`` callback: epoch metrics + checkpoint directory -> tune.report."""
 
     def __init__(self, cfg: RunConfig, metric: str, mode: str, postprocess: PostprocessSearch | None = None) -> None:
         self.cfg = cfg
@@ -201,7 +259,7 @@ class EpochReporter:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link is free (the engine replaces its checkpoint file atomically, never in place)."""
+    """A hard link is free (the training loop replaces its checkpoint file atomically, never in place)."""
     try:
         os.link(src, dst)
     except OSError:

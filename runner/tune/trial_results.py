@@ -56,7 +56,7 @@ def reported_results(trial_dir: Location) -> list[dict[str, Any]]:
 
 
 def failure_reason(trial: Any) -> str:
-    """The last line of the trial's error (for example the engine's TrainingDiverged message)."""
+    """The last line of the trial's error (for example the training loop's TrainingDiverged message)."""
     error_file = getattr(trial, "error_file", None)
     text = Path(error_file).read_text() if error_file and Path(error_file).is_file() else ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -20,7 +20,7 @@ def make_scheduler(spec: SearchFile) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = spec.search.scheduler
-    # metric/mode go to OptunaSearch and TuneConfig, never the scheduler (stack notes R6)
+    # metric/mode go to OptunaSearch and TuneConfig, never the scheduler
     if s.type == "asha":
         return ASHAScheduler(
             time_attr="epoch", max_t=spec.max_epochs(), grace_period=s.grace_period, reduction_factor=s.reduction_factor
@@ -52,7 +52,7 @@ def build_tuner(
             resume_errored=True,
         )
     s = spec.search
-    # metric/mode go to OptunaSearch and TuneConfig, never the scheduler (stack notes R6)
+    # metric/mode go to OptunaSearch and TuneConfig, never the scheduler
     searcher = MultiFidelityOptunaSearch(
         space=spec.space,
         metric=s.metric,
@@ -85,6 +85,7 @@ def new_tuner(
     from ray import tune
 
     from runner.tune.diverged import StopDiverged
+    from runner.tune.progress import TrialProgress
     from runner.tune.restore import ContinueFromNewestCheckpoint
 
     s = setup.spec.search
@@ -107,17 +108,17 @@ def new_tuner(
             storage_filesystem=ray_path.fs,  # the same filesystem every read of the runner uses
             # The keep policy below can delete the checkpoint a crash's last snapshot names: a
             # restored trial is pointed at its newest existing one (runner.tune.restore)
-            callbacks=[recorder, ContinueFromNewestCheckpoint()],
+            callbacks=[recorder, TrialProgress(setup, num_samples), ContinueFromNewestCheckpoint()],
             stop=StopDiverged(),  # a diverged trial fails once (runner.tune.diverged)
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max"
             ),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            verbose=1,
+            verbose=1,  # Tune's status tables: the search's log file (runner.console), or the console with --verbose
         ),
     )
 
 
 def trial_dirname(trial: Any) -> str:
-    """Short trial folder names (Ray's default embeds every config value, stack notes R9)."""
+    """Short trial folder names (Ray's default embeds every config value."""
     return f"trial_{trial.trial_id}"

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py's CPU part (issue 13; no GPU here): every step of the GPU check that does
+"""benchmarks/gpu_check.py's CPU part: every step of the GPU check that does
 not need CUDA runs, at tiny sizes: fp32 and bf16 (CPU autocast) training steps, eager and through
 torch.compile (graph capture), bf16 losses tracking fp32, the band attention backends that have a
 CPU backward, whole-video and validation inference with post-processing, and the two searches (one

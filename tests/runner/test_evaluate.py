@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from promotable_search import run_cli, write_promotable_search
 
+from localization.api import exit_status
 from runner import evaluate, promote, search
+from tests.promotable_search import write_promotable_search
 
 EXPERIMENT = "e2e-promote"
 MODEL = "af-e2e"
@@ -47,7 +48,7 @@ def promoted(tmp_path_factory: pytest.TempPathFactory) -> Promoted:
     search_file = write_promotable_search(root, uri, EXPERIMENT, MODEL)
     outcome = search.run(search_file, storage_path=root / "ray_results", echo=lambda _: None)
     assert outcome.status == "finished"
-    assert run_cli(promote.main, [str(search_file)]) == 0
+    assert exit_status(promote.main, [str(search_file)]) == 0
     return Promoted(root, uri, search_file, outcome.parent_run_id, outcome.best.run_id)
 
 
@@ -70,7 +71,7 @@ def test_evaluation_reproduces_the_logged_map_and_is_in_mlflow(
 ) -> None:
     out = tmp_path / "eval"
     argv = [f"models:/{MODEL}@champion", "--subset", "validation", "--out", str(out), "--tracking-uri", promoted.uri]
-    assert run_cli(evaluate.main, argv) == 0
+    assert exit_status(evaluate.main, argv) == 0
     captured = capsys.readouterr()
     assert "selected on: the whole 'validation' subset" in captured.out
     assert "mAP" in captured.out and "0.50" in captured.out  # the table
@@ -146,7 +147,7 @@ def test_version_and_run_uris_load_the_same_model(
         (f"runs:/{promoted.best_run_id}/actionformer", ["--set", f"tracking.uri={promoted.uri}"]),
     ):
         out = tmp_path / uri.replace("/", "_").replace(":", "")
-        assert run_cli(evaluate.main, [uri, "--out", str(out), *store]) == 0
+        assert exit_status(evaluate.main, [uri, "--out", str(out), *store]) == 0
         results.append(json.loads((out / "metrics.json").read_text())["average_mAP"])
     assert results[0] == results[1]
     assert results[0] == pytest.approx(client.get_run(promoted.best_run_id).data.metrics["best_average_mAP"], abs=1e-6)
@@ -179,7 +180,7 @@ def test_unknown_models_and_bad_tracking_settings_are_refused(
     promoted: Promoted, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], prefix: str, message: str
 ) -> None:
     out = tmp_path / "never"
-    assert run_cli(evaluate.main, [*args, "--out", str(out), "--tracking-uri", promoted.uri]) == 2
+    assert exit_status(evaluate.main, [*args, "--out", str(out), "--tracking-uri", promoted.uri]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {prefix}") and message in err and "\n" not in err
     assert not out.exists()
@@ -192,7 +193,7 @@ def test_promote_takes_the_store_and_model_name_from_set(promoted: Promoted, tmp
     moved = tmp_path / "search.yaml"
     moved.write_text(yaml.safe_dump(raw))
     argv = [str(moved), "--set", f"tracking.uri={promoted.uri}", "--set", "tracking.model_name=via-set"]
-    assert run_cli(promote.main, argv) == 0
+    assert exit_status(promote.main, argv) == 0
     client = MlflowClient(promoted.uri, promoted.uri)
     version = client.get_model_version_by_alias("via-set", "champion")
     assert version.run_id == promoted.best_run_id
@@ -211,7 +212,7 @@ def test_overrides_may_not_change_the_architecture(
         "--tracking-uri",
         promoted.uri,
     ]
-    assert run_cli(evaluate.main, argv) == 2
+    assert exit_status(evaluate.main, argv) == 2
     assert "the model section cannot change" in capsys.readouterr().err
 
 
@@ -239,7 +240,7 @@ def test_subset_without_labels_gives_the_submission_only(
         "--tracking-uri",
         promoted.uri,
     ]
-    assert run_cli(evaluate.main, argv) == 0
+    assert exit_status(evaluate.main, argv) == 0
     captured = capsys.readouterr()
     assert "'testing' has no labelled instances" in captured.out and "no mAP can be computed" in captured.out
     assert "warning" not in captured.err  # selected on validation, evaluated on test: honest

@@ -1,5 +1,5 @@
 """runner.promote against a real SQLite MLflow store holding a search recorded per the layout
-contract (INTERFACES.md), with a real checkpoint from a tiny training run; and the holdout split
+contract, with a real checkpoint from a tiny training run; and the holdout split
 of runner.searchfile.selection.
 
 The search records are written here by hand (not by runner.search), so each refusal can be set up
@@ -425,7 +425,7 @@ def test_write_selection_splits_the_training_subset(trained: Trained, tmp_path: 
         f"data.train_videos={(tmp_path / 'selection' / 'train_videos.txt').resolve()}",
         f"data.val_videos={(tmp_path / 'selection' / 'val_videos.txt').resolve()}",
     ]
-    # the engine trains on the one list and selects on the other
+    # the training loop trains on the one list and selects on the other
     cfg = load_config(trained.config_path, overrides)
     assert [v.video_id for v in load_training_subset(cfg).videos] == train_ids
     assert cfg.data.val_subset == "training" and Path(cfg.data.val_videos).read_text().split() == holdout

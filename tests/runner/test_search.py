@@ -1,5 +1,5 @@
-"""End to end: a tiny real search (local Ray, SQLite MLflow, the real engine on synthetic data)
-and the MLflow layout contract it must leave behind (INTERFACES.md)."""
+"""End to end: a tiny real search (local Ray, SQLite MLflow, the real training loop on synthetic data)
+and the MLflow layout contract it must leave behind."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import synthetic_data_section
 from mlflow.tracking import MlflowClient
 
 from localization.config.loading import flatten
@@ -23,6 +22,7 @@ from runner.searchfile.spec import load_search_file
 from runner.tune import cluster
 from runner.tune.trial import SCORE_KEY
 from runner.tune.trial_results import reported_results
+from tests.conftest import synthetic_data_section
 
 BEST_LINE = re.compile(r"^best validation mAP: (\S+) \(trial (\S+), MLflow run (\w+)\)$", re.M)
 NUM_TRIALS, EPOCHS = 3, 2
@@ -237,7 +237,7 @@ def test_ray_keeps_best_and_latest_checkpoint_per_trial(finished_search):
 
 
 def test_mlflow_keeps_the_model_weights_and_finished_trials_keep_no_weights_in_ray(finished_search, tmp_path):
-    """Disk (issue 13): no optimizer state in MLflow; a finished trial's Ray copies hold only its results."""
+    """Disk: no optimizer state in MLflow; a finished trial's Ray copies hold only its results."""
     client = finished_search["client"]
     _, children = parent_and_children(finished_search)
     done = [c for c in children if c.data.tags["runner.status"] in ("finished", "pruned")]

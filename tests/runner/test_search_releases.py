@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from localization.api import exit_status
 from localization.config.loading import load_config
 from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset
@@ -117,11 +118,13 @@ def test_resized_features_read_as_native_warn_in_training_and_search(layouts, tm
 
     space = yaml.safe_load(Path("search_spaces/demo.yaml").read_text())
     space.pop("synthetic")
+    space.pop("base")  # the demo's run config, written out whole: its data section is replaced below
+    space.update(yaml.safe_load(Path("configs/demo.yaml").read_text()))
     space["data"] = yaml.safe_load(layouts["fixed"].read_text())["data"]
     for name in ("i3d", "slowfast"):
         space["data"]["streams"][name]["feat_stride"] = 16
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(space))
-    assert search.main([str(path), "--dry-run"]) == 0
+    assert exit_status(search.main, [str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "warning: training: stream i3d: median coverage" in out

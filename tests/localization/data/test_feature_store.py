@@ -18,8 +18,8 @@ from localization.config.schema import DataConfig
 from localization.data.__main__ import main as data_main
 from localization.data.annotations import load_subset
 from localization.data.dataset import TrainingDataset, build_loader, collate
+from localization.data.feature_store import pack, store_key, stream_files
 from localization.data.features import FeatureReader
-from localization.data.store import pack, store_key, stream_files
 from localization.errors import DataError
 
 

@@ -1,4 +1,4 @@
-"""FineAction as publicly distributed (issue 11): class maps, feature file types, sampling rules,
+"""FineAction as publicly distributed: class maps, feature file types, sampling rules,
 the fps switch, coverage warnings and the one subset rule, on mock files in each public layout."""
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def test_one_boundary_by_hand_per_sampling_rule(tmp_path, steps, duration, fps, 
 
 
 def test_auto_grid_fixes_the_fixed_length_misplacement(tmp_path):
-    """spec 1.5: read as native stride 16, an action at 100 s of a 150 s video lands at step 187 of 100."""
+    """read as native stride 16, an action at 100 s of a 150 s video lands at step 187 of 100."""
     wrong, _, _ = boundary_case(tmp_path, 100, 150.0, 30.0)
     assert wrong == pytest.approx((10 * 30 - 8) / 16)
     folder = tmp_path / "g"

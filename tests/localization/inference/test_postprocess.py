@@ -1,4 +1,4 @@
-"""Post-processing (spec sections 4.3 and 7): candidate selection, Soft-NMS / NMS, voting, seconds,
+"""Post-processing: candidate selection, Soft-NMS / NMS, voting, seconds,
 raw-candidate files. Hand-computed cases plus a comparison with a literal transcription of the
 reference C++ loops on random inputs."""
 

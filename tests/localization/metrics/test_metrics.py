@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from localization.api import exit_status
 from localization.errors import ConfigError, DataError
 from localization.metrics import (
     DEFAULT_TIOU_THRESHOLDS,
@@ -509,7 +510,7 @@ def test_cli_json_output(tmp_path):
 
 def test_cli_table_and_gt_filter(tmp_path, capsys):
     gt, pred = write_json(tmp_path / "gt.json", DATABASE), write_json(tmp_path / "p.json", RESULTS)
-    assert cli_main([str(gt), str(pred), "--gt-filter", "actionformer"]) == 0
+    assert exit_status(cli_main, [str(gt), str(pred), "--gt-filter", "actionformer"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:2] == ["tIoU", "0.50"]
     assert "gt_filter actionformer: 0 removed" in out
@@ -542,7 +543,7 @@ def _bad_inputs(tmp_path: Path):
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     for argv, message in _bad_inputs(tmp_path):
-        assert cli_main(argv) == 2, argv
+        assert exit_status(cli_main, argv) == 2, argv
         captured = capsys.readouterr()
         assert captured.out == ""
         assert message in captured.err, (argv, captured.err)

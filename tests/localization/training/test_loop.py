@@ -38,7 +38,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
     """A 24-video synthetic set (18 training, 6 validation): an epoch takes well under a second."""
-    return generate(tmp_path_factory.mktemp("engine_data"), seed=3, videos=24)
+    return generate(tmp_path_factory.mktemp("loop_data"), seed=3, videos=24)
 
 
 def tiny_config(path, *extra):
@@ -195,11 +195,15 @@ def test_raw_candidates_rescore_without_the_model(small_dataset, tmp_path, capsy
         "--set",
         "test.nms_sigma=0.9",
     ]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run(evaluate_cli.main, argv)
-    assert exit_info.value.code == 0
+    assert cli.exit_status(evaluate_cli.main, argv) == 0
     wide = rescore(tiny_config(small_dataset, "test.nms_sigma=0.9"), raw, cfg.data.val_subset)
     assert json.loads(out.read_text()) == json.loads(json.dumps(wide.predictions))
     assert json.loads(metrics_out.read_text()) == json.loads(json.dumps(wide.metrics.to_json()))
     assert wide.predictions != base.predictions  # the override reached the post-processing
     assert f"{wide.metrics.average_mAP:.2f}" in capsys.readouterr().out  # the printed table is this one
+
+    # --out as a folder, as in every other command: the same two files, named as runner.evaluate names them
+    folder = tmp_path / "eval"
+    assert cli.exit_status(evaluate_cli.main, [*argv[:3], "--out", str(folder), *argv[7:]]) == 0
+    assert (folder / "predictions.json").read_text() == out.read_text()
+    assert (folder / "metrics.json").read_text() == metrics_out.read_text()

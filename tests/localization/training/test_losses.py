@@ -1,4 +1,4 @@
-"""Losses (spec section 6) against values computed by hand."""
+"""Losses against values computed by hand."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Target assignment (spec section 5) on hand-made points and ground truths."""
+"""Target assignment on hand-made points and ground truths."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def test_bad_arguments_raise_value_error():
 
 
 def naive_assign(points, segments, labels, num_classes, center_sample, radius):
-    """Point-by-point, action-by-action transcription of spec section 5 in plain Python."""
+    """Point-by-point, action-by-action transcription of ActionFormer's label assignment in plain Python."""
     cls = torch.zeros(points.shape[0], num_classes)
     reg = torch.zeros(points.shape[0], 2)
     for p, (t, lo, hi, s) in enumerate(points.tolist()):

@@ -1,4 +1,4 @@
-"""Honest selection end to end (issue 5): ``search.selection`` makes a real search train on part of
+"""Honest selection end to end: ``search.selection`` makes a real search train on part of
 the training subset and score trials on the held-out rest; promotion and evaluation say so."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from promotable_search import POSTPROCESS, run_cli
 
+from localization.api import exit_status
 from localization.data.synthetic import generate
 from runner import evaluate, promote, search
 from runner.searchfile.selection import holdout_split
+from tests.promotable_search import POSTPROCESS
 
 SELECTION = {"holdout_fraction": 0.25, "seed": 3}
 
@@ -84,7 +85,7 @@ def test_trials_train_on_the_rest_and_are_scored_on_the_held_out_slice(selected:
 def test_promotion_and_evaluation_state_the_selection(
     selected: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_cli(promote.main, [str(selected["path"])]) == 0
+    assert exit_status(promote.main, [str(selected["path"])]) == 0
     client = MlflowClient(selected["uri"], selected["uri"])
     version = client.get_model_version_by_alias("af-selection", "champion")
     assert version.tags["selection_subset"] == "training"
@@ -100,7 +101,7 @@ def test_promotion_and_evaluation_state_the_selection(
         "--tracking-uri",
         selected["uri"],
     ]
-    assert run_cli(evaluate.main, argv) == 0
+    assert exit_status(evaluate.main, argv) == 0
     captured = capsys.readouterr()
     assert "selected on: a held-out slice of 'training' (25%, seed 3), not trained on" in captured.out
     assert "warning" not in captured.err  # validation was left untouched by the selection
@@ -114,5 +115,5 @@ def test_promotion_and_evaluation_state_the_selection(
         "--tracking-uri",
         selected["uri"],
     ]
-    assert run_cli(evaluate.main, argv) == 0
+    assert exit_status(evaluate.main, argv) == 0
     assert "the videos being evaluated: this mAP is optimistic" in capsys.readouterr().err

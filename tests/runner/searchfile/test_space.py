@@ -11,6 +11,7 @@ import pytest
 import ray
 import yaml
 
+from localization.api import exit_status
 from localization.errors import ConfigError
 from runner import search
 from runner.searchfile.space import SearchSpace, make_sampler, parse_space, sample_configs
@@ -123,7 +124,7 @@ def test_seeded_sampler_repeats_its_config_sequence(tmp_path, sampler):
 def test_dry_run_prints_base_and_the_searchs_first_configs_and_starts_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path, BASE)
-    assert search.main([str(path), "--dry-run", "--set", "train.epochs=5", "--num-samples", "3"]) == 0
+    assert exit_status(search.main, [str(path), "--dry-run", "--set", "train.epochs=5", "--num-samples", "3"]) == 0
     out = capsys.readouterr().out
     assert "# resolved base config" in out and "epochs: 5" in out
     spec = load_search_file(path, ["train.epochs=5"], 3)
@@ -197,7 +198,7 @@ def test_bad_search_file_is_one_line_naming_file_and_key(tmp_path, changes, key)
 def test_cli_reports_bad_input_on_stderr_with_status_2_and_starts_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path, edited(**{"search/space/train.lr": {"loguniform": [-1, 0.1]}}))
-    assert search.main([str(path)]) == 2
+    assert exit_status(search.main, [str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "search.space.train.lr" in err and "Traceback" not in err
     assert not ray.is_initialized()
@@ -207,5 +208,5 @@ def test_cli_reports_bad_input_on_stderr_with_status_2_and_starts_nothing(tmp_pa
 def test_yaml_syntax_error_names_the_line(tmp_path, capsys):
     path = tmp_path / "broken.yaml"
     path.write_text("search:\n  space: {train.lr: [\n")
-    assert search.main([str(path), "--dry-run"]) == 2
+    assert exit_status(search.main, [str(path), "--dry-run"]) == 2
     assert "line" in capsys.readouterr().err

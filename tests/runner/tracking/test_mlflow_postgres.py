@@ -1,4 +1,4 @@
-"""Scale (issue 6): a tiny search against a real ``mlflow server`` whose backend store is PostgreSQL
+"""Scale: a tiny search against a real ``mlflow server`` whose backend store is PostgreSQL
 (Debian's package on 127.0.0.1, set up by ``.ci/run``), as a shared multi-node set-up would use.
 
 ``RUNNER_TEST_POSTGRES`` is an SQLAlchemy URL of a role that may create databases (``.ci/run`` sets
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from mlflow_server_process import free_port, start_server, stop_server
-from promotable_search import write_promotable_search
 
 from runner import search
+from tests.mlflow_server_process import free_port, start_server, stop_server
+from tests.promotable_search import write_promotable_search
 
 CI_URL = "postgresql+psycopg2://mlflow:mlflow@127.0.0.1:5432/postgres"
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow_server_process import free_port, start_server, stop_server
-from promotable_search import run_cli, write_promotable_search
 
+from localization.api import exit_status
 from runner import evaluate, promote, search
+from tests.mlflow_server_process import free_port, start_server, stop_server
+from tests.promotable_search import write_promotable_search
 
 EXPERIMENT = "server-e2e"
 MODEL = "af-server"
@@ -56,7 +57,7 @@ def test_search_and_promotion_over_http(server: str, tmp_path: Path, monkeypatch
     search_file = write_promotable_search(tmp_path, server, EXPERIMENT, MODEL)
     outcome = search.run(search_file, storage_path=tmp_path / "ray_results", echo=lambda _: None)
     assert outcome.status == "finished"
-    assert run_cli(promote.main, [str(search_file)]) == 0
+    assert exit_status(promote.main, [str(search_file)]) == 0
     assert not (tmp_path / "mlflow").exists()
 
     api = "/api/2.0/mlflow"
@@ -104,7 +105,9 @@ def test_search_and_promotion_over_http(server: str, tmp_path: Path, monkeypatch
 
     # the final evaluation works over HTTP too, and its files land on the server
     assert (
-        run_cli(evaluate.main, [f"models:/{MODEL}@champion", "--out", str(tmp_path / "eval"), "--tracking-uri", server])
+        exit_status(
+            evaluate.main, [f"models:/{MODEL}@champion", "--out", str(tmp_path / "eval"), "--tracking-uri", server]
+        )
         == 0
     )
     evaluations = post(

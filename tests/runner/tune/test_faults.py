@@ -2,7 +2,7 @@
 several moments then ``--resume``, and a trial whose loss becomes NaN. Nothing is lost, nothing
 is left RUNNING, no crash fails a trial, and a diverged trial runs once.
 
-The searches run the real engine on a 24-video synthetic dataset with a 16-channel model (an
+The searches run the real training loop on a 24-video synthetic dataset with a 16-channel model (an
 epoch takes a fraction of a second), on one Ray started for the module. Processes are found and
 killed only below this test's own process tree: other Ray users on the machine are left alone.
 """
@@ -31,7 +31,6 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from mlflow_server_process import free_port, start_server, stop_server
 
 from localization.data.synthetic import generate
 from runner import search
@@ -40,6 +39,7 @@ from runner.searchfile.spec import load_search_file
 from runner.tune import cluster
 from runner.tune.restore import continue_from_newest
 from runner.tune.trial import SCORE_KEY, diverged
+from tests.mlflow_server_process import free_port, start_server, stop_server
 
 EPOCHS = 20  # long enough to kill a trial in the middle, short enough for CI (~0.3 s per epoch)
 
@@ -209,7 +209,7 @@ class Driver:
     def kill_when(self, moment: Callable[[], bool], timeout_s: float = 600) -> None:
         """SIGKILL the driver once ``moment()`` holds, then wait until its trial workers have exited
         (Ray's GCS and raylet die with the driver, the workers with them; two idle Ray agents linger
-        for a minute or two, stack notes R18)."""
+        for a minute or two."""
         deadline = time.monotonic() + timeout_s
         while not moment():
             assert self.proc.poll() is None, "the search ended before the moment to kill it"

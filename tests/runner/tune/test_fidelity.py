@@ -1,5 +1,5 @@
 """Honest multi-fidelity and a budget-sized TPE, checked on the Optuna study Ray saves with a real
-search (local Ray, real Optuna, SQLite MLflow, the real engine on synthetic data):
+search (local Ray, real Optuna, SQLite MLflow, the real training loop on synthetic data):
 
 - a trial ASHA stopped is PRUNED with its per-epoch intermediate values, a full-length one is
   COMPLETE with its best value, a failed one is FAIL;
@@ -18,7 +18,6 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_MODEL, synthetic_data_section
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -27,6 +26,7 @@ from runner import promote, search
 from runner.searchfile.spec import load_search_file
 from runner.tune import cluster
 from runner.tune.searcher import load_saved_search
+from tests.conftest import TINY_MODEL, synthetic_data_section
 
 NUM_TRIALS, EPOCHS, STARTUP = 5, 3, 2
 SEED_LR = 2.0e-3

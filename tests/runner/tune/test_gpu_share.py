@@ -1,4 +1,4 @@
-"""Several trials per GPU (issue 13): ``resources.gpu: 0.5`` on a local Ray that declares one GPU
+"""Several trials per GPU: ``resources.gpu: 0.5`` on a local Ray that declares one GPU
 (a resource only, no real GPU: trials train on CPU). Ray runs two trials at once on that GPU, both
 see it as ``CUDA_VISIBLE_DEVICES=0`` and tag their runs so; each run records the node's system
 metrics over time (MLflow's monitor, started by the trial's worker)."""
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import ray
-from conftest import write_tiny_search
 from mlflow.tracking import MlflowClient
 
 from runner import search
+from tests.conftest import write_tiny_search
 
 
 @pytest.fixture

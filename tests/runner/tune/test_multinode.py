@@ -1,4 +1,4 @@
-"""Scale (issue 6): a simulated two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``),
+"""Scale: a simulated two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``),
 each node declaring 2 GPUs (resources only, no real GPU: the trainer falls back to CPU), joined with
 ``--address``. Trials run concurrently, one GPU each, with distinct ``CUDA_VISIBLE_DEVICES`` on each
 node, across both nodes; a trial asking for more GPUs than any node has is refused up front."""
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import write_tiny_search
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
+from localization.api import exit_status
 from runner import search
+from tests.conftest import write_tiny_search
 
 NUM_TRIALS = 4  # 2 nodes x 2 GPUs
 
@@ -56,7 +57,7 @@ def test_trials_spread_over_both_nodes_one_gpu_each_at_the_same_time(two_nodes, 
 def test_more_gpus_per_trial_than_any_node_is_refused_before_any_run(two_nodes, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = write_search(tmp_path, gpus=3)  # the cluster has 4 GPUs, but no node has 3
-    assert search.main([str(path), "--address", two_nodes.address]) == 2
+    assert exit_status(search.main, [str(path), "--address", two_nodes.address]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     # Ray's own "Connecting to existing Ray cluster" lines may precede it: joining is how we learn the nodes
     assert err[-1] == "error: resources.gpu: 3 GPUs per trial, but the largest node has 2 (the cluster 4)"

@@ -13,14 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_search
 from mlflow.tracking import MlflowClient
-from mlflow_server_process import free_port, start_server, stop_server
-from promotable_search import run_cli, write_promotable_search
-from s3_server_process import CREDENTIALS, keys, s3_filesystem, start_s3, stop_s3
-from test_faults import Driver, assert_one_finished_run_per_trial, children
 
+from localization.api import exit_status
 from runner import evaluate, promote, search
+from tests.conftest import write_tiny_search
+from tests.mlflow_server_process import free_port, start_server, stop_server
+from tests.promotable_search import write_promotable_search
+from tests.runner.tune.test_faults import Driver, assert_one_finished_run_per_trial, children
+from tests.s3_server_process import CREDENTIALS, keys, s3_filesystem, start_s3, stop_s3
 
 BUCKET = "searches"
 
@@ -81,9 +82,9 @@ def test_search_to_a_bucket_then_promotion_and_evaluation_from_mlflow_artifacts_
 
         for name in CREDENTIALS:  # promotion and evaluation need MLflow only
             monkeypatch.delenv(name)
-        assert run_cli(promote.main, [str(search_file)]) == 0
+        assert exit_status(promote.main, [str(search_file)]) == 0
         out = tmp_path / "eval"
-        assert run_cli(evaluate.main, ["models:/af-s3@champion", "--out", str(out), "--tracking-uri", uri]) == 0
+        assert exit_status(evaluate.main, ["models:/af-s3@champion", "--out", str(out), "--tracking-uri", uri]) == 0
         assert (out / "metrics.json").is_file()
         evaluation = client.search_runs([trials[0].info.experiment_id], "tags.`runner.role` = 'evaluation'")[0]
         prefix = f"{BUCKET}/mlflow/{evaluation.info.experiment_id}/{evaluation.info.run_id}/artifacts/"

@@ -1,4 +1,4 @@
-"""The README's cluster recipe with real ``ray start`` processes (issue 13): a head and a second
+"""The cluster recipe of docs/cluster.md with real ``ray start`` processes: a head and a second
 node on this machine with token authentication on, and ``python -m runner.search ... --address``
 joining them without ``RAY_AUTH_MODE`` set (Ray 2.60 alone would answer InvalidAuthToken).
 
@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_search
 from mlflow.tracking import MlflowClient
+
+from tests.conftest import write_tiny_search
 
 REPO = Path(__file__).resolve().parents[3]
 READY = "Ray runtime started."  # printed by `ray start` once its node is up
@@ -94,7 +95,7 @@ def two_node_cluster(tmp_path: Path, worker_wrapper: tuple[str, ...] = ()) -> It
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"RAY_AUTH_TOKEN_PATH": str(token)}
-    node_env = env | {"RAY_AUTH_MODE": "token"}  # as the README has nodes started
+    node_env = env | {"RAY_AUTH_MODE": "token"}  # as docs/cluster.md has nodes started
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths have a length limit
     port = free_port()
     nodes: list[subprocess.Popen] = []

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL, synthetic_data_section
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -23,6 +22,7 @@ from localization.data.synthetic import generate
 from runner import search
 from runner.tune import cluster
 from runner.tune.searcher import load_saved_search
+from tests.conftest import TINY_MODEL, synthetic_data_section
 
 NUM_TRIALS, EPOCHS = 3, 25
 

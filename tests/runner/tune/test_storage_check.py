@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_search
 from mlflow.tracking import MlflowClient
-from test_ray_start import REPO, two_node_cluster
+
+from tests.conftest import write_tiny_search
+from tests.runner.tune.test_ray_start import REPO, two_node_cluster
 
 HIDE = 'mount -t tmpfs none "$0" && exec "$@"'  # sh -c HIDE FOLDER COMMAND...: COMMAND sees FOLDER empty
 
