@@ -31,7 +31,7 @@ def check_search_command(argv: list[str]) -> None:
     """``python -m runner.search ...``: parsed by the command's own parser, its file and --set validated."""
     assert argv[:3] == ["python", "-m", "runner.search"], argv
     args = search._parser().parse_args(argv[3:])
-    load_search_file(REPO / args.file, args.set, args.num_samples)
+    load_search_file(REPO / args.file, args.overrides, args.num_samples)
 
 
 def test_slurm_script_is_valid_bash_and_runs_a_search_the_parser_accepts() -> None:
