@@ -17,10 +17,16 @@ from mlflow.tracking import MlflowClient
 
 from localization.api import exit_status
 from runner import evaluate, promote, search
+from runner.tune.storage import Location
 from tests.conftest import write_tiny_search
 from tests.mlflow_server_process import free_port, start_server, stop_server
 from tests.promotable_search import write_promotable_search
-from tests.runner.tune.test_faults import Driver, assert_one_finished_run_per_trial, children
+from tests.runner.tune.test_faults import (
+    Driver,
+    assert_one_finished_run_per_trial,
+    children,
+    continues_from_the_newest,
+)
 from tests.s3_server_process import CREDENTIALS, keys, s3_filesystem, start_s3, stop_s3
 
 BUCKET = "searches"
@@ -120,3 +126,8 @@ def test_a_driver_killed_mid_search_resumes_from_the_bucket(s3, tmp_path, monkey
     assert outcome.ray_path.uri.startswith(f"s3://{BUCKET}/resume/s3-resume-")
     assert_one_finished_run_per_trial(client, "s3-resume", before, epochs=epochs)  # none lost, none twice
     assert not Path(tmp_path / "s3:").exists()
+
+
+def test_the_restore_fix_on_a_bucket(s3):
+    """runner.tune.restore repairs a restored trial whose folder is in the bucket, as on a local disk."""
+    continues_from_the_newest(Location(s3_filesystem(s3), f"{BUCKET}/restore-fix"))
