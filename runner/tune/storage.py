@@ -126,7 +126,7 @@ def resolve(storage_path: str | os.PathLike[str]) -> Location:
     """
     text = os.fspath(storage_path)
     parts = urlsplit(text)
-    if not parts.scheme or parts.scheme == "file" or len(parts.scheme) == 1:
+    if parts.scheme in ("", "file"):
         return Location(pafs.LocalFileSystem(), str(_writable_folder(Path(parts.path if parts.scheme else text))))
     try:
         fs, path = pafs.FileSystem.from_uri(text)
