@@ -2,7 +2,8 @@
 on 127.0.0.1 (moto's server mode, started and stopped here), with MLflow's artifacts proxied to the
 same bucket: the search's checkpoints land in the bucket, its trials in MLflow; promotion and the
 final evaluation work from the bucket through MLflow alone; a driver killed mid-search resumes from
-the URI with no trial lost or run twice.
+the URI with no trial lost or run twice; the restore fix (runner.tune.restore) repairs a trial whose
+folder is in the bucket.
 """
 
 from __future__ import annotations
