@@ -101,18 +101,18 @@ def test_search_to_a_bucket_then_promotion_and_evaluation_from_mlflow_artifacts_
 
 
 def test_a_driver_killed_mid_search_resumes_from_the_bucket(s3, tmp_path, monkeypatch):
-    epochs = 6
+    epochs = 10  # an epoch takes a fraction of a second: the kill must come before both trials end
     path = write_tiny_search(tmp_path, "s3-resume", {"cpu": 1, "gpu": 0}, trials=2, epochs=epochs)
     storage = storage_uri(s3, "resume")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     fs = s3_filesystem(s3)
 
     def trained_and_snapshotted() -> bool:  # Ray's snapshot is in the bucket and a trial has checkpoints there
-        time.sleep(0.5)  # a listing per half second: the search has the CPUs
+        time.sleep(0.25)  # a few listings a second: the search keeps the CPUs
         stored = keys(fs, f"{BUCKET}/resume")
         return (
             any("/experiment_state-" in key for key in stored)
-            and sum("/checkpoint_" in key and key.endswith("report.json") for key in stored) >= 2
+            and any("/checkpoint_" in key and key.endswith("report.json") for key in stored)
             and (tmp_path / "mlflow" / "mlflow.db").exists()
             and len(children(client, "s3-resume")) == 2
         )
