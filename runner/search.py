@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -137,15 +138,26 @@ def run(
     parent_id = _resumable_parent(record, spec, ray_path) if resume else None
     timings = {"validate": time.perf_counter() - started}
     outcome = SearchOutcome(status="failed", ray_path=ray_path, timings=timings)
-    with contextlib.ExitStack() as stack:
-        if log_to_file:
-            # next to the search's results; a search on object storage keeps its log in the working folder
-            log = Path(ray_path.path) / SEARCH_LOG if ray_path.local else Path(REMOTE_LOGS) / ray_path.name / SEARCH_LOG
-            echo(f"Ray's tables and the trials' output: {log}" + ("" if verbose else " (--verbose shows them here)"))
-            stack.enter_context(console.capture(log, verbose))
-        else:
-            stack.enter_context(console.speaking_through(echo))
-        _search(spec, record, address, ray_path, parent_id, resume, outcome, console.say)
+    # Local folders: the search's own (its log beside its results; a search on object storage keeps
+    # its log in the working folder), and the outermost one this search creates (the storage path
+    # itself on a first search)
+    local = Path(ray_path.path) if ray_path.local else Path(REMOTE_LOGS) / ray_path.name
+    created = next((p for p in reversed([local, *local.parents]) if not p.exists()), None)
+    try:
+        with contextlib.ExitStack() as stack:
+            if log_to_file:
+                log = local / SEARCH_LOG
+                echo(
+                    f"Ray's tables and the trials' output: {log}" + ("" if verbose else " (--verbose shows them here)")
+                )
+                stack.enter_context(console.capture(log, verbose))
+            else:
+                stack.enter_context(console.speaking_through(echo))
+            _search(spec, record, address, ray_path, parent_id, resume, outcome, console.say)
+    except InputError:  # refused before any trial (the cluster cannot run one): leave nothing behind
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     timings["total"] = time.perf_counter() - started
     _say_how_to_continue(outcome, record.store, argv, echo)
     if outcome.best is not None and outcome.parent_run_id is not None:

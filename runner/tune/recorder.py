@@ -17,7 +17,6 @@ import json
 import math
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from ray.tune import Callback
 
 from localization import api
 from localization.api import flatten
+from runner import console
 from runner.names import (
     BEST_CHECKPOINT_DIR,
     BEST_EPOCH,
@@ -133,11 +133,9 @@ class TrialRecorder(Callback):
         text = str(exc).strip()
         reason = f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
         _LOST[self.parent_id] = reason
-        print(
+        console.warn(
             f"error: tracking store {self.store.uri} failed ({reason}); stopping the search, "
-            "trial results and checkpoints stay in Ray's storage",
-            file=sys.stderr,
-            flush=True,
+            "trial results and checkpoints stay in Ray's storage"
         )
         signal.raise_signal(signal.SIGINT)
 

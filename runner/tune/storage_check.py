@@ -31,20 +31,13 @@ def check_storage(storage: Location) -> str:
     started = time.perf_counter()
     folder = storage / f".storage-check-{uuid.uuid4().hex[:12]}"
     token = uuid.uuid4().hex
-    created = False
     try:
-        try:
-            created = not storage.exists()  # a refused search leaves no folder behind
-            (folder / DRIVER).write_text(token)
-            nodes = [node for node in ray.nodes() if node.get("Alive")]
-            if len(nodes) > 1:
-                _check_nodes(storage, folder, token, nodes)
-        except (OSError, pyarrow.ArrowException) as exc:
-            raise InputError(f"--storage-path {storage}: the driver cannot use it ({_first_line(exc)})") from None
-    except InputError:
-        if created:
-            storage.delete()
-        raise
+        (folder / DRIVER).write_text(token)
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        if len(nodes) > 1:
+            _check_nodes(storage, folder, token, nodes)
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise InputError(f"--storage-path {storage}: the driver cannot use it ({_first_line(exc)})") from None
     finally:
         with contextlib.suppress(OSError, pyarrow.ArrowException):  # an unreachable store has no marker to remove
             folder.delete()
