@@ -37,7 +37,6 @@ from localization.data.synthetic import generate
 from runner import search
 from runner.searchfile.space import make_sampler, sample_configs
 from runner.searchfile.spec import load_search_file
-from runner.tune import cluster
 from runner.tune.restore import continue_from_newest
 from runner.tune.storage import Location
 from runner.tune.trial import SCORE_KEY, diverged
@@ -50,13 +49,6 @@ EPOCHS = 20  # long enough to kill a trial in the middle, short enough for CI (~
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("faults-data"), seed=0, videos=24).parent
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    info = cluster.start(num_cpus=2, object_store_bytes=256 * 1024**2)
-    yield info
-    cluster.stop(info)
 
 
 def search_file(root: Path, data: Path, experiment: str, **search_options: object) -> Path:
