@@ -21,7 +21,7 @@ from runner.extraction.spec import load_extract_file
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runner.extract", description=__doc__.split("\n")[0])
     parser.add_argument("file", type=Path, help="extraction YAML (see docs/extraction.md)")
-    add_set_argument(parser)
+    add_set_argument(parser, "override a key, e.g. --set clip.stride=8 --set backbone.name=slowfast_r101; repeatable")
     parser.add_argument("--address", help="join this Ray cluster (host:port) instead of starting one")
     parser.add_argument("--overwrite", action="store_true", help="replace the stream in out (other settings)")
     match_help = "clip.stride and clip.num_frames such that every video's steps equal FOLDER/<video_id>.npy's"
