@@ -21,7 +21,11 @@ Writes ``DIR/gpu_check.json`` (every number, the machine, the command) and ``DIR
 - validation: inference + post-processing of a FineAction-sized validation set (4,174 videos,
   FineAction lengths, random features) through the science's ``predict`` and ``detect``;
 - searches: the demo search, two trials, ``resources.gpu: 1`` then ``0.5`` (check: the second runs
-  both trials at once on one GPU); peak memory from each trial run's MLflow system metrics.
+  both trials at once on one GPU); peak memory from each trial run's MLflow system metrics;
+- feature extraction: SlowFast R50 and R101 clips/s at 224 x 224 (bf16 on CUDA; seeded weights: the
+  speed of real ones), one decoding worker's frames/s on a 1280 x 720 H.264 video (resize 256,
+  crop 224), hence the decoding workers that keep one GPU busy (each clip needs 16 new frames) and
+  FineAction's GPU-hours (benchmarks/extract_speed.py has the pieces).
 
 On CPU the bf16 steps run under CPU autocast (the science's autocast is CUDA-only), the searches run
 on a local Ray that declares one GPU as a resource (the trials train on CPU, as in the tests), and
@@ -34,10 +38,12 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from extract_speed import FINEACTION_CLIPS, hd_video, time_decode, time_model
 from training_speed import (
     LONGEST_VIDEO_STEPS,
     fineaction_lengths,
@@ -62,6 +69,8 @@ from localization.data.features import TimedVideo, VideoLayout
 from localization.data.timegrid import Grid
 from localization.inference.prediction import detect, predict
 from localization.model import attention
+from localization.video.extract import ClipEncoder
+from localization.video.settings import BackboneSettings, FrameSettings, StreamSettings
 
 REPO = Path(__file__).resolve().parents[1]
 FINEACTION_VAL_VIDEOS = 4174  # FineAction's validation subset
@@ -83,6 +92,7 @@ class Sizes:
     compiled_cases: tuple[str, ...]  # the train cases also run under torch.compile
     compile_backend: str
     attention: dict[str, int]  # batch, heads, length, head_dim, window
+    extraction: dict[str, Any]  # backbones, crop, batch, batches (timed), hd_frames (decoded)
 
 
 FULL = Sizes(
@@ -96,6 +106,13 @@ FULL = Sizes(
     compiled_cases=("THUMOS-size", "FineAction-size"),
     compile_backend="inductor",
     attention={"batch": 2, "heads": 4, "length": 2304, "head_dim": 128, "window": 19},
+    extraction={
+        "backbones": ("slowfast_r50", "slowfast_r101"),
+        "crop": 224,
+        "batch": 16,
+        "batches": 8,
+        "hd_frames": 300,
+    },
 )
 TINY = Sizes(
     thumos={"input_dim": 64, "dim": 32, "length": 288, "max_seq_len": 576, "batch": 2},
@@ -124,6 +141,7 @@ TINY = Sizes(
     compiled_cases=("THUMOS-size",),
     compile_backend="aot_eager",
     attention={"batch": 2, "heads": 2, "length": 160, "head_dim": 16, "window": 9},
+    extraction={"backbones": ("slowfast_r50",), "crop": 32, "batch": 2, "batches": 2, "hd_frames": 20},
 )
 
 
@@ -397,6 +415,34 @@ def search_case(sizes: Sizes, gpu: float, out: Path) -> dict[str, Any]:
     }
 
 
+def extraction_case(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """Backbone clips/s (bf16 on CUDA), one decoding worker's frames/s, and what follows for FineAction."""
+    ex = sizes.extraction
+    clips = np.random.default_rng(0).integers(0, 256, (ex["batch"], 32, ex["crop"], ex["crop"], 3), dtype=np.uint8)
+    batches = [clips] * ex["batches"]
+    with tempfile.TemporaryDirectory() as tmp:
+        video = hd_video(Path(tmp) / "hd.mp4", ex["hd_frames"])
+        settings = StreamSettings(frames=FrameSettings(short_side=256, crop=224))
+        seconds, frames, _ = time_decode([video], settings, batch=8)
+    decode_fps = frames / seconds
+    models = []
+    for name in ex["backbones"]:
+        encoder = ClipEncoder(BackboneSettings(name), device)
+        finite = bool(np.isfinite(encoder(clips)).all())
+        clips_per_s = len(batches) * ex["batch"] / time_model(encoder, batches, torch.get_num_threads())
+        models.append(
+            {
+                "backbone": name,
+                "clips_per_s": clips_per_s,
+                "decode_workers": math.ceil(clips_per_s * 16 / decode_fps),  # each clip: 16 new frames
+                "fineaction_gpu_hours": FINEACTION_CLIPS / clips_per_s / 3600,
+                "ok": finite,
+            }
+        )
+        progress(f"extraction {name}: {clips_per_s:.1f} clips/s")
+    return {"crop": ex["crop"], "batch": ex["batch"], "decode_frames_per_s": decode_fps, "models": models}
+
+
 def machine(device: torch.device) -> dict[str, Any]:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
@@ -455,6 +501,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"CUDA_VISIBLE_DEVICES {s['cuda_visible_devices']} | {s['wall_s']:.1f} s | "
             f"{s['peak_memory_gib']:.2f} GiB | {s['status']}{', together' if s['ran_together'] else ''} {verdict(s)} |"
         )
+    ex = report["extraction"]
+    for r in ex["models"]:
+        lines.append(
+            f"| feature extraction | {r['backbone']}, {ex['crop']} x {ex['crop']}, batch {ex['batch']} | "
+            f"{r['clips_per_s']:.1f} clips/s; {r['decode_workers']} decoding workers at "
+            f"{ex['decode_frames_per_s']:.0f} frames/s each (720p); FineAction {r['fineaction_gpu_hours']:.0f} "
+            f"device-hours | | {verdict(r)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -500,7 +554,15 @@ def main(argv: list[str] | None = None) -> int:
             for gpu in (1, 0.5):
                 report["searches"].append(search_case(sizes, gpu, args.out / f"search-gpu-{gpu:g}"))
                 progress(f"search gpu {gpu:g}: {report['searches'][-1]['wall_s']:.1f} s")
-    parts = [*report["train"], report["attention"], report["longest_video"], report["validation"], *report["searches"]]
+    report["extraction"] = extraction_case(sizes, device)
+    parts = [
+        *report["train"],
+        report["attention"],
+        report["longest_video"],
+        report["validation"],
+        *report["searches"],
+        *report["extraction"]["models"],
+    ]
     report["ok"] = all(p["ok"] for p in parts)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     table = markdown(report)

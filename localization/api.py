@@ -31,12 +31,17 @@ from localization.config.schema import RESCORABLE_TEST_KEYS, RUN_SECTIONS, DataC
 from localization.data.annotations import SubsetAnnotations, load_subset
 from localization.errors import ConfigError, DataError, InputError
 from localization.metrics import DetectionMetrics, format_table, metric_key, metrics_as_floats, tiou_key
+from localization.video.settings import BackboneSettings, StreamSettings, validate_stream
 
 if TYPE_CHECKING:
     from localization.inference.detector import Detector, Segment
     from localization.inference.evaluation import EvalResult, SubsetScorer, evaluate_checkpoint, rescore
     from localization.model.weights import save_inference_checkpoint
     from localization.training.loop import EpochReport, OnEpoch, TrainingDiverged, TrainResult, train
+    from localization.video.decoding import VideoError
+    from localization.video.extract import ClipEncoder, ClipStream, StreamInfo, as_dtype
+    from localization.video.grid import GridFit, fit_grid, header_frames
+    from localization.video.weights import load_backbone
 
 # module -> the names of it this door offers, imported on first use
 _LAZY_MODULES: dict[str, tuple[str, ...]] = {
@@ -44,12 +49,19 @@ _LAZY_MODULES: dict[str, tuple[str, ...]] = {
     "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult", "SubsetScorer"),
     "localization.inference.detector": ("Detector", "Segment"),
     "localization.model.weights": ("save_inference_checkpoint",),
+    "localization.video.weights": ("load_backbone",),
+    "localization.video.extract": ("ClipEncoder", "ClipStream", "StreamInfo", "as_dtype"),
+    "localization.video.decoding": ("VideoError",),
+    "localization.video.grid": ("GridFit", "fit_grid", "header_frames"),
 }
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 __all__ = [
     "RESCORABLE_TEST_KEYS",
     "RUN_SECTIONS",
+    "BackboneSettings",
+    "ClipEncoder",
+    "ClipStream",
     "ConfigError",
     "DataConfig",
     "DataError",
@@ -57,24 +69,32 @@ __all__ = [
     "Detector",
     "EpochReport",
     "EvalResult",
+    "GridFit",
     "InputError",
     "OnEpoch",
     "RunConfig",
     "Segment",
+    "StreamInfo",
+    "StreamSettings",
     "SubsetAnnotations",
     "SubsetScorer",
     "TestConfig",
     "TrainResult",
     "TrainingDiverged",
+    "VideoError",
     "add_set_argument",
     "apply_overrides",
+    "as_dtype",
     "build_section",
     "config_from_dict",
     "dump_yaml",
     "evaluate_checkpoint",
     "exit_status",
+    "fit_grid",
     "flatten",
     "format_table",
+    "header_frames",
+    "load_backbone",
     "load_config",
     "load_subset",
     "make_synthetic",
@@ -91,6 +111,7 @@ __all__ = [
     "tiou_key",
     "to_dict",
     "train",
+    "validate_stream",
     "write_json",
 ]
 

@@ -1,7 +1,9 @@
 """``python -m localization.synthetic --out DIR [--seed N] [--videos N] [--format F]``: the synthetic dataset.
 
 FineAction's layout, two feature streams and a run config (see localization.data.synthetic);
-``--format`` picks a public release's file layout (native, official, pt, npz, fixed).
+``--format`` picks a public release's file layout (native, official, pt, npz, fixed), or ``video``:
+short encoded videos and the extraction file that turns them into a feature stream
+(localization.video.synthetic; 32 videos unless ``--videos`` says otherwise).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localization.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--videos", type=int, default=160, help="number of videos (3/4 training)")
+    parser.add_argument("--videos", type=int, help="number of videos (3/4 training; default 160, 32 with video)")
     parser.add_argument(
         "--format", choices=FORMATS, default="native", help="file layout of a public FineAction release (see above)"
     )
     args = parser.parse_args(argv)
+    if args.videos is None:
+        args.videos = 32 if args.format == "video" else 160
     if args.videos < 2:
         parser.error("--videos must be >= 2")
     try:

@@ -24,6 +24,7 @@ from typing import Any
 Echo = Callable[[str], None]
 
 _echo: Echo | None = None  # the running command's; None: plain print
+_warn: Echo | None = None  # its error stream's; None: print to stderr
 
 
 def say(line: str) -> None:
@@ -31,15 +32,24 @@ def say(line: str) -> None:
     (_echo or print)(line)
 
 
+def warn(line: str) -> None:
+    """An error or warning line: on the terminal's standard error even while output is captured."""
+    if _warn is not None:
+        _warn(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def speaking_through(echo: Echo) -> Iterator[None]:
-    """Route :func:`say` (and so every callback's lines) to ``echo`` for the duration."""
-    global _echo
-    previous, _echo = _echo, echo
+def speaking_through(echo: Echo, warn_to: Echo | None = None) -> Iterator[None]:
+    """Route :func:`say` (and so every callback's lines) to ``echo``, and :func:`warn` to ``warn_to``."""
+    global _echo, _warn
+    previous = _echo, _warn
+    _echo, _warn = echo, warn_to
     try:
         yield
     finally:
-        _echo = previous
+        _echo, _warn = previous
 
 
 @contextlib.contextmanager
@@ -59,16 +69,20 @@ def capture(log_path: Path, verbose: bool = False) -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    terminal_errors = os.fdopen(os.dup(saved[1]), "w", buffering=1)
     log = open(log_path, "a", buffering=1)  # noqa: SIM115 (closed in finally, after the descriptors)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
 
-    def both(line: str) -> None:
-        terminal.write(line + "\n")
-        log.write(line + "\n")
+    def to(stream: Any) -> Echo:
+        def write(line: str) -> None:
+            stream.write(line + "\n")
+            log.write(line + "\n")
+
+        return write
 
     try:
-        with _ray_colours(False), speaking_through(both):
+        with _ray_colours(False), speaking_through(to(terminal), to(terminal_errors)):
             yield
     finally:
         sys.stdout.flush()
@@ -78,6 +92,7 @@ def capture(log_path: Path, verbose: bool = False) -> Iterator[None]:
         for fd in saved:
             os.close(fd)
         terminal.close()
+        terminal_errors.close()
         log.close()
 
 

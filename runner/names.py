@@ -108,3 +108,10 @@ LOGGED_MODEL_NAME = "actionformer"  # name of the model inside its source run
 # Keys of the pyfunc model's artifacts (``context.artifacts``) and their file names.
 WEIGHTS, CONFIG, CLASS_NAMES = "weights", "config", "class_names"
 MODEL_FILE_NAMES = {WEIGHTS: "weights.pt", CONFIG: "config.yaml", CLASS_NAMES: "class_names.json"}
+
+# ---- A feature extraction (runner.extract): one run per extraction --------------------------------
+# params: the flattened extraction.json of the stream's folder (clip.stride, ..., backbone.weights_sha256:
+# the checkpoint by content, "seeded" without one), videos and out
+ROLE_EXTRACTION = "extraction"
+EXTRACTION_METRICS = ("videos_ok", "videos_failed", "videos_skipped", "clips", "seconds", "videos_per_s", "clips_per_s")
+EXTRACTION_DIR = "extraction"  # artifacts: the manifest and the settings file

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -42,12 +42,15 @@ from runner.tune import cluster
 from runner.tune.recorder import TrialRecorder, lost_reason
 from runner.tune.repeats import run_repeats
 from runner.tune.searcher import load_saved_search
+from runner.tune.storage import Location, resolve
+from runner.tune.storage_check import check_storage
 from runner.tune.trial import TrialSetup
 from runner.tune.tuner import build_tuner, new_tuner
 
 DRY_RUN_SAMPLES = 4
 DEFAULT_STORAGE = "ray_results"
 SEARCH_LOG = "search.log"  # in the search's folder: Ray's tables, the trials' output
+REMOTE_LOGS = "search_logs"  # where the log of a search whose storage is a bucket goes (its own folder)
 NOTE_LIMIT = 8000  # MLflow tag values are capped (8,000 characters on SQL stores)
 
 
@@ -59,7 +62,7 @@ class SearchOutcome:
     parent_run_id: str | None = None
     best: report.TrialRow | None = None
     rows: list[report.TrialRow] = field(default_factory=list)
-    ray_path: Path | None = None
+    ray_path: Location | None = None  # the search's folder on the storage path
     concurrency: int = 0  # trials run at once
     timings: dict[str, float] = field(default_factory=dict)  # seconds: ray_start, fit, finalize, ...
     tracking_seconds: float = 0.0  # time the recorder spent writing to MLflow
@@ -100,9 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--storage-path",
-        type=Path,
-        default=Path(DEFAULT_STORAGE),
-        help=f"Ray Tune results and checkpoints (default ./{DEFAULT_STORAGE}); every node must reach it",
+        default=DEFAULT_STORAGE,
+        help=f"Ray Tune results and checkpoints: a folder every node mounts, or s3://bucket/prefix (with "
+        f"endpoint_override=HOST:PORT&scheme=http for an S3-compatible store), gs://... (default ./{DEFAULT_STORAGE})",
     )
     return parser
 
@@ -114,7 +117,7 @@ def run(
     dry_run: bool = False,
     address: str | None = None,
     resume: bool = False,
-    storage_path: Path = Path(DEFAULT_STORAGE),
+    storage_path: str | Path = DEFAULT_STORAGE,
     argv: list[str] | None = None,
     echo: Callable[[str], None] = print,
     log_to_file: bool = False,
@@ -135,14 +138,26 @@ def run(
     parent_id = _resumable_parent(record, spec, ray_path) if resume else None
     timings = {"validate": time.perf_counter() - started}
     outcome = SearchOutcome(status="failed", ray_path=ray_path, timings=timings)
-    with contextlib.ExitStack() as stack:
-        if log_to_file:
-            log = ray_path / SEARCH_LOG
-            echo(f"Ray's tables and the trials' output: {log}" + ("" if verbose else " (--verbose shows them here)"))
-            stack.enter_context(console.capture(log, verbose))
-        else:
-            stack.enter_context(console.speaking_through(echo))
-        _search(spec, record, address, ray_path, parent_id, resume, outcome, console.say)
+    # Local folders: the search's own (its log beside its results; a search on object storage keeps
+    # its log in the working folder), and the outermost one this search creates (the storage path
+    # itself on a first search)
+    local = Path(ray_path.path) if ray_path.local else Path(REMOTE_LOGS) / ray_path.name
+    created = next((p for p in reversed([local, *local.parents]) if not p.exists()), None)
+    try:
+        with contextlib.ExitStack() as stack:
+            if log_to_file:
+                log = local / SEARCH_LOG
+                echo(
+                    f"Ray's tables and the trials' output: {log}" + ("" if verbose else " (--verbose shows them here)")
+                )
+                stack.enter_context(console.capture(log, verbose))
+            else:
+                stack.enter_context(console.speaking_through(echo))
+            _search(spec, record, address, ray_path, parent_id, resume, outcome, console.say)
+    except InputError:  # refused before any trial (the cluster cannot run one): leave nothing behind
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     timings["total"] = time.perf_counter() - started
     _say_how_to_continue(outcome, record.store, argv, echo)
     if outcome.best is not None and outcome.parent_run_id is not None:
@@ -154,7 +169,7 @@ def _search(
     spec: SearchFile,
     record: _Record,
     address: str | None,
-    ray_path: Path,
+    ray_path: Location,
     parent_id: str | None,
     resume: bool,
     outcome: SearchOutcome,
@@ -205,8 +220,8 @@ class _Record:
 
 
 def _check_inputs(
-    spec: SearchFile, address: str | None, storage_path: Path, resume: bool, echo: Callable[[str], None]
-) -> Path:
+    spec: SearchFile, address: str | None, storage_path: str | Path, resume: bool, echo: Callable[[str], None]
+) -> Location:
     """Everything that can fail on bad input, before anything is written; returns the Ray path."""
     _ensure_synthetic(spec, echo)
     echo(check_data(spec))
@@ -214,7 +229,7 @@ def _check_inputs(
         echo(pack_features(spec.trial_config({"data.features": candidate_streams(spec)}).data))
     if address is not None:  # before anything is written: ray.init retries a dead address for minutes
         cluster.check_reachable(address)
-    storage = _writable_storage(storage_path)
+    storage = resolve(storage_path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     ray_path = _resume_path(spec, storage) if resume else storage / f"{spec.experiment}-{stamp}"
     if spec.search.selection is not None:  # before trials exist: every trial (and the hash) sees it
@@ -242,22 +257,24 @@ def _place_trials(
     spec: SearchFile,
     record: _Record,
     info: cluster.Cluster,
-    ray_path: Path,
+    ray_path: Location,
     parent_id: str | None,
     outcome: SearchOutcome,
     echo: Callable[[str], None],
 ) -> _Trials:
-    """Size the trials to the cluster, open (or reopen) the parent run, set up the recorder."""
+    """Size the trials to the cluster, check that every node reaches the storage, open (or reopen) the
+    parent run, set up the recorder."""
     client, exp_id = record.client, record.exp_id
     resources = cluster.trial_resources(spec.resources, info)
     concurrency = cluster.max_concurrent(spec.search, info, resources)
+    echo(check_storage(ray_path.parent))  # every node reaches it, before any run is created
     outcome.concurrency = concurrency
     searcher = (
         f"optuna-{spec.search.sampler} seed={spec.search.seed} startup={spec.search.startup_trials} "
         f"seed_configs={len(spec.seed_configs)} + {spec.search.scheduler.type}"
     )
     if parent_id is None:
-        parent_id = search_run.start_parent(client, exp_id, spec, ray_path, searcher)
+        parent_id = search_run.start_parent(client, exp_id, spec, ray_path.uri, ray_path.name, searcher)
     else:
         client.update_run(parent_id, status="RUNNING")
     outcome.parent_run_id = parent_id
@@ -275,7 +292,7 @@ def _fit(
     spec: SearchFile,
     record: _Record,
     trials: _Trials,
-    ray_path: Path,
+    ray_path: Location,
     resume: bool,
     outcome: SearchOutcome,
     echo: Callable[[str], None],
@@ -291,12 +308,12 @@ def _fit(
 
 
 def _repeat_top(
-    record: _Record, trials: _Trials, ray_path: Path, outcome: SearchOutcome, echo: Callable[[str], None]
+    record: _Record, trials: _Trials, ray_path: Location, outcome: SearchOutcome, echo: Callable[[str], None]
 ) -> None:
     """``search.repeat_top``: re-train the best finished configs with other seeds (runner.tune.repeats)."""
     mark = time.perf_counter()
 
-    def tuner_for(path: Path, search_alg: Any, scheduler: Any, num_samples: int) -> Any:
+    def tuner_for(path: Location, search_alg: Any, scheduler: Any, num_samples: int) -> Any:
         setup, resources, concurrency, recorder = trials.setup, trials.resources, trials.concurrency, trials.recorder
         return new_tuner(setup, path, resources, concurrency, recorder, search_alg, scheduler, num_samples)
 
@@ -414,25 +431,19 @@ def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:
         )
 
 
-def _writable_storage(storage_path: Path) -> Path:
-    """The absolute storage path (Ray needs one, checked writable without creating it:
-    its nearest existing folder must be one this process may write into."""
-    storage = storage_path.expanduser().resolve()
-    existing = next(p for p in (storage, *storage.parents) if p.exists())
-    if not existing.is_dir():
-        raise InputError(f"--storage-path {storage}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--storage-path {storage}: {existing} is not writable")
-    return storage
-
-
-def _apply_selection(spec: SearchFile, ray_path: Path) -> str:
+def _apply_selection(spec: SearchFile, ray_path: Location) -> str:
     """``search.selection``: split the training subset into ``<ray path>/selection`` and point the
     base config at it, so trials train on the rest and are scored (selected) on the held-out slice."""
     from runner.searchfile.selection import write_selection
 
     selection = spec.search.selection
-    overrides = write_selection(spec.base.data, selection.holdout_fraction, selection.seed, ray_path / "selection")
+    if not ray_path.local:  # trials read the split as local files, like the rest of the data
+        raise InputError(
+            f"search.selection: the held-out split is written beside the search's results, which needs a "
+            f"--storage-path folder every node mounts, not {ray_path.parent}"
+        )
+    out = Path(ray_path.path) / "selection"
+    overrides = write_selection(spec.base.data, selection.holdout_fraction, selection.seed, out)
     spec.with_overrides(overrides)
     return (
         f"selection: trials are scored on {selection.holdout_fraction:.0%} of {spec.base.data.val_subset!r} "
@@ -440,20 +451,19 @@ def _apply_selection(spec: SearchFile, ray_path: Path) -> str:
     )
 
 
-def _resume_path(spec: SearchFile, storage: Path) -> Path:
+def _resume_path(spec: SearchFile, storage: Location) -> Location:
     """The newest search of this experiment under the storage path that Ray can restore."""
     from ray import tune
 
-    candidates = sorted(storage.glob(f"{spec.experiment}-*"), reverse=True)
-    for candidate in candidates:
-        if tune.Tuner.can_restore(str(candidate)):
+    for candidate in reversed(storage.glob(f"{spec.experiment}-*")):
+        if tune.Tuner.can_restore(candidate.path, storage_filesystem=candidate.fs):
             return candidate
     raise InputError(f"--resume: no search of experiment {spec.experiment!r} to resume under {storage}")
 
 
-def _resumable_parent(record: _Record, spec: SearchFile, ray_path: Path) -> str:
+def _resumable_parent(record: _Record, spec: SearchFile, ray_path: Location) -> str:
     """The parent run of the search to resume, refusing a finished search or a changed file."""
-    parent_id = search_run.find_parent(record.client, record.exp_id, ray_path)
+    parent_id = search_run.find_parent(record.client, record.exp_id, ray_path.uri)
     if parent_id is None:
         raise InputError(f"--resume: no MLflow parent run for {ray_path} in {record.store.uri}")
     tags = record.client.get_run(parent_id).data.tags
@@ -513,7 +523,7 @@ def _finalize(client: Any, exp_id: str, spec: SearchFile, outcome: SearchOutcome
         echo("no trial reached an evaluation: no best trial")
 
 
-def _log_importance(client: Any, parent_id: str, ray_path: Path | None, out: Path) -> Importance | None:
+def _log_importance(client: Any, parent_id: str, ray_path: Location | None, out: Path) -> Importance | None:
     """The searched keys' importance over the study Ray saved, as artifacts of the parent run."""
     saved = load_saved_search(ray_path) if ray_path is not None else None
     importance = param_importance(saved.study) if saved is not None else None

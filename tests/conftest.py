@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,16 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Read-only for tests: it is shared by the whole session. ``injected_dirty.json`` sits beside it.
     """
     return generate(tmp_path_factory.mktemp("synthetic"), seed=0, videos=160)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """A local Ray of 2 CPUs for one test module, shut down after it (the runner's tests)."""
+    from runner.tune import cluster  # Ray loads only for the modules that use it
+
+    info = cluster.start(num_cpus=2, object_store_bytes=256 * 1024**2)
+    yield info
+    cluster.stop(info)
 
 
 TinyData = Callable[..., DataConfig]

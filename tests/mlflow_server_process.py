@@ -21,7 +21,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(backend: str, artifacts: Path, port: int, log: Path | None = None) -> subprocess.Popen:
+def start_server(backend: str, artifacts: Path | str, port: int, log: Path | None = None) -> subprocess.Popen:
     """``mlflow server`` on 127.0.0.1:port over ``backend``, light (no job runner, 1 worker), in its
     own process group; returns once ``/health`` answers. Its output goes to ``log`` (if given),
     whose tail is in the error when the server does not come up."""

@@ -268,6 +268,16 @@ def storage_not_writable(c: Case) -> list[str]:
     return [f"--storage-path {blocker / 'ray_results'}: {blocker} is not a folder"]
 
 
+def storage_uri_unknown(c: Case) -> list[str]:
+    c.extra = ["--storage-path", "foo://bucket/ray_results"]
+    return ["--storage-path foo://bucket/ray_results: Unrecognized filesystem type in URI"]
+
+
+def storage_uri_bad_query(c: Case) -> list[str]:
+    c.extra = ["--storage-path", "s3://bucket/ray_results?endpoint=127.0.0.1:9000"]
+    return ["--storage-path s3://bucket/ray_results?endpoint=127.0.0.1:9000: Unexpected query parameter in S3 URI"]
+
+
 def resume_nothing(c: Case) -> list[str]:
     c.extra = ["--resume"]
     return ["--resume: no search of experiment 'bad' to resume under", str(c.root / "ray_results")]
@@ -316,6 +326,8 @@ ROWS: list[Edit] = [
     tracking_scheme_unknown,
     tracking_server_down,
     storage_not_writable,
+    storage_uri_unknown,
+    storage_uri_bad_query,
     resume_nothing,
     missing_search_file,
     override_without_value,

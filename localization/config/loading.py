@@ -95,7 +95,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def flatten(cfg: Any) -> dict[str, Any]:
-    """``{"data.max_seq_len": 2304, ...}``: every leaf under its dotted key."""
+    """``{"data.max_seq_len": 2304, ...}``: every leaf of a config dataclass (or nested dict) under its dotted key."""
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -105,7 +105,7 @@ def flatten(cfg: Any) -> dict[str, Any]:
         else:
             out[prefix] = node
 
-    walk(to_dict(cfg), "")
+    walk(cfg if isinstance(cfg, dict) else to_dict(cfg), "")
     return out
 
 

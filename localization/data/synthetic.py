@@ -21,7 +21,9 @@ config that reads it:
 - ``npz``: i3d as ``<vid>.npz`` holding several arrays, the features under ``feats``; slowfast
   as ``<vid>.npz`` holding only one (unnamed) array;
 - ``fixed``: both streams resized to ``FIXED_LENGTH`` steps per video (like ``i3d_feature_100``),
-  read with ``feat_stride: auto``.
+  read with ``feat_stride: auto``;
+- ``video``: no features but short encoded videos, an extraction file and a config reading the
+  stream it extracts (``localization.video.synthetic``): the path from videos to features.
 
 Why it is built this way: class c = (group g, subtype h), 4 x 2. The i3d-like stream carries the
 group and onset/offset markers, the slowfast-like stream carries action presence and the subtype,
@@ -36,6 +38,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +58,7 @@ STREAMS = {"i3d": {"dim": 32, "num_frames": 16}, "slowfast": {"dim": 48, "num_fr
 STEPS_RANGE = (64, 256)  # i3d feature steps per video
 ACTION_STEPS = (2, 40)  # action length in feature steps
 MAX_SEQ_LEN = 256
-FORMATS = ("native", "official", "pt", "npz", "fixed")
+FORMATS = ("native", "official", "pt", "npz", "fixed", "video")
 FIXED_LENGTH = 100  # steps per video in the fixed-length layout, as the official i3d_feature_100
 TRAILING_SPACE_CLASS = CLASS_NAMES[-1]  # spelled with a trailing space in the official layout
 
@@ -274,21 +277,26 @@ def inject_dirty(rng: np.random.Generator, entries: dict[str, dict]) -> dict[str
     return counts
 
 
-def write_config(out_dir: Path, layout: str = "native") -> Path:
-    """A full run config pointing at absolute paths under ``out_dir``, for a small fast model."""
+def write_config(out_dir: Path, layout: str = "native", streams: dict[str, dict] | None = None, **data: Any) -> Path:
+    """A full run config pointing at absolute paths under ``out_dir``, for a small fast model.
+
+    ``streams`` (default: those of ``layout``) are all used, in order; ``data`` overrides other data keys.
+    """
+    streams = stream_configs(out_dir, layout) if streams is None else streams
     config = {
         "data": {
             "annotations": str(out_dir / "annotations_gt.json"),
             "train_subset": "training",
             "val_subset": "validation",
             "default_fps": 30.0,
-            "streams": stream_configs(out_dir, layout),
-            "features": list(STREAMS),
+            "streams": streams,
+            "features": list(streams),
             "max_seq_len": MAX_SEQ_LEN,
             "crop_ratio": [0.9, 1.0],
             "trunc_thresh": 0.5,
             "cache_features": True,
             "num_workers": 0,
+            **data,
         },
         # max_div_factor = 32 * (9 // 2) * 2 = 256 divides max_seq_len
         "model": {"embd_dim": 64, "fpn_dim": 64, "head_dim": 64, "n_head": 4, "n_mha_win_size": 9},
@@ -308,6 +316,10 @@ def generate(out_dir: str | Path, seed: int = 0, videos: int = 160, layout: str 
     the config path. Every layout holds the same videos, actions and feature values."""
     if layout not in FORMATS:
         raise InputError(f"--format: {layout!r} is not one of {list(FORMATS)}")
+    if layout == "video":
+        from localization.video.synthetic import generate_videos  # PyAV only for this layout
+
+        return generate_videos(Path(out_dir).resolve(), seed, videos)
     out_dir = Path(out_dir).resolve()
     rng = np.random.default_rng(seed)
     directions = make_directions(rng)

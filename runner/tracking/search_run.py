@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Param
@@ -39,12 +38,13 @@ PARAM_VALUE_LIMIT = 6000  # MLflow's longest param value
 PARAM_BATCH = 100  # MLflow's most params per log_batch call
 
 
-def start_parent(client: MlflowClient, exp_id: str, spec: SearchFile, ray_path: Path, searcher: str) -> str:
-    """Create the search's parent run with its tags, options and the search file."""
+def start_parent(client: MlflowClient, exp_id: str, spec: SearchFile, ray_uri: str, name: str, searcher: str) -> str:
+    """Create the search's parent run (named ``name``, the search's folder on ``ray_uri``) with its tags,
+    options and the search file."""
     tags = {
         ROLE: ROLE_SEARCH,
         SEARCH_FILE: str(spec.path),
-        RAY_PATH: str(ray_path),
+        RAY_PATH: ray_uri,
         SEARCHER: searcher,
         METRIC: spec.search.metric,
         MODE: spec.search.mode,
@@ -55,7 +55,7 @@ def start_parent(client: MlflowClient, exp_id: str, spec: SearchFile, ray_path: 
     }
     if spec.search.selection is not None:  # read back by runner.searchfile.selection.describe_selection
         tags[SELECTION] = json.dumps(to_dict(spec.search.selection))
-    run = client.create_run(exp_id, run_name=ray_path.name, tags=tags)
+    run = client.create_run(exp_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     options = {f"{SEARCH_PARAM_PREFIX}{k}": v for k, v in flatten_options(spec).items()}
     log_params(client, run_id, options)
@@ -87,10 +87,10 @@ def flatten_options(spec: SearchFile) -> dict[str, Any]:
     return out
 
 
-def find_parent(client: MlflowClient, exp_id: str, ray_path: Path) -> str | None:
-    """The parent run of the search stored at ``ray_path`` (for --resume)."""
+def find_parent(client: MlflowClient, exp_id: str, ray_uri: str) -> str | None:
+    """The parent run of the search stored at ``ray_uri`` (a path or URI; for --resume)."""
     runs = client.search_runs(
-        [exp_id], f"tags.`{ROLE}` = '{ROLE_SEARCH}' and tags.`{RAY_PATH}` = '{ray_path}'", max_results=1
+        [exp_id], f"tags.`{ROLE}` = '{ROLE_SEARCH}' and tags.`{RAY_PATH}` = '{ray_uri}'", max_results=1
     )
     return runs[0].info.run_id if runs else None
 

@@ -17,7 +17,6 @@ import json
 import math
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from ray.tune import Callback
 
 from localization import api
 from localization.api import flatten
+from runner import console
 from runner.names import (
     BEST_CHECKPOINT_DIR,
     BEST_EPOCH,
@@ -66,8 +66,9 @@ from runner.searchfile.spec import validation_metrics
 from runner.tracking.dataset_input import dataset_input
 from runner.tracking.mlflow_store import Store
 from runner.tracking.search_run import log_params
+from runner.tune.storage import Location
 from runner.tune.trial import TrialSetup, diverged, shrink_finished, trial_run_config
-from runner.tune.trial_results import best_checkpoint, failure_reason, reported_results
+from runner.tune.trial_results import best_checkpoint, failure_reason, reported_results, trial_folder
 
 _LOST: dict[str, str] = {}  # parent run id -> why its store failed (read by runner.search)
 
@@ -133,11 +134,9 @@ class TrialRecorder(Callback):
         text = str(exc).strip()
         reason = f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
         _LOST[self.parent_id] = reason
-        print(
+        console.warn(
             f"error: tracking store {self.store.uri} failed ({reason}); stopping the search, "
-            "trial results and checkpoints stay in Ray's storage",
-            file=sys.stderr,
-            flush=True,
+            "trial results and checkpoints stay in Ray's storage"
         )
         signal.raise_signal(signal.SIGINT)
 
@@ -226,7 +225,7 @@ class TrialRecorder(Callback):
             best = self.client.get_metric_history(run_id, best_metric(self.metric))
             if best:
                 self._best[trial.trial_id] = max(self.sign * m.value for m in best)
-            for result in reported_results(Path(trial.path)):  # epochs Tune saw while the store was away
+            for result in reported_results(trial_folder(trial)):  # epochs Tune saw while the store was away
                 self._log_result(trial, run_id, result)
         else:
             run_id = self._create_run(trial)
@@ -241,12 +240,12 @@ class TrialRecorder(Callback):
             TRIAL_ID: trial.trial_id,
             STATUS: "running",
             SEARCHED_KEYS: ",".join(k for k in trial.config if k != REPEAT_OF),
-            TRIAL_DIR: str(trial.path),
+            TRIAL_DIR: trial_folder(trial).uri,
             **source_tags(self.spec.path),
         }
         if REPEAT_OF in trial.config:
             tags[REPEAT_OF] = trial.config[REPEAT_OF]
-        run = self.client.create_run(self.exp_id, run_name=Path(trial.path).name, tags=tags)
+        run = self.client.create_run(self.exp_id, run_name=trial_folder(trial).name, tags=tags)
         log_params(self.client, run.info.run_id, flatten(cfg))
         self.client.log_inputs(run.info.run_id, datasets=[dataset_input(cfg.data)])
         return run.info.run_id
@@ -254,7 +253,7 @@ class TrialRecorder(Callback):
     def _finish(self, trial: Any, status: str, failure: str | None = None) -> None:
         """Upload the best checkpoint, set the summary and status tags, end the run."""
         run_id = self._run_id(trial)
-        best = best_checkpoint(Path(trial.path), self.metric, self.sign)
+        best = best_checkpoint(trial_folder(trial), self.metric, self.sign)
         if best is not None:
             directory, report = best
             _upload_best(self.client, run_id, directory)
@@ -272,7 +271,7 @@ class TrialRecorder(Callback):
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
         self._runs.pop(trial.trial_id, None)
         if status != "failed":  # a failed trial may be retried by --resume from its checkpoint
-            shrink_finished(Path(trial.path))
+            shrink_finished(trial_folder(trial))
 
 
 def trial_end(setup: TrialSetup, trial: Any) -> tuple[str, str | None]:
@@ -291,14 +290,14 @@ def _last_logged_epoch(client: MlflowClient, run_id: str) -> int:
     return max((m.step for m in history), default=0)
 
 
-def _upload_best(client: MlflowClient, run_id: str, directory: Path) -> None:
+def _upload_best(client: MlflowClient, run_id: str, checkpoint: Location) -> None:
     """checkpoints/best/{checkpoint.pt, config.yaml} and predictions/validation_best.json.
 
     The uploaded checkpoint.pt holds what the model needs (weights and EMA weights, config,
     classes: the checkpoint's INFERENCE_KEYS), not the optimizer and RNG state that only resuming
-    needs: half the bytes with AdamW.
+    needs: half the bytes with AdamW. A checkpoint on object storage is read through a local copy.
     """
-    with tempfile.TemporaryDirectory() as tmp:
+    with checkpoint.as_local() as directory, tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / CHECKPOINT_FILE
         api.save_inference_checkpoint(directory / CHECKPOINT_FILE, weights)
         client.log_artifact(run_id, str(weights), BEST_CHECKPOINT_DIR)

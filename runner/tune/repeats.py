@@ -27,6 +27,7 @@ from runner.names import REPEAT_OF, STATUS
 from runner.searchfile.spec import SearchFile
 from runner.tracking import report, search_run
 from runner.tune.recorder import TrialRecorder
+from runner.tune.storage import Location
 from runner.tune.trial import TrialSetup
 
 SEED_KEY = "train.seed"
@@ -55,8 +56,8 @@ def run_repeats(
     exp_id: str,
     parent_id: str,
     setup: TrialSetup,
-    ray_path: Path,
-    tuner_factory: Callable[[Path, Any, Any, int], Any],
+    ray_path: Location,
+    tuner_factory: Callable[[Location, Any, Any, int], Any],
     recorder: TrialRecorder,
     echo: Callable[[str], None],
 ) -> bool:

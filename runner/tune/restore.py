@@ -19,8 +19,6 @@ requeued after its worker died. See :func:`continue_from_newest` for the rule.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 from typing import Any
 
 from ray.train import Checkpoint
@@ -29,7 +27,7 @@ from ray.train._internal.session import _TrainingResult
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from runner.tune.trial_results import reported_results
+from runner.tune.trial_results import reported_results, trial_folder
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray's folder names: checkpoint_000000, checkpoint_000001, ...
 CHECKPOINT_NAME_KEY = "checkpoint_dir_name"  # in each result: the checkpoint folder it reported
@@ -54,7 +52,7 @@ class ContinueFromNewestCheckpoint(Callback):
 
 
 def continue_from_newest(trial: Any) -> None:
-    """Rebuild ``trial``'s checkpoint bookkeeping from its folder (local or shared storage).
+    """Rebuild ``trial``'s checkpoint bookkeeping from its folder (on any storage: runner.tune.storage).
 
     A checkpoint counts if its folder exists and the driver processed its report (a line of the
     trial's ``result.json`` names it): each is registered in order with the result Ray recorded
@@ -64,24 +62,22 @@ def continue_from_newest(trial: Any) -> None:
     persisted by a worker whose driver died before it saw them: they are removed (the epochs are
     trained again, exactly, and reported once). Nothing changes when Ray already names the newest.
     """
-    if trial.storage.storage_filesystem.type_name != "local":
-        return
-    trial_dir = Path(trial.path)
+    trial_dir = trial_folder(trial)
     # Ray's result.json: the results the driver processed (the last, if one was reported twice)
     processed = {r[CHECKPOINT_NAME_KEY]: r for r in reported_results(trial_dir) if r.get(CHECKPOINT_NAME_KEY)}
     kept = []
-    for folder in sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*")):  # zero-padded: name order is index order
+    for folder in trial_dir.glob(f"{CHECKPOINT_PREFIX}*"):  # zero-padded: name order is index order
         if folder.name in processed:
             kept.append(folder)
         else:
-            shutil.rmtree(folder, ignore_errors=True)
+            folder.delete()
     manager = trial.run_metadata.checkpoint_manager
     named = manager.latest_checkpoint_result
-    if (Path(named.checkpoint.path) if named else None) == (kept[-1] if kept else None):
+    if (named.checkpoint.path if named else None) == (kept[-1].path if kept else None):
         return
     rebuilt = _CheckpointManager(manager.checkpoint_config)
     for folder in kept:
-        checkpoint = Checkpoint(str(folder), filesystem=trial.storage.storage_filesystem)
+        checkpoint = Checkpoint(folder.path, filesystem=folder.fs)
         rebuilt.register_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=processed[folder.name]))
     trial.run_metadata.checkpoint_manager = rebuilt
     # The next checkpoint is written to index + 1 (Ray's checkpoint_{index:06d}); -1: none yet

@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 import pickle
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from runner.tune.storage import Location
 from runner.tune.trial import PLANNED_EPOCHS_KEY, SCORE_KEY, diverged
 
 STATE_GLOB = "searcher-state-*.pkl"  # Ray's Searcher.CKPT_FILE_TMPL
@@ -94,16 +94,15 @@ class SavedSearch:
     trial_numbers: dict[str, int]  # Ray trial id -> Optuna trial number
 
 
-def load_saved_search(ray_path: Path) -> SavedSearch | None:
+def load_saved_search(ray_path: Location) -> SavedSearch | None:
     """The searcher state Ray saved with the experiment at `ray_path`, if any.
 
     Each session (the first run, every ``--resume``) writes its own file named by its start time;
     the newest session's is the one that counts. File times do not tell: Ray syncs the files of
     earlier sessions back into the folder at the end of a resumed run.
     """
-    states = sorted(ray_path.glob(STATE_GLOB))
+    states = ray_path.glob(STATE_GLOB)  # name order
     if not states:
         return None
-    with states[-1].open("rb") as handle:
-        saved = pickle.load(handle)  # this searcher's own __dict__, pickled by Ray's Searcher.save
+    saved = pickle.loads(states[-1].read_bytes())  # this searcher's own __dict__, pickled by Ray's Searcher.save
     return SavedSearch(saved["_ot_study"], {tid: t.number for tid, t in saved["_ot_trials"].items()})

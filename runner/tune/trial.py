@@ -69,6 +69,7 @@ from runner.searchfile.spec import SearchFile, validation_metrics
 from runner.tracking.system_metrics import ParentRunAddress, TrialSystemMetrics
 from runner.tune.in_order import InOrder
 from runner.tune.postprocess_search import PostprocessSearch
+from runner.tune.storage import Location
 
 SCORE_KEY = "checkpoint_score"
 EXIT_WAIT_S = 60  # how long a worker that exits waits for its trial's training to reach a step boundary
@@ -201,7 +202,7 @@ def _worker_exit() -> WorkerExit:
     return _exit_guard
 
 
-def shrink_finished(trial_dir: Path) -> int:
+def shrink_finished(trial_dir: Location) -> int:
     """Drop what only an unfinished trial needs from a finished trial's checkpoints; bytes freed.
 
     A finished or pruned trial is never trained again (``--resume`` restores it as it ended) and,
@@ -215,8 +216,8 @@ def shrink_finished(trial_dir: Path) -> int:
         for name in (CHECKPOINT_FILE, PREDICTIONS_FILE):
             path = directory / name
             if path.is_file():
-                freed += path.stat().st_size
-                path.unlink()
+                freed += path.size()
+                path.delete()
     return freed
 
 

@@ -1,6 +1,7 @@
 """Reading what a trial left in its Ray trial folder: reported results, kept checkpoints, its error.
 
-Plain files only (no Ray import): the recorder reads them when a trial ends or a search resumes.
+Plain files only (no Ray import), read through the storage's filesystem (a local or shared folder,
+or object storage: runner.tune.storage): the recorder reads them when a trial ends or a search resumes.
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from runner.names import REPORT_FILE
+from runner.tune.storage import Location
 
 
-def best_checkpoint(trial_dir: Path, metric: str, sign: float) -> tuple[Path, dict[str, Any]] | None:
+def trial_folder(trial: Any) -> Location:
+    """A Ray trial's folder on its storage filesystem (``Trial.path`` is a path on that filesystem)."""
+    return Location(trial.storage.storage_filesystem, trial.path)
+
+
+def best_checkpoint(trial_dir: Location, metric: str, sign: float) -> tuple[Location, dict[str, Any]] | None:
     """The kept checkpoint whose epoch measured the best `metric` (ties: the later epoch).
 
     Ray keeps the best-scored checkpoint (see runner.trial's ``checkpoint_score``; on equal
     scores the later one) and the latest, so the best measured epoch is always among them.
     """
-    best: tuple[float, int, Path, dict[str, Any]] | None = None
+    best: tuple[float, int, Location, dict[str, Any]] | None = None
     for directory in trial_dir.glob("checkpoint_*"):
         report_file = directory / REPORT_FILE
         if not report_file.is_file():
@@ -34,7 +41,7 @@ def best_checkpoint(trial_dir: Path, metric: str, sign: float) -> tuple[Path, di
     return None if best is None else (best[2], best[3])
 
 
-def reported_results(trial_dir: Path) -> list[dict[str, Any]]:
+def reported_results(trial_dir: Location) -> list[dict[str, Any]]:
     """What the trial reported to Tune so far (Ray's ``result.json``, one JSON object per line)."""
     path = trial_dir / "result.json"
     if not path.is_file():

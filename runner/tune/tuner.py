@@ -6,12 +6,12 @@ A new trial scheduler is one branch of :func:`make_scheduler` (and its name in
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from runner.searchfile.space import make_sampler
 from runner.searchfile.spec import SearchFile
 from runner.tune.recorder import TrialRecorder
+from runner.tune.storage import Location
 from runner.tune.trial import SCORE_KEY, TrialSetup, run_trial
 
 
@@ -30,7 +30,7 @@ def make_scheduler(spec: SearchFile) -> Any:
 
 def build_tuner(
     setup: TrialSetup,
-    ray_path: Path,
+    ray_path: Location,
     resources: dict[str, float],
     concurrency: int,
     recorder: TrialRecorder,
@@ -44,7 +44,13 @@ def build_tuner(
     spec = setup.spec
     if resume:  # the run config (callbacks, stopper, checkpoint policy) comes back from ray_path
         trainable = trainable_for(setup, resources)
-        return tune.Tuner.restore(str(ray_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(
+            ray_path.path,
+            trainable=trainable,
+            storage_filesystem=ray_path.fs,
+            resume_unfinished=True,
+            resume_errored=True,
+        )
     s = spec.search
     # metric/mode go to OptunaSearch and TuneConfig, never the scheduler
     searcher = MultiFidelityOptunaSearch(
@@ -66,7 +72,7 @@ def trainable_for(setup: TrialSetup, resources: dict[str, float]) -> Any:
 
 def new_tuner(
     setup: TrialSetup,
-    ray_path: Path,
+    ray_path: Location,
     resources: dict[str, float],
     concurrency: int,
     recorder: TrialRecorder,
@@ -98,7 +104,8 @@ def new_tuner(
         ),
         run_config=tune.RunConfig(
             name=ray_path.name,
-            storage_path=str(ray_path.parent),
+            storage_path=ray_path.parent.path,
+            storage_filesystem=ray_path.fs,  # the same filesystem every read of the runner uses
             # The keep policy below can delete the checkpoint a crash's last snapshot names: a
             # restored trial is pointed at its newest existing one (runner.tune.restore)
             callbacks=[recorder, TrialProgress(setup, num_samples), ContinueFromNewestCheckpoint()],

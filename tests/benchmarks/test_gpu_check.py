@@ -2,7 +2,7 @@
 not need CUDA runs, at tiny sizes: fp32 and bf16 (CPU autocast) training steps, eager and through
 torch.compile (graph capture), bf16 losses tracking fp32, the band attention backends that have a
 CPU backward, whole-video and validation inference with post-processing, and the two searches (one
-GPU per trial, then two trials on one declared GPU)."""
+GPU per trial, then two trials on one declared GPU), and the feature extractor's clips/s and decoding speed."""
 
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def test_gpu_check_runs_on_cpu_and_writes_its_json_and_table(tmp_path: Path):
     assert one["concurrency"] == 1 and half["concurrency"] == 2  # one declared GPU
     assert half["ran_together"] and half["cuda_visible_devices"] == ["0", "0"]
     assert all(s["peak_memory_gib"] > 0 for s in (one, half))  # from the runs' system metrics
+    [extraction] = report["extraction"]["models"]  # tiny: R50 only, 32 x 32
+    assert extraction["backbone"] == "slowfast_r50" and extraction["ok"] and extraction["clips_per_s"] > 0
+    assert report["extraction"]["decode_frames_per_s"] > 0 and extraction["decode_workers"] >= 1
     table = (tmp_path / "gpu_check.md").read_text()
     assert table.count("| train step") == len(train) and "| search, 2 trials" in table
-    assert table.count("| band attention") == 2
+    assert table.count("| band attention") == 2 and table.count("| feature extraction") == 1

@@ -19,7 +19,6 @@ from runner import search
 from runner.names import REPORT_FILE
 from runner.searchfile.space import make_sampler, sample_configs
 from runner.searchfile.spec import load_search_file
-from runner.tune import cluster
 from runner.tune.trial import SCORE_KEY
 from runner.tune.trial_results import reported_results
 from tests.conftest import synthetic_data_section
@@ -77,13 +76,6 @@ def seed_with_one_failure(data: Path, tmp: Path) -> int:
         if sum(v["data.val_subset"] == BROKEN_SUBSET for v in opening) == 1:
             return seed
     raise AssertionError("no seed gives one failing trial")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    info = cluster.start(num_cpus=2, object_store_bytes=256 * 1024**2)
-    yield info
-    cluster.stop(info)
 
 
 @pytest.fixture(scope="module")

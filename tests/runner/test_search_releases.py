@@ -118,6 +118,8 @@ def test_resized_features_read_as_native_warn_in_training_and_search(layouts, tm
 
     space = yaml.safe_load(Path("search_spaces/demo.yaml").read_text())
     space.pop("synthetic")
+    space.pop("base")  # the demo's run config, written out whole: its data section is replaced below
+    space.update(yaml.safe_load(Path("configs/demo.yaml").read_text()))
     space["data"] = yaml.safe_load(layouts["fixed"].read_text())["data"]
     for name in ("i3d", "slowfast"):
         space["data"]["streams"][name]["feat_stride"] = 16

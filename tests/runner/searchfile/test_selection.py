@@ -66,7 +66,7 @@ def test_trials_train_on_the_rest_and_are_scored_on_the_held_out_slice(selected:
     assert json.loads(parent.data.tags["runner.selection"]) == SELECTION
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
     assert len(children) == 2
-    folder = outcome.ray_path / "selection"
+    folder = Path(outcome.ray_path.path) / "selection"
     for child in children:
         params = child.data.params
         assert params["data.val_subset"] == "training"  # scored on training videos ...

@@ -31,14 +31,16 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from pyarrow.fs import LocalFileSystem
 
 from localization.data.synthetic import generate
 from runner import search
 from runner.searchfile.space import make_sampler, sample_configs
 from runner.searchfile.spec import load_search_file
-from runner.tune import cluster
 from runner.tune.restore import continue_from_newest
+from runner.tune.storage import Location
 from runner.tune.trial import SCORE_KEY, diverged
+from runner.tune.trial_results import trial_folder
 from tests.mlflow_server_process import free_port, start_server, stop_server
 
 EPOCHS = 20  # long enough to kill a trial in the middle, short enough for CI (~0.3 s per epoch)
@@ -47,13 +49,6 @@ EPOCHS = 20  # long enough to kill a trial in the middle, short enough for CI (~
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("faults-data"), seed=0, videos=24).parent
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    info = cluster.start(num_cpus=2, object_store_bytes=256 * 1024**2)
-    yield info
-    cluster.stop(info)
 
 
 def search_file(root: Path, data: Path, experiment: str, **search_options: object) -> Path:
@@ -385,11 +380,11 @@ def test_tracking_store_lost_mid_search_then_resume_completes_the_record(ray_clu
         stop_server(server)
 
 
-def restored_trial(root: Path, scores: list[float], snapshot_after: int) -> Any:
+def restored_trial(root: Location, scores: list[float], snapshot_after: int) -> Any:
     """A Ray trial as ``Tuner.restore`` rebuilds it from a snapshot taken after epoch ``snapshot_after``
     of a driver that then went on to report every epoch of ``scores`` (the checkpoint score of each
     epoch), Ray's keep policy deleting folders as it went, and died; its worker had persisted one
-    more checkpoint that the driver never processed."""
+    more checkpoint that the driver never processed. ``root``: the storage path, on any filesystem."""
     from ray.train import Checkpoint
     from ray.train._internal.session import _TrainingResult
     from ray.train._internal.storage import StorageContext
@@ -397,20 +392,21 @@ def restored_trial(root: Path, scores: list[float], snapshot_after: int) -> Any:
     from ray.tune.experiment import Trial
 
     config = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max")
-    storage = StorageContext(str(root), "exp", trial_dir_name="trial_a")
+    storage = StorageContext(root.path, "exp", trial_dir_name="trial_a", storage_filesystem=root.fs)
     trial = Trial("run_trial", stub=True, storage=storage, checkpoint_config=config)
-    trial_dir = Path(trial.path)
-    trial_dir.mkdir(parents=True)
+    trial_dir = trial_folder(trial)
+    root.fs.create_dir(trial_dir.path)
     snapshot = copy.deepcopy((trial.run_metadata.checkpoint_manager, trial.storage.current_checkpoint_index))
     lines = []
     for index, score in enumerate([*scores, 0.0]):
         folder = trial_dir / f"checkpoint_{index:06d}"
-        folder.mkdir()
+        root.fs.create_dir(folder.path)
         if index == len(scores):
             break  # persisted by the worker, never processed by the driver
         result = {"epoch": index + 1, "training_iteration": index + 1, SCORE_KEY: score}
         lines.append(json.dumps({**result, "checkpoint_dir_name": folder.name}))
-        trial.on_checkpoint(_TrainingResult(checkpoint=Checkpoint(str(folder)), metrics=result))  # may delete
+        checkpoint = Checkpoint(folder.path, filesystem=folder.fs)
+        trial.on_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=result))  # may delete
         if index + 1 == snapshot_after:
             snapshot = copy.deepcopy((trial.run_metadata.checkpoint_manager, trial.storage.current_checkpoint_index))
     (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
@@ -419,14 +415,22 @@ def restored_trial(root: Path, scores: list[float], snapshot_after: int) -> Any:
 
 
 def kept_folders(trial: Any) -> list[str]:
-    return sorted(p.name for p in Path(trial.path).glob("checkpoint_*"))
+    return [folder.name for folder in trial_folder(trial).glob("checkpoint_*")]
+
+
+def local(path: Path) -> Location:
+    return Location(LocalFileSystem(), str(path))
 
 
 def test_a_restored_trial_whose_snapshot_checkpoint_was_deleted_continues_from_the_newest(tmp_path):
+    continues_from_the_newest(local(tmp_path))
+
+
+def continues_from_the_newest(root: Location) -> None:
     """The snapshot (after epoch 3) names checkpoint_000002, which the keep policy deleted when epoch
     4 was registered; epoch 2 scored best; the driver died after epoch 5; checkpoint_000005 was never
     processed."""
-    trial = restored_trial(tmp_path, [-math.inf, 10.0, -math.inf, -math.inf, -math.inf], snapshot_after=3)
+    trial = restored_trial(root, [-math.inf, 10.0, -math.inf, -math.inf, -math.inf], snapshot_after=3)
     assert trial.checkpoint.path.endswith("checkpoint_000002") and kept_folders(trial) == [
         "checkpoint_000001",
         "checkpoint_000004",
@@ -434,7 +438,7 @@ def test_a_restored_trial_whose_snapshot_checkpoint_was_deleted_continues_from_t
     ]
     continue_from_newest(trial)
     latest = trial.latest_checkpoint_result
-    assert Path(latest.checkpoint.path) == Path(trial.path) / "checkpoint_000004"
+    assert latest.checkpoint.path == f"{trial.path}/checkpoint_000004"
     assert latest.metrics["training_iteration"] == 5  # Ray's restore continues the iteration count
     assert trial.storage.current_checkpoint_index == 4  # the next checkpoint is checkpoint_000005, fresh
     assert kept_folders(trial) == ["checkpoint_000001", "checkpoint_000004"]  # best + latest, as Ray keeps
@@ -443,13 +447,13 @@ def test_a_restored_trial_whose_snapshot_checkpoint_was_deleted_continues_from_t
 
 
 def test_a_restored_trial_whose_snapshot_names_its_newest_checkpoint_is_left_as_ray_restored_it(tmp_path):
-    trial = restored_trial(tmp_path / "a", [1.0, 2.0], snapshot_after=2)
+    trial = restored_trial(local(tmp_path / "a"), [1.0, 2.0], snapshot_after=2)
     manager = trial.run_metadata.checkpoint_manager
     continue_from_newest(trial)
     assert trial.run_metadata.checkpoint_manager is manager and trial.checkpoint.path.endswith("checkpoint_000001")
     assert kept_folders(trial) == ["checkpoint_000001"]  # only the never-processed folder went
 
-    nothing = restored_trial(tmp_path / "b", [], snapshot_after=0)  # killed before its first report
+    nothing = restored_trial(local(tmp_path / "b"), [], snapshot_after=0)  # killed before its first report
     continue_from_newest(nothing)
     assert nothing.checkpoint is None and nothing.storage.current_checkpoint_index == -1
     assert kept_folders(nothing) == []

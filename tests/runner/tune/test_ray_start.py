@@ -9,6 +9,7 @@ shuts its node down on SIGTERM), never by a global ``ray stop``: other Ray clust
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -36,8 +37,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """One node (``ray start --block``) on loopback, every port of its own; waits until it is up."""
+def ray_start(args: list[str], env: dict[str, str], log: Path, wrapper: tuple[str, ...] = ()) -> subprocess.Popen:
+    """One node (``ray start --block``, run by ``wrapper`` if given) on loopback, every port of its own;
+    waits until it is up."""
     ports = [
         f"--{name}={free_port()}"
         for name in (
@@ -47,7 +49,16 @@ def ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
             "metrics-export-port",
         )
     ]
-    command = ["ray", "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *ports, *args]
+    command = [
+        *wrapper,
+        "ray",
+        "start",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+        *ports,
+        *args,
+    ]
     with open(log, "w") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -72,6 +83,14 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture
 def token_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """(address, environment holding only the token's location) of a head + worker cluster."""
+    with two_node_cluster(tmp_path) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def two_node_cluster(tmp_path: Path, worker_wrapper: tuple[str, ...] = ()) -> Iterator[tuple[str, dict[str, str]]]:
+    """A head and a worker node with token authentication, the worker's ``ray start`` run by
+    ``worker_wrapper``; (address, environment holding only the token's location)."""
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
@@ -86,7 +105,7 @@ def token_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         head_args += ["--include-dashboard=false", *common]
         nodes.append(ray_start(head_args, node_env, tmp_path / "head.log"))
         worker_args = [f"--address=127.0.0.1:{port}", "--num-cpus=1", *common]
-        nodes.append(ray_start(worker_args, node_env, tmp_path / "worker.log"))
+        nodes.append(ray_start(worker_args, node_env, tmp_path / "worker.log", worker_wrapper))
         yield f"127.0.0.1:{port}", env
     finally:
         for proc in reversed(nodes):
@@ -102,6 +121,7 @@ def test_search_joins_a_ray_start_cluster_by_address_with_its_token(token_cluste
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "InvalidAuthToken" not in proc.stderr
+    assert f"storage: {tmp_path / 'ray_results'}, read and written from 2 node(s)" in proc.stdout  # checked first
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("ray-start").experiment_id

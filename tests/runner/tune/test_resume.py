@@ -20,7 +20,6 @@ from optuna.trial import TrialState
 
 from localization.data.synthetic import generate
 from runner import search
-from runner.tune import cluster
 from runner.tune.searcher import load_saved_search
 from tests.conftest import TINY_MODEL, synthetic_data_section
 
@@ -50,13 +49,6 @@ def children(client: MlflowClient) -> list:
         return []
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     return [r for r in runs if r.data.tags.get("runner.role") == "trial"]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    info = cluster.start(num_cpus=2, object_store_bytes=256 * 1024**2)
-    yield info
-    cluster.stop(info)
 
 
 def test_interrupted_search_resumes_into_the_same_runs(ray_cluster, tmp_path, monkeypatch):

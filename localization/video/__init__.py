@@ -1,0 +1,1 @@
+"""From video files to clip features: decoding, clips, frame transforms and the SlowFast backbone."""

@@ -1,0 +1,1 @@
+"""Feature extraction on Ray: ``python -m runner.extract`` (videos -> one feature file per video)."""
