@@ -273,9 +273,13 @@ class EpochReporter:
         scorer = self.handed.pop(report.epoch, None)
         if self.reports is None:
             self._report(report, scorer, snapshot)
-        else:
+            return
+        try:
             self.reports.submit(lambda: self._report(report, scorer, snapshot))
-            self.training_epoch = report.epoch + 1  # on return the loop trains the next epoch
+        except BaseException:  # an earlier report failed (or the trial was stopped): this one is not made
+            shutil.rmtree(snapshot, ignore_errors=True)
+            raise
+        self.training_epoch = report.epoch + 1  # on return the loop trains the next epoch
 
     def wait(self) -> None:
         """Until every epoch handed to the background thread is reported; raises its failure."""

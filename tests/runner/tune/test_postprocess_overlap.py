@@ -5,8 +5,6 @@ already on the next epoch."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 
@@ -17,6 +15,7 @@ from runner.names import POSTPROCESS_SECONDS, POSTPROCESS_TRAINING_EPOCH
 from runner.searchfile.spec import load_search_file
 from runner.tune.postprocess_search import PostprocessSearch
 from runner.tune.trial import TrialSetup, trial_run_config
+from runner.tune.trial_results import reported_results
 from tests.promotable_search import POSTPROCESS
 
 EPOCHS = 3
@@ -45,9 +44,8 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     outcome = search.run(path, storage_path=root / "ray_results", echo=lambda _: None)
     assert outcome.status == "finished"
-    (results,) = outcome.ray_path.glob("*/result.json")  # the one trial's reports, in order
-    reported = [json.loads(line) for line in results.read_text().splitlines()]
-    return {"path": path, "reported": reported, "root": root}
+    (trial_dir,) = outcome.ray_path.glob("trial_*")
+    return {"path": path, "reported": reported_results(trial_dir), "root": root}  # its reports, in order
 
 
 def test_each_evaluation_reports_what_a_search_in_line_reports(searched: dict) -> None:
