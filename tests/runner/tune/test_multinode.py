@@ -22,12 +22,18 @@ NUM_TRIALS = 4  # 2 nodes x 2 GPUs
 
 @pytest.fixture(scope="module")
 def two_nodes():
+    """Two nodes of ``ray.cluster_utils`` without token authentication. With a token in
+    ``~/.ray/auth_token`` (Ray writes one at its first local start) these simulated nodes fail every
+    actor the joined driver creates ("Worker ... failed, destroying actor child" in the GCS log) on
+    this machine; token authentication is tested with real ``ray start`` processes in test_ray_start."""
     assert not ray.is_initialized()
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 2})
-    nodes.add_node(num_cpus=1, num_gpus=2)
-    nodes.wait_for_nodes()
-    yield nodes
-    nodes.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "disabled")
+        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 2})
+        nodes.add_node(num_cpus=1, num_gpus=2)
+        nodes.wait_for_nodes()
+        yield nodes
+        nodes.shutdown()
 
 
 def write_search(root: Path, gpus: float) -> Path:
