@@ -80,7 +80,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tpe_asha_post": {"sampler": "tpe", "scheduler": ASHA, "postprocess": None},
     "tpe_asha_startup12": {"sampler": "tpe", "scheduler": ASHA, "startup_trials": 12},
     "tpe_asha_startup3": {"sampler": "tpe", "scheduler": ASHA, "startup_trials": 3},
-    "tpe_asha_grace1": {"sampler": "tpe", "scheduler": {"type": "asha", "grace_period": 1}},
+    "tpe_asha_grace6": {"sampler": "tpe", "scheduler": {"type": "asha", "grace_period": 6}},
     "tpe_asha_rf3": {"sampler": "tpe", "scheduler": {"type": "asha", "reduction_factor": 3}},
 }
 

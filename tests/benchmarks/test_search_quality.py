@@ -100,8 +100,8 @@ def test_search_file_sets_the_variant(tmp_path: Path) -> None:
     recipe = quality.search_file("recipe", 1, Args, tmp_path, tmp_path)
     assert recipe["search"]["num_samples"] == 1 and recipe["search"]["seed_configs"] == [{}]
     assert recipe["search"]["scheduler"] == {"type": "fifo"} and "test.nms_sigma" in recipe["search"]["space"]
-    grace = quality.search_file("tpe_asha_grace1", 0, Args, tmp_path, tmp_path)
-    assert grace["search"]["scheduler"] == {"type": "asha", "grace_period": 1, "reduction_factor": 3}
+    grace = quality.search_file("tpe_asha_grace6", 0, Args, tmp_path, tmp_path)
+    assert grace["search"]["scheduler"] == {"type": "asha", "grace_period": 6, "reduction_factor": 3}
 
 
 def test_report_table_plot_and_page_from_the_file(tmp_path: Path) -> None:
