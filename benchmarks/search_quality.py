@@ -111,6 +111,8 @@ def load_results(path: Path, settings: dict[str, int], seeds: list[int], command
                 f"error: {path}: {key}: holds {results.get(key)!r}, this run has {value!r}; use another --results"
             )
     results["seeds"] = sorted(set(results["seeds"]) | set(seeds))
+    if command != results["command"] and command not in results.setdefault("more_commands", []):
+        results["more_commands"].append(command)  # e.g. further variants into the same file
     return results
 
 
@@ -135,6 +137,7 @@ def write_atomic(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
         handle.write(json.dumps(results, indent=1) + "\n")
+    os.chmod(handle.name, 0o644)  # a temporary file is private; the results are not
     os.replace(handle.name, path)
 
 

@@ -61,7 +61,7 @@ def table(results: dict[str, Any]) -> list[str]:
     budget = equal_budget(results)
     lines = [
         "| variant | seeds | test mAP (validation) | selection mAP (holdout) | trial-epochs | wall s "
-        f"| test mAP at {budget} trial-epochs | test mAP per seed |",
+        f"| test mAP at {budget or 'equal'} trial-epochs | test mAP per seed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, entries in results["variants"].items():
@@ -117,7 +117,10 @@ def markdown(results: dict[str, Any], plot_path: Path, relative_to: Path) -> str
     return "\n".join(
         [
             BEGIN,
-            f"```bash\n{results['command']}\npython benchmarks/search_quality_report.py --markdown BENCHMARKS.md\n```",
+            "```bash",
+            *[results["command"], *results.get("more_commands", [])],
+            "python benchmarks/search_quality_report.py --markdown BENCHMARKS.md",
+            "```",
             "",
             settings,
             "",

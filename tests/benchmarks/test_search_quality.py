@@ -53,8 +53,9 @@ def test_resume_skips_finished_searches_seed_by_seed(tmp_path: Path) -> None:
     quality.write_atomic(path, results)
     assert [p.name for p in path.parent.iterdir()] == ["search_quality.json"]  # no temporary left behind
 
-    again = quality.load_results(path, SETTINGS, [0, 1, 2], "cmd")
-    assert again["seeds"] == [0, 1, 2]
+    assert path.stat().st_mode & 0o777 == 0o644
+    again = quality.load_results(path, SETTINGS, [0, 1, 2], "cmd --variants tpe_asha_grace6")
+    assert again["seeds"] == [0, 1, 2] and again["more_commands"] == ["cmd --variants tpe_asha_grace6"]
     assert list(quality.pending(again, ["recipe", "random"], [0, 1])) == [("recipe", 0), ("recipe", 1), ("random", 1)]
     for key in ("machine", "date", "command", "seeds", "budget_trials", "epochs", "variants"):
         assert key in again
