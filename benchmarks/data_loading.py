@@ -256,7 +256,7 @@ def main() -> None:
 
 
 def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from localization.data.store import pack
+    from localization.data.feature_store import pack
 
     report: dict[str, Any] = {"machine": machine(), "load_avg_before": os.getloadavg()[0]}
     started = time.perf_counter()

@@ -4,13 +4,13 @@ trial keeps while it runs and once it has finished.
     python benchmarks/disk_footprint.py [--trials 32] [--concurrent 8] [--search RAY_PATH MLFLOW_ARTIFACTS]
 
 Builds the recipe's model (configs/fineaction.yaml: input 4352, 106 classes), takes one AdamW step
-so the optimizer holds its state, and saves the engine's checkpoint and the part MLflow keeps
+so the optimizer holds its state, and saves the training loop's checkpoint and the part MLflow keeps
 (``save_inference_checkpoint``, as the driver uploads it); validation predictions are written in the
 submission format for FineAction's 4,174 validation videos x ``test.max_seg_num`` segments. With
 ``--search`` it also measures a finished search's Ray storage and MLflow artifacts per trial.
 
 Per running trial: Ray's best and latest checkpoints (each checkpoint.pt + predictions.json) and
-the engine's scratch checkpoint in the temp dir. Per finished trial: MLflow's checkpoint.pt (no
+the training loop's scratch checkpoint in the temp dir. Per finished trial: MLflow's checkpoint.pt (no
 optimizer state) and validation_best.json; its Ray copies keep only report.json and config.yaml.
 """
 
@@ -26,16 +26,17 @@ import torch
 
 from localization.config.loading import load_config
 from localization.model import ActionFormer
-from localization.training.checkpoints import checkpoint_state, save_checkpoint, save_inference_checkpoint
+from localization.model.weights import save_checkpoint, save_inference_checkpoint
+from localization.training.checkpoints import checkpoint_state
 from localization.training.optim import ModelEma, build_scheduler, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
-VAL_VIDEOS = 4174  # fineaction.md 1.1
+VAL_VIDEOS = 4174  # FineAction's validation subset
 CLASSES = [f"class_{i:03d}" for i in range(106)]
 
 
 def checkpoint_parts(tmp: Path) -> dict[str, int]:
-    """Bytes of the full engine checkpoint, of its inference part and of each state dict alone."""
+    """Bytes of the full training checkpoint, of its inference part and of each state dict alone."""
     cfg = load_config(REPO / "configs/fineaction.yaml")
     model = ActionFormer(cfg.model, 4352, len(CLASSES), cfg.data.max_seq_len)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
@@ -68,7 +69,7 @@ def checkpoint_parts(tmp: Path) -> dict[str, int]:
 
 
 def predictions_bytes(path: Path, per_video: int) -> int:
-    """Validation predictions in the submission format (runner.trial writes them with json.dumps)."""
+    """Validation predictions in the submission format (runner.tune.trial writes them with json.dumps)."""
     rng = np.random.default_rng(0)
     results = {
         f"v_{i:08d}": [
@@ -112,14 +113,14 @@ def main() -> None:
         parts = checkpoint_parts(Path(tmp))
     gb = 1e9
     full, weights, preds = parts["checkpoint_bytes"], parts["inference_bytes"], parts["predictions_bytes"]
-    running = 2 * (full + preds) + full  # Ray best + latest, engine scratch
+    running = 2 * (full + preds) + full  # Ray best + latest, training-loop scratch
     finished = weights + preds  # MLflow; Ray keeps a few KB
     before = 2 * (full + preds) + full + preds  # before: finished trials kept both Ray copies + full MLflow copy
     print(f"FineAction-size model: {parts['parameters']:,} parameters")
     print("| part | size |\n|---|---|")
     for key in ("model", "ema", "optimizer", "checkpoint", "inference", "predictions"):
         print(f"| {key} | {parts[f'{key}_bytes'] / gb:.3f} GB |")
-    print(f"| a running trial (Ray best + latest, engine scratch) | {running / gb:.2f} GB |")
+    print(f"| a running trial (Ray best + latest, training-loop scratch) | {running / gb:.2f} GB |")
     print(f"| a finished trial (MLflow weights + predictions) | {finished / gb:.2f} GB |")
     print(f"| a finished trial before this change (Ray 2 copies + MLflow full copy) | {before / gb:.2f} GB |")
     total = args.concurrent * running + args.trials * finished

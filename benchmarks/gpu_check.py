@@ -19,11 +19,11 @@ Writes ``DIR/gpu_check.json`` (every number, the machine, the command) and ``DIR
   the one ``auto`` picks on this device (``set_band_attention_backend`` chooses another);
 - longest video: inference of one 14,208-step video (FineAction's longest) and its post-processing;
 - validation: inference + post-processing of a FineAction-sized validation set (4,174 videos,
-  FineAction lengths, random features) through the engine's ``predict`` and ``detect``;
+  FineAction lengths, random features) through the science's ``predict`` and ``detect``;
 - searches: the demo search, two trials, ``resources.gpu: 1`` then ``0.5`` (check: the second runs
   both trials at once on one GPU); peak memory from each trial run's MLflow system metrics.
 
-On CPU the bf16 steps run under CPU autocast (the engine's autocast is CUDA-only), the searches run
+On CPU the bf16 steps run under CPU autocast (the science's autocast is CUDA-only), the searches run
 on a local Ray that declares one GPU as a resource (the trials train on CPU, as in the tests), and
 "peak memory" is the process's peak RSS (train, inference) or the node's RAM (searches).
 """
@@ -64,7 +64,7 @@ from localization.inference.prediction import detect, predict
 from localization.model import attention
 
 REPO = Path(__file__).resolve().parents[1]
-FINEACTION_VAL_VIDEOS = 4174  # fineaction.md 1.1
+FINEACTION_VAL_VIDEOS = 4174  # FineAction's validation subset
 THUMOS_CLASSES = 20
 NODE_MEMORY_METRIC = "system/system_memory_usage_megabytes"  # MLflow's name; GPUs: system/gpu_<i>_memory_...
 
@@ -145,7 +145,7 @@ def reset_peak(device: torch.device) -> None:
 
 def forward_wrapper(device: torch.device, bf16: bool, backend: str | None) -> Callable[[torch.nn.Module], Callable]:
     """The model as train_step calls it: compiled or not; on CPU bf16 autocast around it (on CUDA
-    the engine's own autocast applies, from train.bf16)."""
+    the science's own autocast applies, from train.bf16)."""
 
     def wrap(model: torch.nn.Module) -> Callable:
         forward = torch.compile(model, backend=backend) if backend else model

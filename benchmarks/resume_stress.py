@@ -1,7 +1,7 @@
 """Run the driver-kill scenario N times: does any crash ever cost a trial?
 
 ``python benchmarks/resume_stress.py --runs 20 --burner-runs 10 [--out DIR]`` runs
-``tests/test_faults.py::test_driver_killed_at_three_moments_then_resume_fails_no_trial`` (the driver
+``tests/runner/tune/test_faults.py::test_driver_killed_at_three_moments_then_resume_fails_no_trial`` (the driver
 SIGKILLed before the first checkpoint, right after a checkpoint and during an evaluation, resumed
 each time; no trial may end FAILED) as a fresh pytest process per run. ``--burner-runs K`` runs a
 CPU burner beside K of the runs (every other run first): one busy process per CPU at the
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-TEST = "tests/test_faults.py::test_driver_killed_at_three_moments_then_resume_fails_no_trial"
+TEST = "tests/runner/tune/test_faults.py::test_driver_killed_at_three_moments_then_resume_fails_no_trial"
 REPO = Path(__file__).resolve().parents[1]
 
 

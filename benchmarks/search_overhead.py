@@ -4,7 +4,7 @@
 (default: the demo) in this process, then prints a markdown table:
 
 - wall time (validation, Ray start, ``Tuner.fit``, leaderboard/plots) against the sum of the
-  trials' training time (the engine's epoch times, evaluation included);
+  trials' training time (the training loop's epoch times, evaluation included);
 - slot utilisation = training time / (fit time x concurrent trials);
 - per-trial scheduling overhead = (fit time x concurrent trials - training time) / trials, split
   into idle slots (no trial placed: start-up, the tail when fewer trials than slots remain) and
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from runner import search, store
+from runner import search
+from runner.tracking import mlflow_store
 
 
 def run_times(client: MlflowClient, rows: list) -> tuple[list[float], list[float]]:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     outcome = search.run(args.file, overrides=args.set, num_samples=args.num_samples, storage_path=args.storage_path)
     spec = search.load_search_file(args.file, args.set, args.num_samples)
-    client = MlflowClient(tracking_uri=store.resolve_store(spec.tracking.uri, Path.cwd()).uri)
+    client = MlflowClient(tracking_uri=mlflow_store.resolve_store(spec.tracking.uri, Path.cwd()).uri)
     rows, t = outcome.rows, outcome.timings
     n = max(len(rows), 1)
     train = sum(r.train_time_s for r in rows)

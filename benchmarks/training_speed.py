@@ -25,15 +25,15 @@ import torch
 from localization.config.loading import load_config
 from localization.config.schema import inference_div_factor
 from localization.data.dataset import collate
+from localization.device import autocast, resolve_device
 from localization.inference.postprocess import postprocess, select_candidates
-from localization.inference.prediction import autocast, resolve_device
 from localization.model import ActionFormer, make_points
 from localization.training.loop import train_step
 from localization.training.losses import LossNormalizer
 from localization.training.optim import ModelEma, param_groups
 
 NUM_CLASSES = 106
-LONGEST_VIDEO_STEPS = 14_208  # ~7,600 s at 30 fps, stride 16 (fineaction.md 1.2), rounded to 32
+LONGEST_VIDEO_STEPS = 14_208  # ~7,600 s at 30 fps, stride 16, rounded to 32
 
 
 def fineaction_lengths(rng: np.random.Generator, count: int, max_len: int) -> list[int]:

@@ -14,7 +14,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localization.cli import add_set_argument, write_json
+from localization.cli import add_set_argument, exit_status, write_json
 from localization.cli import run as run_command
 from localization.config.loading import (
     apply_overrides,
@@ -35,7 +35,7 @@ from localization.metrics import DetectionMetrics, format_table, metric_key, met
 if TYPE_CHECKING:
     from localization.inference.detector import Detector, Segment
     from localization.inference.evaluation import EvalResult, SubsetScorer, evaluate_checkpoint, rescore
-    from localization.training.checkpoints import save_inference_checkpoint
+    from localization.model.weights import save_inference_checkpoint
     from localization.training.loop import EpochReport, OnEpoch, TrainingDiverged, TrainResult, train
 
 # module -> the names of it this door offers, imported on first use
@@ -43,7 +43,7 @@ _LAZY_MODULES: dict[str, tuple[str, ...]] = {
     "localization.training.loop": ("train", "EpochReport", "OnEpoch", "TrainResult", "TrainingDiverged"),
     "localization.inference.evaluation": ("evaluate_checkpoint", "rescore", "EvalResult", "SubsetScorer"),
     "localization.inference.detector": ("Detector", "Segment"),
-    "localization.training.checkpoints": ("save_inference_checkpoint",),
+    "localization.model.weights": ("save_inference_checkpoint",),
 }
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
@@ -72,6 +72,7 @@ __all__ = [
     "config_from_dict",
     "dump_yaml",
     "evaluate_checkpoint",
+    "exit_status",
     "flatten",
     "format_table",
     "load_config",
@@ -117,7 +118,7 @@ def probe_features(data: DataConfig, annotations: SubsetAnnotations) -> list[str
 def pack_features(data: DataConfig) -> str:
     """Build (or find) the node's feature store of ``data.features`` (``data.store_dir``) before any trial
     starts, so trials only map it; returns one line per stream (where, size, built or found)."""
-    from localization.data.store import describe, pack
+    from localization.data.feature_store import describe, pack
 
     return describe(pack(data))
 

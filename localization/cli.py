@@ -11,30 +11,36 @@ from typing import Any
 
 from localization.errors import InputError
 
-
-def add_set_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=1.0e-4 "
-        "--set data.features=[i3d] (value parsed as YAML); repeatable",
-    )
+SET_HELP = (
+    "override a config value, e.g. --set train.lr=1.0e-4 --set data.features=[i3d] (value parsed as YAML); repeatable"
+)
 
 
-def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run ``main``; bad input prints one line on stderr and exits with status 2, no traceback."""
+def add_set_argument(parser: argparse.ArgumentParser, help: str = SET_HELP) -> None:
+    """``--set KEY=VALUE`` (repeatable, into ``args.overrides``), the same in every command."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+Command = Callable[[list[str] | None], int | None]
+
+
+def exit_status(main: Command, argv: list[str] | None = None) -> int:
+    """Run a command's ``main``: bad input (:class:`InputError`) prints one line on stderr and gives
+    status 2, Ctrl-C gives 130, no traceback; otherwise ``main``'s own status (None: 0)."""
     try:
         code = main(argv)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+        return 130
+    return code or 0
+
+
+def run(main: Command, argv: list[str] | None = None) -> None:
+    """``python -m`` entry point of every command: :func:`exit_status` as the process's status."""
+    sys.exit(exit_status(main, argv))
 
 
 def write_json(path: Path, payload: Any) -> None:

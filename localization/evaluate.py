@@ -1,7 +1,10 @@
-"""``python -m localization.evaluate CONFIG --checkpoint CKPT [--set ...] --out PRED.json``
+"""``python -m localization.evaluate CONFIG --checkpoint CKPT [--set ...] --out DIR``
 
 Runs inference on whole videos of a subset (default: ``data.val_subset``), writes the detections
-in the ActivityNet submission format and prints the mAP table. ``--raw RAW.npz`` also saves the
+in the ActivityNet submission format and prints the mAP table. ``--out`` is a folder, as for every
+other command (``predictions.json`` and ``metrics.json`` in it, the names ``runner.evaluate``
+writes), or, as before, a ``.json`` file for the detections alone (``--metrics`` then names the
+metrics file). ``--raw RAW.npz`` also saves the
 pre-NMS candidates; ``--from-raw RAW.npz`` (instead of ``--checkpoint``) re-scores them with other
 post-processing settings (``--set test.nms_sigma=0.9``) without running the model.
 """
@@ -23,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--from-raw", type=Path, help="re-score raw candidates saved with --raw")
     cli.add_set_argument(parser)
     parser.add_argument("--subset", help="subset to score (default: data.val_subset)")
-    parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
-    parser.add_argument("--metrics", type=Path, help="also write metrics JSON here")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder, or a .json file for the detections alone"
+    )
+    parser.add_argument("--metrics", type=Path, help="also write metrics JSON here (default with a folder: in it)")
     parser.add_argument("--raw", type=Path, help="also save raw pre-NMS candidates (.npz)")
     parser.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
     args = parser.parse_args(argv)
@@ -35,14 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         result = rescore(cfg, args.from_raw, subset)
     else:
         result = evaluate_checkpoint(cfg, args.checkpoint, subset, raw_out=args.raw, use_ema=not args.no_ema)
-    cli.write_json(args.out, result.predictions)
+    predictions, metrics = output_files(args.out, args.metrics)
+    cli.write_json(predictions, result.predictions)
     if result.metrics is None:
-        print(f"{subset}: no labelled instances; wrote the submission file {args.out}, no mAP can be computed")
+        print(f"{subset}: no labelled instances; wrote the submission file {predictions}, no mAP can be computed")
         return 0
-    if args.metrics:
-        cli.write_json(args.metrics, result.metrics.to_json())
+    if metrics is not None:
+        cli.write_json(metrics, result.metrics.to_json())
     print(format_table(result.metrics))
     return 0
+
+
+def output_files(out: Path, metrics: Path | None) -> tuple[Path, Path | None]:
+    """Where the detections and the metrics go: in the folder ``out``, or ``out`` itself as a .json file."""
+    if out.suffix == ".json":
+        return out, metrics
+    return out / "predictions.json", metrics or out / "metrics.json"
 
 
 if __name__ == "__main__":

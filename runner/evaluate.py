@@ -62,9 +62,9 @@ from runner.names import (
     SOURCE_RUN_ID,
     SUBSET,
 )
-from runner.selection import Selection, describe_selection
-from runner.spec import check_tracking_uri
-from runner.store import resolve_store
+from runner.searchfile.selection import Selection, describe_selection
+from runner.searchfile.spec import check_tracking_uri
+from runner.tracking.mlflow_store import resolve_store
 
 
 def model_config(files: registry.ModelFiles, overrides: list[str]) -> RunConfig:

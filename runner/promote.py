@@ -45,10 +45,10 @@ from runner.names import (
     TRIAL_ID,
     best_metric,
 )
-from runner.report import mean_and_spread, repeat_scores
-from runner.selection import describe_selection
-from runner.spec import SearchFile, load_search_file
-from runner.store import resolve_store
+from runner.searchfile.selection import describe_selection
+from runner.searchfile.spec import SearchFile, load_search_file
+from runner.tracking.mlflow_store import resolve_store
+from runner.tracking.report import mean_and_spread, repeat_scores
 
 DONE = ("finished", "pruned")  # runner.status values of trials that count towards num_samples
 
@@ -58,7 +58,7 @@ class PromotionRefused(InputError):
 
 
 @dataclass
-class SearchRecord:
+class RecordedSearch:
     """One search as MLflow recorded it: its parent run and the trial (child) runs."""
 
     experiment: Experiment
@@ -78,7 +78,7 @@ def _status(run: Run) -> str:
     return run.data.tags.get(STATUS, run.info.status.lower())
 
 
-def find_search(client: MlflowClient, spec: SearchFile, parent_id: str | None = None) -> SearchRecord:
+def find_search(client: MlflowClient, spec: SearchFile, parent_id: str | None = None) -> RecordedSearch:
     """The latest search (parent run) of the file's experiment, or ``parent_id``, with its trials."""
     experiment = _get_experiment(client, spec)
     if parent_id is not None:
@@ -103,7 +103,7 @@ def find_search(client: MlflowClient, spec: SearchFile, parent_id: str | None = 
     tags = parent.data.tags
     # The parent's tags record what the search actually ran (--num-samples may override the file).
     num_samples = int(tags.get(NUM_SAMPLES, spec.search.num_samples))
-    return SearchRecord(
+    return RecordedSearch(
         experiment,
         parent,
         children,
@@ -143,7 +143,7 @@ def _get_run(client: MlflowClient, run_id: str, experiment: Experiment) -> Run:
     return run
 
 
-def unfinished_reasons(record: SearchRecord) -> list[str]:
+def unfinished_reasons(record: RecordedSearch) -> list[str]:
     """What keeps the search from counting as finished; empty when it is complete."""
     reasons = []
     parent_status = record.parent.data.tags.get(STATUS)
@@ -177,7 +177,7 @@ def _trial_ids(runs: list[Run], with_reason: bool = False) -> str:
     return ", ".join(items) + (", ..." if len(runs) > 5 else "")
 
 
-def best_child(record: SearchRecord) -> Run:
+def best_child(record: RecordedSearch) -> Run:
     """The finished or pruned trial with the best ``best_<metric>`` (ties: the earlier trial).
 
     With ``search.repeat_top`` repeats, the repeated trial whose config has the best mean over its
@@ -208,7 +208,7 @@ def best_child(record: SearchRecord) -> Run:
     return min(candidates, key=lambda r: (sign * r.data.metrics[record.summary_metric], r.info.start_time))
 
 
-def lineage_tags(record: SearchRecord, run: Run, config_yaml: Path, partial: bool) -> dict[str, str]:
+def lineage_tags(record: RecordedSearch, run: Run, config_yaml: Path, partial: bool) -> dict[str, str]:
     """Where the promoted weights come from: enough to find the search, the trial and the data."""
     cfg = config_from_dict(read_yaml(config_yaml), str(config_yaml))
     annotations = Path(cfg.data.annotations)
@@ -238,7 +238,7 @@ def lineage_tags(record: SearchRecord, run: Run, config_yaml: Path, partial: boo
 
 
 def promote_run(
-    client: MlflowClient, record: SearchRecord, run: Run, *, model_name: str, alias: str, partial: bool
+    client: MlflowClient, record: RecordedSearch, run: Run, *, model_name: str, alias: str, partial: bool
 ) -> ModelVersion:
     """Log ``run``'s best checkpoint as a model, register it under ``model_name``, set ``alias``."""
     if run.info.status == "RUNNING" or _status(run) not in DONE:

@@ -1,7 +1,7 @@
 """Promoted models in MLflow: checkpoint -> pickle-free pyfunc model -> registered version, and back.
 
 A promoted model holds three files, none of which can execute code when read:
-``weights.pt`` (the engine checkpoint minus optimizer, scheduler and RNG state; tensors, numbers
+``weights.pt`` (the training checkpoint minus optimizer, scheduler and RNG state; tensors, numbers
 and strings, read with ``torch.load(weights_only=True)``), ``config.yaml`` (the resolved run
 config) and ``class_names.json``. The pyfunc wrapper is logged as code
 (``runner/actionformer_pyfunc.py``), so MLflow never cloudpickles or unpickles a Python object.
@@ -30,7 +30,7 @@ from localization import api
 from localization.api import InputError
 from runner.names import CLASS_NAMES, CONFIG, LOGGED_MODEL_NAME, WEIGHTS
 from runner.names import MODEL_FILE_NAMES as FILE_NAMES
-from runner.store import Store, connect
+from runner.tracking.mlflow_store import Store, connect
 
 PYFUNC_CODE = Path(__file__).with_name("actionformer_pyfunc.py")
 # Load-time settings of the pyfunc (mlflow.pyfunc.load_model(..., model_config=...)); MLflow only
@@ -104,7 +104,7 @@ def export_model_files(checkpoint: Path, config_yaml: Path, out_dir: Path) -> Mo
 
 
 def _pip_requirements() -> list[str]:
-    # Exact versions without local labels ("2.13.0+cpu" warns, stack-notes M9). The project
+    # Exact versions without local labels ("2.13.0+cpu" warns. The project
     # package itself (localization, runner) must be installed where the model is loaded.
     return [
         f"torch=={importlib.metadata.version('torch').split('+')[0]}",

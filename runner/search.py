@@ -8,7 +8,7 @@ the Tuner, then write the leaderboard and plots to the parent run and print the 
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
 import os
 import shlex
 import sys
@@ -19,23 +19,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localization.api import InputError, dump_yaml, load_subset, make_synthetic, pack_features, probe_features
-from runner import cluster, report, search_run
-from runner.importance import Importance, param_importance
-from runner.importance import write as write_importance
+from localization.api import (
+    InputError,
+    add_set_argument,
+    dump_yaml,
+    load_subset,
+    make_synthetic,
+    pack_features,
+    probe_features,
+    run_command,
+)
+from runner import console
 from runner.names import BEST_RUN_ID, BEST_TRIAL_ID, IMPORTANCE_DIR, NOTE, SPEC_HASH, STATUS, best_metric
-from runner.recorder import TrialRecorder, lost_reason
-from runner.repeats import run_repeats
-from runner.searcher import load_saved_search
-from runner.space import make_sampler, sample_configs
-from runner.spec import SearchFile, dump, load_search_file
-from runner.store import Store, connect, experiment_id, resolve_store
-from runner.system_metrics import SearchRecord
-from runner.trial import TrialSetup
-from runner.tuner import build_tuner, new_tuner
+from runner.searchfile.space import make_sampler, sample_configs
+from runner.searchfile.spec import SearchFile, dump, load_search_file
+from runner.tracking import report, search_run
+from runner.tracking.importance import Importance, param_importance
+from runner.tracking.importance import write as write_importance
+from runner.tracking.mlflow_store import Store, connect, experiment_id, resolve_store
+from runner.tracking.system_metrics import ParentRunAddress
+from runner.tune import cluster
+from runner.tune.recorder import TrialRecorder, lost_reason
+from runner.tune.repeats import run_repeats
+from runner.tune.searcher import load_saved_search
+from runner.tune.trial import TrialSetup
+from runner.tune.tuner import build_tuner, new_tuner
 
 DRY_RUN_SAMPLES = 4
 DEFAULT_STORAGE = "ray_results"
+SEARCH_LOG = "search.log"  # in the search's folder: Ray's tables, the trials' output
 NOTE_LIMIT = 8000  # MLflow tag values are capped (8,000 characters on SQL stores)
 
 
@@ -56,20 +68,18 @@ class SearchOutcome:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        outcome = run(
-            args.file,
-            overrides=args.set,
-            num_samples=args.num_samples,
-            dry_run=args.dry_run,
-            address=args.address,
-            resume=args.resume,
-            storage_path=args.storage_path,
-            argv=argv,
-        )
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    outcome = run(
+        args.file,
+        overrides=args.overrides,
+        num_samples=args.num_samples,
+        dry_run=args.dry_run,
+        address=args.address,
+        resume=args.resume,
+        storage_path=args.storage_path,
+        argv=argv,
+        log_to_file=True,
+        verbose=args.verbose,
+    )
     if outcome.status == "finished" and outcome.best is None and not args.dry_run:
         return 1  # every trial failed before its first evaluation
     return {"finished": 0, "interrupted": 130, "tracking_lost": 3}.get(outcome.status, 1)
@@ -77,20 +87,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runner.search", description=__doc__.split("\n")[0])
-    parser.add_argument("file", type=Path, help="search-space YAML (see the README, section Hyperparameter search)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any key, e.g. train.epochs=4 or search.space.train.lr='{value: 1e-4}'",
-    )
+    parser.add_argument("file", type=Path, help="search file (YAML; see docs/search.md)")
+    add_set_argument(parser, "override any key, e.g. train.epochs=4 or search.space.train.lr='{value: 1e-4}'")
     parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
     parser.add_argument(
         "--dry-run", action="store_true", help="validate, print the base config and a few sampled trials; start nothing"
     )
     parser.add_argument("--address", help="join this Ray cluster (host:port) instead of starting one")
     parser.add_argument("--resume", action="store_true", help="continue the last interrupted search of FILE")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Ray's status tables and the trials' output here too"
+    )
     parser.add_argument(
         "--storage-path",
         type=Path,
@@ -110,8 +117,14 @@ def run(
     storage_path: Path = Path(DEFAULT_STORAGE),
     argv: list[str] | None = None,
     echo: Callable[[str], None] = print,
+    log_to_file: bool = False,
+    verbose: bool = False,
 ) -> SearchOutcome:
-    """The whole search; raises InputError (nothing started) on bad input."""
+    """The whole search; raises InputError (nothing started) on bad input.
+
+    With ``log_to_file`` (the command) Ray's status tables and the trials' output go to
+    ``SEARCH_LOG`` in the search's folder, unless ``verbose``; ``echo`` gets one line per event.
+    """
     started = time.perf_counter()
     spec = load_search_file(path, overrides, num_samples)
     if dry_run:
@@ -121,11 +134,36 @@ def run(
     record = _open_record(spec)
     parent_id = _resumable_parent(record, spec, ray_path) if resume else None
     timings = {"validate": time.perf_counter() - started}
+    outcome = SearchOutcome(status="failed", ray_path=ray_path, timings=timings)
+    with contextlib.ExitStack() as stack:
+        if log_to_file:
+            log = ray_path / SEARCH_LOG
+            echo(f"Ray's tables and the trials' output: {log}" + ("" if verbose else " (--verbose shows them here)"))
+            stack.enter_context(console.capture(log, verbose))
+        else:
+            stack.enter_context(console.speaking_through(echo))
+        _search(spec, record, address, ray_path, parent_id, resume, outcome, console.say)
+    timings["total"] = time.perf_counter() - started
+    _say_how_to_continue(outcome, record.store, argv, echo)
+    if outcome.best is not None and outcome.parent_run_id is not None:
+        _say_where_to_look(record, outcome, echo)
+    return outcome
 
+
+def _search(
+    spec: SearchFile,
+    record: _Record,
+    address: str | None,
+    ray_path: Path,
+    parent_id: str | None,
+    resume: bool,
+    outcome: SearchOutcome,
+    echo: Callable[[str], None],
+) -> None:
+    """Start (or join) Ray, run the trials, record the summary, stop Ray."""
     mark = time.perf_counter()
     info = cluster.start(address)
-    timings["ray_start"] = time.perf_counter() - mark
-    outcome = SearchOutcome(status="failed", ray_path=ray_path, timings=timings)
+    outcome.timings["ray_start"] = time.perf_counter() - mark
     recorder = None
     try:
         trials = _place_trials(spec, record, info, ray_path, parent_id, outcome, echo)
@@ -133,9 +171,28 @@ def run(
         _fit(spec, record, trials, ray_path, resume, outcome, echo)
     finally:
         _close(spec, record, info, recorder, outcome, echo)
-    timings["total"] = time.perf_counter() - started
-    _say_how_to_continue(outcome, record.store, argv, echo)
-    return outcome
+
+
+def _say_where_to_look(record: _Record, outcome: SearchOutcome, echo: Callable[[str], None]) -> None:
+    """How to open the search in the MLflow UI: its runs view (the UI may otherwise open on its
+    GenAI overview, which shows nothing of a training search)."""
+    runs_view = f"#/experiments/{record.exp_id}/runs?workflowType=machine_learning"
+    uri = record.store.uri
+    if uri.startswith(("http://", "https://")):
+        echo(f"open the trials in the MLflow UI: {uri.rstrip('/')}/{runs_view}")
+        return
+    echo(f"open the trials in the MLflow UI: mlflow ui --backend-store-uri {_relative_uri(uri)} --host 127.0.0.1")
+    echo(f"  then http://127.0.0.1:5000/{runs_view}")
+
+
+def _relative_uri(uri: str) -> str:
+    """A SQLite URI under the working folder, written relative to it (shorter to type)."""
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = Path(uri.removeprefix("sqlite:///"))
+    with contextlib.suppress(ValueError):
+        return f"sqlite:///{path.relative_to(Path.cwd())}"
+    return uri
 
 
 @dataclass
@@ -204,7 +261,7 @@ def _place_trials(
     else:
         client.update_run(parent_id, status="RUNNING")
     outcome.parent_run_id = parent_id
-    setup = TrialSetup(spec, cluster.torch_threads(resources), SearchRecord(record.store.uri, exp_id, parent_id))
+    setup = TrialSetup(spec, cluster.torch_threads(resources), ParentRunAddress(record.store.uri, exp_id, parent_id))
     recorder = TrialRecorder(record.store, exp_id, parent_id, setup)
     echo(
         f"search {ray_path.name}: {spec.search.num_samples} trials, {concurrency} at a time, "
@@ -236,7 +293,7 @@ def _fit(
 def _repeat_top(
     record: _Record, trials: _Trials, ray_path: Path, outcome: SearchOutcome, echo: Callable[[str], None]
 ) -> None:
-    """``search.repeat_top``: re-train the best finished configs with other seeds (runner.repeats)."""
+    """``search.repeat_top``: re-train the best finished configs with other seeds (runner.tune.repeats)."""
     mark = time.perf_counter()
 
     def tuner_for(path: Path, search_alg: Any, scheduler: Any, num_samples: int) -> Any:
@@ -313,7 +370,7 @@ def check_data(spec: SearchFile) -> str:
     """Open the annotations and probe every feature file of every stream the search may use.
 
     Probing reads the feature files (only the headers of .npy), once per file and stream, the way
-    the engine's datasets do, so a bad file fails here (DataError naming it) rather than in a trial.
+    the training loop's datasets do, so a bad file fails here (DataError naming it) rather than in a trial.
     Coverage warnings (``localization.data.report``) follow the summary line, one per line.
     """
     data = spec.base.data
@@ -358,7 +415,7 @@ def _ensure_synthetic(spec: SearchFile, echo: Callable[[str], None]) -> None:
 
 
 def _writable_storage(storage_path: Path) -> Path:
-    """The absolute storage path (Ray needs one, stack notes R3), checked writable without creating it:
+    """The absolute storage path (Ray needs one, checked writable without creating it:
     its nearest existing folder must be one this process may write into."""
     storage = storage_path.expanduser().resolve()
     existing = next(p for p in (storage, *storage.parents) if p.exists())
@@ -372,7 +429,7 @@ def _writable_storage(storage_path: Path) -> Path:
 def _apply_selection(spec: SearchFile, ray_path: Path) -> str:
     """``search.selection``: split the training subset into ``<ray path>/selection`` and point the
     base config at it, so trials train on the rest and are scored (selected) on the held-out slice."""
-    from runner.selection import write_selection
+    from runner.searchfile.selection import write_selection
 
     selection = spec.search.selection
     overrides = write_selection(spec.base.data, selection.holdout_fraction, selection.seed, ray_path / "selection")
@@ -492,7 +549,7 @@ def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
         f"then the seeded {s.sampler} sampler{startup})"
     )
     for i, values in enumerate(samples, start=1):
-        shown = ", ".join(f"{k}={_compact(v)}" for k, v in values.items())
+        shown = ", ".join(f"{k}={console.compact(v)}" for k, v in values.items())
         echo(f"  trial {i}{' (seed config)' if i <= len(queued) else ''}: {shown}")
     annotations = Path(spec.base.data.annotations)
     if annotations.exists():
@@ -502,11 +559,5 @@ def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
     echo("# dry run: nothing started")
 
 
-def _compact(value: Any) -> str:
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:.4g}"
-    return str(value)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -1,4 +1,4 @@
-"""The bad-input table (issue 6): each kind of bad input, run through the real command line, gives
+"""The bad-input table: each kind of bad input, run through the real command line, gives
 exit status 2 and ONE line on stderr naming the file and the key or path, with no traceback, no Ray
 started and no MLflow run created.
 
@@ -25,6 +25,7 @@ import pytest
 import ray
 import yaml
 
+from localization.api import exit_status
 from localization.data.synthetic import generate
 from runner import search
 
@@ -360,7 +361,7 @@ def test_bad_input_is_one_line_exit_2_and_starts_nothing(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     case, expected = prepare(edit, tmp_path, dataset)
     sessions = ray_sessions()
-    assert search.main([str(case.path), *case.extra]) == 2
+    assert exit_status(search.main, [str(case.path), *case.extra]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert err.startswith("error: ") and "\n" not in err, captured.err

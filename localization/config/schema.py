@@ -2,7 +2,7 @@
 
 A run config has four sections: ``data``, ``model``, ``train`` and ``test`` (post-processing).
 Every key is a dataclass field with its default and a one-line meaning; names follow the
-ActionFormer reference release (``../shared/spec/actionformer.md`` section 2.1) where it has one.
+ActionFormer reference release where it has one.
 Reading and ``--set`` are in :mod:`localization.config.loading`, range checks in
 :mod:`localization.config.validation`.
 """

@@ -20,9 +20,9 @@ from localization import cli
 from localization.config.loading import load_config
 from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset
+from localization.data.feature_store import describe, pack
 from localization.data.features import FeatureReader
 from localization.data.report import data_warnings, format_summary, summarize
-from localization.data.store import describe, pack
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 The one reader of the annotation file: training, validation and evaluation
 (``localization.metrics.load_ground_truth``) all read it here, with one subset rule
-(:func:`same_subset`) and one class map. Layout (``../shared/spec/fineaction.md`` 1.3)::
+(:func:`same_subset`) and one class map. Layout::
 
     {"database": {video_id: {"subset": str, "duration": sec (a number or numeric string), ["fps"],
                              "annotations": [{"segment": [s, e], "label": str, ["label_id": int]}]}},
@@ -19,12 +19,12 @@ labels are reported to carry a trailing space, ``"braid hair "``). The class map
 - no ``label_id`` anywhere (the official release): the distinct labels, sorted, as OpenTAD's
   ``category_idx.txt``.
 
-Training drops dirty ground truth (fineaction.md 1.4): three rules drop segments and count them
+Training drops dirty ground truth: three rules drop segments and count them
 per reason; nothing else is changed (overshoots within ``data.boundary_tolerance`` are kept as
 they are, not clamped). Evaluation keeps the ground truth as released. Every malformed field is a
 :class:`DataError` naming the file and the JSON path of the field.
 
-Deviations from the reference loaders (actionformer.md 4.1), following the project's recipe:
+Deviations from the reference loaders, following the project's recipe:
 they drop events shorter than 1e-3 s and duplicates within 1e-3 s and keep end > duration; here
 end <= start and segments outside the video are dropped, and duplicates must match within 1e-6 s.
 The reference prefers ``default_fps`` over a video's own ``fps``; here the video's own fps wins

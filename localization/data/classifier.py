@@ -1,6 +1,6 @@
 """External video-level classifier scores (``test.ext_score_file``): the labels of class-agnostic segments.
 
-The published ActionFormer-family FineAction numbers (``../shared/spec/fineaction.md`` 1.6) detect
+The published ActionFormer-family FineAction numbers detect
 class-agnostic segments and name them with a video classifier's top classes
 (``new_swinB_1x1x256_views2x3_max_label_avg_prob.json``, top 2). Accepted layout, the ActivityNet
 classifier JSON as OpenTAD's ``StandardClassifier`` reads it::

@@ -3,7 +3,7 @@
 Every feature file is probed when a dataset is built, so a missing or malformed file fails
 before training with one clear line, never later inside a DataLoader worker.
 
-Training crops follow the reference's ``truncate_feats`` (``actionformer.md`` 4.5) but draw from
+Training crops follow the reference's ``truncate_feats`` but draw from
 a numpy Generator derived from (seed, epoch, index), so a crop depends only on those three,
 whatever the number of workers. The epoch lives in shared memory, so ``set_epoch`` reaches
 persistent workers too.

@@ -1,7 +1,7 @@
 """Per-video feature streams on disk -> one aligned (C, T) float32 array on a known time grid.
 
 Each stream (I3D, SlowFast, VideoMAE, ...) is one file per video, its type chosen by the
-extension of ``file_pattern`` (``../shared/spec/fineaction.md`` 1.5 lists the public layouts):
+extension of ``file_pattern``:
 
 - ``.npy``: float16/32/64 (64 is cast to 32), memory-mapped, so a header probe is cheap and a
   training crop of a 14,000-step video reads only the rows it needs;
@@ -24,7 +24,7 @@ gaps mean a different sampling, and the other streams are resampled onto the fir
 centres (logged once). ``data.resize_length: N`` then resamples the whole video to N steps.
 
 With ``data.store`` the streams come from the node's packed feature store instead
-(``localization.data.store``, built from :meth:`FeatureReader._open`'s arrays): crops are slices of
+(``localization.data.feature_store``, built from :meth:`FeatureReader._open`'s arrays): crops are slices of
 one memory-mapped array per stream, returned in the store's dtype (float16 by default).
 """
 
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from localization.config.schema import DataConfig, StreamConfig
-from localization.data.store import StreamStore, open_stores
+from localization.data.feature_store import StreamStore, open_stores
 from localization.data.timegrid import Grid, auto_grid
 from localization.errors import DataError
 

@@ -10,7 +10,7 @@
 - ``DIR/config.yaml``: a complete run config for a small, fast model.
 
 ``--format`` writes the same dataset (same videos, actions and feature values) in one of the
-layouts of the public FineAction releases (``../shared/spec/fineaction.md`` 1.3, 1.5), with the
+layouts of the public FineAction releases, with the
 config that reads it:
 
 - ``native`` (default): the above;

@@ -7,7 +7,7 @@ negative grid values (an action that starts before the first clip's centre) are 
 The formulas are plain arithmetic, so floats, numpy arrays and torch tensors all work.
 
 A :class:`Grid` is the (stride, clip) pair of one video's features in frames; both may be
-fractional. The sampling rules (``../shared/spec/fineaction.md`` 1.5):
+fractional. The sampling rules:
 
 - native: ``feat_stride`` and ``num_frames`` as configured;
 - ``downsample: k`` keeps every k-th step: stride x k, same clip;

@@ -10,10 +10,10 @@ from localization.config.schema import RunConfig
 from localization.data.annotations import load_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader
+from localization.device import resolve_device
 from localization.errors import DataError
 from localization.inference.prediction import detect, predict
-from localization.training.checkpoints import load_checkpoint, model_from_checkpoint
-from localization.training.loop import resolve_device
+from localization.model.weights import load_checkpoint, model_from_checkpoint
 
 
 class Segment(NamedTuple):

@@ -20,12 +20,12 @@ from localization.config.schema import RESCORABLE_TEST_KEYS, RunConfig, TestConf
 from localization.data.annotations import SubsetAnnotations, load_subset, restrict_videos, same_subset
 from localization.data.dataset import InferenceDataset
 from localization.data.features import FeatureReader
+from localization.device import resolve_device
 from localization.inference.postprocess import Candidates, load_candidates, save_candidates
 from localization.inference.prediction import (
     candidate_set,
     label_from_classifier,
     predict,
-    resolve_device,
     to_submission,
 )
 from localization.inference.subset_postprocess import CandidateSet
@@ -39,7 +39,7 @@ from localization.metrics import (
     restrict_to_videos,
 )
 from localization.model import ActionFormer
-from localization.training.checkpoints import load_checkpoint, model_from_checkpoint
+from localization.model.weights import load_checkpoint, model_from_checkpoint
 
 
 @dataclass

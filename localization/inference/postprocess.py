@@ -1,7 +1,7 @@
 """Post-processing: model outputs -> scored candidates -> NMS -> detections in seconds.
 
 Follows the ActionFormer reference (``libs/modeling/meta_archs.py`` inference_single_video and
-``libs/utils/nms.py`` + ``csrc/nms_cpu.cpp``; spec sections 4.3 and 7) in pure NumPy/PyTorch, so
+``libs/utils/nms.py`` + ``csrc/nms_cpu.cpp``) in pure NumPy/PyTorch, so
 nothing has to be compiled (the all-videos form, ``subset_postprocess``, adds loops Numba
 compiles). Raw (pre-NMS) candidates can be saved to one ``.npz`` file and post-processed again
 with other settings without running the model.
@@ -289,7 +289,7 @@ def batched_nms(candidates: Candidates, test_cfg: TestConfig) -> Candidates:
 
 
 def to_seconds(candidates: Candidates, fps: float, duration: float, feat_stride: int, num_frames: int) -> Candidates:
-    """Grid units -> seconds (``grid_to_seconds``, spec 4.3), clamped to [0, duration] as the
+    """Grid units -> seconds (``grid_to_seconds``), clamped to [0, duration] as the
     reference does, since predicted boundaries may fall outside the video."""
     seconds = grid_to_seconds(candidates.segments.astype(np.float64), fps, feat_stride, num_frames)  # (N, 2)
     return Candidates(np.clip(seconds, 0.0, duration), candidates.scores, candidates.labels)

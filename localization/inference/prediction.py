@@ -7,7 +7,6 @@ results at a fraction of the cost.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,25 +15,11 @@ import torch
 from localization.config.schema import RunConfig, TestConfig, inference_div_factor
 from localization.data.classifier import label_segments, load_classifier_scores
 from localization.data.dataset import InferenceDataset, collate
+from localization.device import autocast
 from localization.errors import DataError
 from localization.inference.postprocess import Candidates, select_candidates
 from localization.inference.subset_postprocess import CandidateSet, VideoTiming
 from localization.model import ActionFormer, make_points
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU runs in float32)."""
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _length_batches(dataset: InferenceDataset, max_steps: int) -> Iterator[list[int]]:

@@ -13,7 +13,7 @@ The float32 operations are those of ``postprocess._greedy_select`` element for e
 they apply, as there, to every member of the window, those already removed too (a removed score
 is -inf and stays removed). The one NumPy call left between the two kernels, Soft-NMS's
 ``np.exp``, is the reference's own, so the detections stay bit for bit identical
-(``tests/test_subset_postprocess.py``).
+(``tests/localization/inference/test_subset_postprocess.py``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ block of videos at once, the pick the per-video loop makes at that step: the bes
 candidate of the video's best group (class), which then decays (Soft-NMS) or removes (NMS) the
 candidates of its group that may overlap it (``subset_nms_kernels``, compiled). Per video the
 float32 operations are those of ``_greedy_select``, element for element, so the detections are
-identical (``tests/test_subset_postprocess.py`` compares the two on random cases with ties); the
+identical (``tests/localization/inference/test_subset_postprocess.py`` compares the two on random cases with ties); the
 per-video functions stay as that reference.
 
 One difference in the work done, not the result: Soft-NMS floors every candidate below

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from localization.errors import InputError
+from localization import cli
 from localization.metrics.detection import evaluate_detections, format_table
 from localization.metrics.inputs import GT_FILTERS, load_ground_truth, load_predictions
 
@@ -31,15 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the metrics.json object instead")
     args = parser.parse_args(argv)
-    try:
-        gt = load_ground_truth(args.ground_truth, args.subset, args.gt_filter)
-        metrics = evaluate_detections(gt, load_predictions(args.predictions))
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    gt = load_ground_truth(args.ground_truth, args.subset, args.gt_filter)
+    metrics = evaluate_detections(gt, load_predictions(args.predictions))
     print(json.dumps(metrics.to_json(), indent=2) if args.json else format_table(metrics))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -24,16 +24,12 @@ from localization.data.annotations import SubsetAnnotations, load_subset, restri
 from localization.data.dataset import TrainingDataset, build_loader
 from localization.data.features import FeatureReader
 from localization.data.report import data_warnings
+from localization.device import autocast, resolve_device
 from localization.inference.evaluation import EvalResult, SubsetEvaluator, SubsetScorer, subset_evaluator
-from localization.inference.prediction import autocast, resolve_device
 from localization.metrics import metrics_as_floats
 from localization.model import ActionFormer, make_points
-from localization.training.checkpoints import (
-    checkpoint_state,
-    load_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
+from localization.model.weights import load_checkpoint, save_checkpoint
+from localization.training.checkpoints import checkpoint_state, set_rng_state
 from localization.training.losses import LossNormalizer, compute_losses
 from localization.training.optim import ModelEma, build_scheduler, param_groups
 from localization.training.targets import assign_targets
@@ -95,8 +91,14 @@ def train(
     resume: Path | None = None,
     log: Callable[[str], None] = print,
     choose_test: Callable[[SubsetScorer], TestConfig] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train one model; write ``out_dir/checkpoint.pt`` after every epoch.
+
+    ``should_stop`` is asked between training steps and before each evaluation; when it answers
+    True the run ends there (no checkpoint of the unfinished epoch, no report): a host that must
+    shut down (a search's worker whose trial was stopped) ends the run at a step boundary rather
+    than killing a thread inside a tensor operation, which aborts the whole process.
 
     ``choose_test`` picks the post-processing of every evaluation from the model's raw candidates
     (a post-processing search; default: ``cfg.test``); the epoch's report says which.
@@ -118,9 +120,13 @@ def train(
     metrics: dict[str, float] = {}
     stopped_early = False
     epoch = start_epoch
+    stop = should_stop or (lambda: False)
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         started = time.perf_counter()
-        metrics = _train_epoch(state, cfg, epoch)
+        epoch_metrics = _train_epoch(state, cfg, epoch, stop)
+        if stop():  # the unfinished epoch is dropped: the result is the last completed one's
+            return TrainResult(epoch - 1, True, checkpoint_path, last_eval, metrics)
+        metrics = epoch_metrics
         evaluated = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
         test = None
         if evaluated:
@@ -228,12 +234,15 @@ def _resume(state: _TrainingState, resume: Path, log: Callable[[str], None]) -> 
     return start_epoch
 
 
-def _train_epoch(state: _TrainingState, cfg: RunConfig, epoch: int) -> dict[str, float]:
-    """One pass over the training crops; returns the epoch's mean losses and its last lr."""
+def _train_epoch(state: _TrainingState, cfg: RunConfig, epoch: int, stop: Callable[[], bool]) -> dict[str, float]:
+    """One pass over the training crops; returns the epoch's mean losses and its last lr (partial
+    when ``stop`` ends it early: the caller discards such an epoch)."""
     state.train_set.set_epoch(epoch)
     state.model.train()
     sums = torch.zeros(3, dtype=torch.float64)
     for step, batch in enumerate(state.loader, start=1):
+        if stop():
+            break
         losses = train_step(
             state.forward,
             state.model,

@@ -1,4 +1,4 @@
-"""ActionFormer training losses (spec section 6): sigmoid focal loss on every valid point,
+"""ActionFormer training losses: sigmoid focal loss on every valid point,
 centre-based 1-D DIoU on the positive points, both normalised by an EMA of the positive count.
 
 Losses are computed in float32 whatever the autocast dtype of the model outputs, because the

@@ -1,4 +1,4 @@
-"""The optimiser side of training, as the reference trainer sets it up (spec section 8): AdamW
+"""The optimiser side of training, as the reference trainer sets it up: AdamW
 parameter groups (minGPT style, reference train_utils.make_optimizer), the learning-rate
 schedule and the weight EMA."""
 

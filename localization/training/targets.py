@@ -1,6 +1,6 @@
 """Training targets: which pyramid point is responsible for which ground-truth action.
 
-This is the ActionFormer rule (``label_points_single_video``, spec section 5). Each point
+This is the ActionFormer rule (``label_points_single_video``). Each point
 ``(t, lo, hi, stride)`` may claim a ground truth ``(a, b)`` when it sits strictly inside the
 centre-sampling interval of that action and the action's farthest boundary lies in the level's
 regression range; of the claimable actions the shortest wins (easiest to regress). Everything is
