@@ -68,6 +68,7 @@ from runner.names import (
 
 TEST_SUBSET = "validation"  # never seen by a search decision: selection uses a slice of training
 RESULTS = Path("benchmarks/results/search_quality.json")
+DEMO = Path("search_spaces/demo.yaml")
 CORE = ("recipe", "random", "random_asha", "tpe_asha", "tpe_asha_post")
 
 # Per variant, the ``search`` keys it sets (``None`` in ``postprocess``: the demo's post-processing search)
@@ -156,8 +157,12 @@ def machine() -> str:
 
 def search_file(name: str, seed: int, args: argparse.Namespace, data_dir: Path, work: Path) -> dict[str, Any]:
     """The demo search file for one variant and seed: the demo's model, ``--epochs``, selection on a holdout."""
-    raw = read_yaml(Path("search_spaces/demo.yaml"))
+    raw = read_yaml(DEMO)
     raw.pop("synthetic", None)
+    base = raw.pop("base", None)
+    if base is not None:  # the demo's run config, the search file's own sections on top: one file here
+        for section, values in read_yaml(DEMO.parent / base).items():
+            raw[section] = {**values, **raw.get(section, {})}
     raw["experiment"] = f"quality-{name}-s{seed}"
     data = raw["data"]
     data["annotations"] = str(data_dir / "annotations_gt.json")
