@@ -142,6 +142,12 @@ def write_atomic(path: Path, results: dict[str, Any]) -> None:
     os.replace(handle.name, path)
 
 
+def save_entry(path: Path, settings: dict[str, int], command: str, name: str, entry: dict[str, Any]) -> None:
+    """Add one finished search to the file as it is now (another run, e.g. of further variants, may add too)."""
+    current = load_results(path, settings, [entry["seed"]], command)
+    write_atomic(path, add_entry(current, name, entry))
+
+
 def machine() -> str:
     """CPU model and core count (the numbers depend on the machine only through wall time)."""
     model = platform.processor() or platform.machine()
@@ -209,7 +215,12 @@ class Trial:
     run_id: str
     status: str
     epoch_times: list[int]  # ms timestamps of its logged epochs
-    selection_mAP: float  # its best evaluated epoch on the holdout; -inf when never evaluated
+    scores: list[float]  # holdout mAP of its evaluated epochs, in epoch order
+
+    @property
+    def selection_mAP(self) -> float:
+        """Its best evaluated epoch on the holdout; -inf when never evaluated."""
+        return max(self.scores, default=-math.inf)
 
 
 def read_search(uri: str, experiment: str) -> tuple[str, list[Trial]]:
@@ -228,9 +239,10 @@ def read_search(uri: str, experiment: str) -> tuple[str, list[Trial]]:
     trials = []
     for run in children:
         run_id = run.info.run_id
-        scores = [m.value for m in client.get_metric_history(run_id, AVERAGE_MAP) if math.isfinite(m.value)]
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, AVERAGE_MAP))
         epochs = sorted(m.timestamp for m in client.get_metric_history(run_id, LOSS_HISTORY))
-        trials.append(Trial(run_id, run.data.tags.get(STATUS, ""), epochs, max(scores, default=-math.inf)))
+        scores = [value for _, value in history if math.isfinite(value)]
+        trials.append(Trial(run_id, run.data.tags.get(STATUS, ""), epochs, scores))
     return parent.data.tags.get(BEST_RUN_ID, ""), trials
 
 
@@ -284,15 +296,14 @@ def measure(raw: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
         "trials": len(trials),
         **counts,
         "anytime": [{k: round(v, 3) if isinstance(v, float) else v for k, v in point.items()} for point in curve],
+        "per_trial": [{"status": t.status, "holdout_mAP": [round(v, 2) for v in t.scores]} for t in trials],
         "load": round(os.getloadavg()[0], 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def run_all(
-    args: argparse.Namespace, results: dict[str, Any], save: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    """Every pending (variant, seed), saving the file after each."""
+def run_all(args: argparse.Namespace, results: dict[str, Any], save: Callable[[str, dict[str, Any]], None]) -> None:
+    """Every pending (variant, seed), saving each entry as it finishes."""
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     data_dir = work / "data"
@@ -301,10 +312,8 @@ def run_all(
     for name, seed in pending(results, args.variants, args.seeds):
         print(f"{time.strftime('%H:%M:%S')} {name} seed {seed}: running", flush=True)
         entry = measure(search_file(name, seed, args, data_dir, work), work, seed)
-        results = add_entry(results, name, entry)
-        save(results)
+        save(name, entry)
         print(f"{time.strftime('%H:%M:%S')} {name} seed {seed}: {json.dumps(entry)}", flush=True)
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     command = shlex.join(["python", "benchmarks/search_quality.py", *(argv if argv is not None else sys.argv[1:])])
     results = load_results(args.results, settings, args.seeds, command)
-    run_all(args, results, lambda r: write_atomic(args.results, r))
+    run_all(args, results, lambda name, entry: save_entry(args.results, settings, command, name, entry))
     return 0
 
 

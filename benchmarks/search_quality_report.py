@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt
+import numpy as np
 
 RESULTS = Path("benchmarks/results/search_quality.json")
 PLOT = Path("benchmarks/results/search_quality_anytime.png")
@@ -82,6 +83,36 @@ def anytime(entry: dict[str, Any], horizon: int) -> list[tuple[int, float]]:
     return points
 
 
+def spearman(a: list[float], b: list[float]) -> float:
+    """Rank correlation (ties broken by order: holdout mAPs rarely tie)."""
+    ranks = [np.argsort(np.argsort(np.asarray(x))) for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def rung_signal(results: dict[str, Any], variant: str = "random") -> list[str]:
+    """Markdown rows: how well a trial's holdout mAP after k epochs predicts its best one, over the trials of
+    ``variant`` (trained to the end, so every epoch is measured): the rank correlation (mean over seeds) and
+    in how many seeds a rung at k keeping the top half would have kept the eventual best trial."""
+    entries = [e for e in results["variants"].get(variant, []) if e.get("per_trial")]
+    if not entries:
+        return []
+    epochs = results["epochs"]
+    lines = [
+        f"| epoch k | rank correlation, mAP at k vs best ({len(entries)} seeds) | best trial in the top half at k |",
+        "|---|---|---|",
+    ]
+    for k in range(1, epochs):
+        correlations, kept = [], 0
+        for entry in entries:
+            curves = [t["holdout_mAP"] for t in entry["per_trial"] if len(t["holdout_mAP"]) == epochs]
+            at_k, best = [c[k - 1] for c in curves], [max(c) for c in curves]
+            correlations.append(spearman(at_k, best))
+            winner = int(np.argmax(best))
+            kept += sorted(at_k, reverse=True).index(at_k[winner]) < len(curves) / 2
+        lines.append(f"| {k} | {mean_sd(correlations, 2)} | {kept} of {len(entries)} |")
+    return lines
+
+
 def plot(results: dict[str, Any], path: Path) -> Path:
     """One line per (variant, seed), one colour per variant, as steps; the file is small (PNG, 100 dpi)."""
     horizon = max((e["trial_epochs"] for entries in results["variants"].values() for e in entries), default=1)
@@ -113,6 +144,7 @@ def markdown(results: dict[str, Any], plot_path: Path, relative_to: Path) -> str
         f"{results['videos']} synthetic videos, ASHA grace period {results['grace_period']}, "
         f"reduction factor {results['reduction_factor']}."
     )
+    signal = rung_signal(results)
     link = plot_path.relative_to(relative_to) if plot_path.is_relative_to(relative_to) else plot_path
     return "\n".join(
         [
@@ -127,6 +159,12 @@ def markdown(results: dict[str, Any], plot_path: Path, relative_to: Path) -> str
             *table(results),
             "",
             f"![best test mAP against trial-epochs]({link})",
+            *(
+                ["", "Signal at each possible rung (random search, every trial trained to the end):", ""]
+                if signal
+                else []
+            ),
+            *signal,
             END,
         ]
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -62,6 +61,17 @@ def test_resume_skips_finished_searches_seed_by_seed(tmp_path: Path) -> None:
     assert set(again["variants"]["random"][0]) >= {"seed", "test_mAP", "selection_mAP", "trial_epochs", "wall_s"}
 
 
+def test_save_entry_keeps_what_another_run_added(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    mine = quality.load_results(path, SETTINGS, [0], "cmd")  # this run's view, taken before the other wrote
+    quality.save_entry(path, SETTINGS, "cmd --variants tpe_asha_grace6", "tpe_asha_grace6", entry(0, 31.0, 200))
+    quality.save_entry(path, SETTINGS, "cmd", "recipe", entry(1, 25.0, 12))
+    saved = json.loads(path.read_text())
+    assert mine["variants"]["recipe"] == [] and saved["seeds"] == [0, 1]
+    assert [e["test_mAP"] for e in saved["variants"]["tpe_asha_grace6"]] == [31.0]
+    assert [e["seed"] for e in saved["variants"]["recipe"]] == [1]
+
+
 def test_add_entry_replaces_its_seed_and_keeps_order() -> None:
     results = quality.new_results(SETTINGS, [0, 1], "cmd")
     results = quality.add_entry(results, "recipe", entry(1, 20.0, 9))
@@ -81,10 +91,10 @@ def test_results_of_other_settings_are_refused(tmp_path: Path) -> None:
 def test_incumbents_follow_the_pick_at_each_trial_end() -> None:
     trial = quality.Trial
     trials = [
-        trial("a", "finished", [10, 20, 30], 5.0),  # ends at 30, when 8 of the 9 epochs are logged
-        trial("b", "pruned", [11, 21], 2.0),  # ends first, at 21: the first pick
-        trial("c", "finished", [12, 22, 40], 9.0),  # ends last: the pick from then on
-        trial("d", "failed", [13], -math.inf),  # never evaluated: never a pick
+        trial("a", "finished", [10, 20, 30], [1.0, 5.0, 4.0]),  # ends at 30, when 8 of the 9 epochs are logged
+        trial("b", "pruned", [11, 21], [0.5, 2.0]),  # ends first, at 21: the first pick
+        trial("c", "finished", [12, 22, 40], [0.0, 3.0, 9.0]),  # ends last: the pick from then on
+        trial("d", "failed", [13], []),  # never evaluated: never a pick
     ]
     points = [(spent, pick.run_id) for spent, pick in quality.incumbents(trials)]
     assert points == [(6, "b"), (8, "a"), (9, "c")]
@@ -130,6 +140,17 @@ def test_report_table_plot_and_page_from_the_file(tmp_path: Path) -> None:
     page.write_text("no markers")
     assert report.main(["--results", str(tmp_path / "r.json"), "--plot", str(png), "--markdown", str(page)]) == 2
     assert page.read_text() == "no markers"
+
+
+def test_rung_signal_ranks_trials_at_each_epoch() -> None:
+    results = quality.new_results({**SETTINGS, "epochs": 3}, [0], "cmd")
+    curves = [[0.1, 5.0, 9.0], [0.3, 4.0, 6.0], [0.2, 1.0, 3.0], [0.0, 2.0, 1.0]]  # best: 9, 6, 3, 2
+    random = {**entry(0, 30.0, 12), "per_trial": [{"status": "finished", "holdout_mAP": c} for c in curves]}
+    rows = report.rung_signal(quality.add_entry(results, "random", random))
+    # epoch 1 ranks them 2,4,3,1 against 4,3,2,1 (rho 0.4), and the best (0.1) third: a rung would stop it;
+    # epoch 2 ranks them exactly as their best
+    assert rows[2:] == ["| 1 | 0.40 | 0 of 1 |", "| 2 | 1.00 | 1 of 1 |"]
+    assert report.rung_signal(results) == []
 
 
 def _saved(tmp_path: Path, results: dict) -> Path:
