@@ -144,7 +144,7 @@ def test_report_table_plot_and_page_from_the_file(tmp_path: Path) -> None:
 
 def test_rung_signal_ranks_trials_at_each_epoch() -> None:
     results = quality.new_results({**SETTINGS, "epochs": 3}, [0], "cmd")
-    curves = [[0.1, 5.0, 9.0], [0.3, 4.0, 6.0], [0.2, 1.0, 3.0], [0.0, 2.0, 1.0]]  # best: 9, 6, 3, 2
+    curves = [[0.1, 5.0, 9.0], [0.3, 4.0, 6.0], [0.2, 1.0, 3.0], [0.0, 0.5, 2.0]]  # best: 9, 6, 3, 2
     random = {**entry(0, 30.0, 12), "per_trial": [{"status": "finished", "holdout_mAP": c} for c in curves]}
     rows = report.rung_signal(quality.add_entry(results, "random", random))
     # epoch 1 ranks them 2,4,3,1 against 4,3,2,1 (rho 0.4), and the best (0.1) third: a rung would stop it;
