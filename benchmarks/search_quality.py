@@ -28,7 +28,8 @@ Cost of the defaults, per seed: recipe 12 + random 24 x 12 = 288 + three ASHA se
 24 x 3 + 12 x 3 + 6 x 6 = 144 trial-epochs each (more when rungs promote early): ~780 trial-epochs.
 A trial-epoch (training plus holdout evaluation) takes ~2.5 s on one core of the 2-core build
 machine, and each search ~30 s to start and finish: ~2,400 core-seconds per seed, ~27 minutes
-per seed on 1.5 free cores, ~80 minutes for three seeds.
+per seed on 1.5 free cores, ~80 minutes for three seeds. Shared with other work (load average 8
+to 20, at ``nice -n 15``) seed 0 took 65 minutes (3,876 s of searches).
 """
 
 from __future__ import annotations
