@@ -98,7 +98,11 @@ def new_tuner(
             scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=concurrency,
-            reuse_actors=resources["gpu"] == 0,
+            # A fresh worker per trial: a trial's reports are sent beside its training (runner.tune.in_order),
+            # so a trial ASHA stops is still training when Tune would hand its worker to the next trial,
+            # which then fails ("reuse requires reset_config() to ... return True"); a stopped trial's
+            # worker exits instead, ending its training at a step boundary (runner.tune.trial.WorkerExit).
+            reuse_actors=False,
             trial_dirname_creator=trial_dirname,
             trial_name_creator=trial_dirname,
         ),
