@@ -131,11 +131,11 @@ def duration(seconds: float) -> str:
 class Progress:
     """``done / total``, elapsed and an estimate of what is left, from the pace so far."""
 
-    def __init__(self, total: int, done: int = 0) -> None:
+    def __init__(self, total: int) -> None:
         self.total = total
-        self.done = done
+        self.done = 0
         self.started = time.monotonic()
-        self._start_done = done
+        self._start_done = 0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled in a resumed search: the pace is measured afresh from here."""

@@ -29,14 +29,14 @@ from runner.tune.trial_results import failure_reason
 class TrialProgress(Callback):
     """Says what happens to each trial; holds no stream, so the Tuner can pickle it with its state."""
 
-    def __init__(self, setup: TrialSetup, total: int, done: int = 0) -> None:
+    def __init__(self, setup: TrialSetup, total: int) -> None:
         self.trial_setup = setup
         self.metric = setup.spec.search.metric
         self.sign = 1.0 if setup.spec.search.mode == "max" else -1.0
         self.scheduler = setup.spec.search.scheduler.type.upper()
         # a validation metric is new only on evaluated epochs; a loss, every epoch
         self.every_epoch = self.metric not in validation_metrics(setup.spec.base)
-        self.progress = Progress(total, done)
+        self.progress = Progress(total)
         self.best: tuple[float, str] | None = None  # (value, trial id) over every evaluation
         self.trial_best: dict[str, tuple[float, int]] = {}  # trial id -> (value, epoch)
 
