@@ -10,7 +10,7 @@ seed and variant, one search with ``python -m runner.search`` on the demo's synt
 - ``random_asha``, ``tpe_asha``: ``--budget`` trials, ASHA stopping the weak ones at its rungs;
 - ``tpe_asha_post``: as ``tpe_asha``, with the demo's post-processing keys tuned at every evaluation
   on the raw candidates (``search.postprocess``); every other variant searches them by retraining;
-- further variants (``VARIANTS``) try TPE's start-up size and ASHA's grace period / reduction factor.
+- further variants (``VARIANTS``) try multivariate TPE, TPE's start-up size and ASHA's grace period / reduction factor.
 
 Three data roles, as a real search has them: trials train on the training subset minus a held-out
 quarter, are selected on that quarter (``search.selection``), and the selected trial's best
@@ -80,6 +80,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "random_asha": {"sampler": "random", "scheduler": ASHA},
     "tpe_asha": {"sampler": "tpe", "scheduler": ASHA},
     "tpe_asha_post": {"sampler": "tpe", "scheduler": ASHA, "postprocess": None},
+    "tpe_asha_multivariate": {"sampler": "tpe", "scheduler": ASHA, "multivariate": True},
     "tpe_asha_startup12": {"sampler": "tpe", "scheduler": ASHA, "startup_trials": 12},
     "tpe_asha_startup3": {"sampler": "tpe", "scheduler": ASHA, "startup_trials": 3},
     "tpe_asha_grace6": {"sampler": "tpe", "scheduler": {"type": "asha", "grace_period": 6}},

@@ -32,6 +32,11 @@ LABELS = {
     "random_asha": "random + ASHA",
     "tpe_asha": "TPE + ASHA",
     "tpe_asha_post": "TPE + ASHA + post-processing search",
+    "tpe_asha_multivariate": "multivariate TPE + ASHA",
+    "tpe_asha_startup12": "TPE + ASHA, start-up 12 trials",
+    "tpe_asha_startup3": "TPE + ASHA, start-up 3 trials",
+    "tpe_asha_grace6": "TPE + ASHA, first rung at epoch 6",
+    "tpe_asha_rf3": "TPE + ASHA, reduction factor 3",
 }
 
 

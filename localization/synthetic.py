@@ -17,12 +17,19 @@ from localization.errors import InputError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localization.synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m localization.synthetic",
+        description="A synthetic dataset in FineAction's layout: two feature streams, annotations and a run config.",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="generator seed: the same seed writes the same dataset")
     parser.add_argument("--videos", type=int, help="number of videos (3/4 training; default 160, 32 with video)")
     parser.add_argument(
-        "--format", choices=FORMATS, default="native", help="file layout of a public FineAction release (see above)"
+        "--format",
+        choices=FORMATS,
+        default="native",
+        help="file layout: native, a public FineAction release's (official, pt, npz, fixed), or video (short encoded "
+        "videos and the extraction file that turns them into a feature stream)",
     )
     args = parser.parse_args(argv)
     if args.videos is None:

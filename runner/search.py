@@ -552,7 +552,9 @@ def _print_dry_run(spec: SearchFile, echo: Callable[[str], None]) -> None:
     queued = spec.seed_params()
     known = s.startup_trials if s.sampler == "tpe" else s.num_samples  # later TPE picks depend on results
     count = min(s.num_samples, max(len(queued), min(DRY_RUN_SAMPLES, known)))
-    samples = sample_configs(spec.space, make_sampler(s.sampler, s.seed, s.startup_trials), count, direction, queued)
+    samples = sample_configs(
+        spec.space, make_sampler(s.sampler, s.seed, s.startup_trials, s.multivariate), count, direction, queued
+    )
     startup = f", {s.startup_trials} start-up trials before TPE" if s.sampler == "tpe" else ""
     echo(
         f"# first {len(samples)} trial configs ({len(queued)} seed configs, "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -164,15 +165,23 @@ class SearchSpace:
         return params
 
 
-def make_sampler(name: str, seed: int, startup_trials: int = 10) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, seed: int, startup_trials: int = 10, multivariate: bool = False
+) -> optuna.samplers.BaseSampler:
     """A seeded Optuna sampler (Ray's OptunaSearch ignores its own `seed`.
 
     TPE samples at random until `startup_trials` trials ended (COMPLETE or PRUNED; seed configs
     count), and with ``constant_liar`` treats running trials as bad, so concurrent trials spread out.
+    ``multivariate`` fits one density over all keys instead of one per key, so a good region that is
+    an interaction (both feature streams only at a high learning rate) can be found.
     """
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, constant_liar=True)
+    with warnings.catch_warnings():  # multivariate is marked experimental by Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup_trials, constant_liar=True, multivariate=multivariate
+        )
 
 
 def sample_configs(

@@ -79,6 +79,7 @@ class SearchOptions:
     seed: int = 0
     sampler: Literal["tpe", "random"] = "tpe"
     startup_trials: int | None = None  # random trials before TPE; null: a quarter of num_samples, >= 2
+    multivariate: bool = False  # TPE models the keys jointly (interactions such as features x lr), not one by one
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     max_failures: int = 2  # retries of a trial whose worker died, from its last checkpoint
     selection: SelectionSpec | None = None  # null: select on data.val_subset (the recipe)
@@ -339,6 +340,8 @@ def _validate(spec: SearchFile) -> None:
         fail("search.max_failures", f"must be >= 0, got {s.max_failures}")
     if s.startup_trials < 0:
         fail("search.startup_trials", f"must be >= 0 or null, got {s.startup_trials}")
+    if s.multivariate and s.sampler != "tpe":
+        fail("search.multivariate", f"applies to sampler: tpe, not {s.sampler!r}")
     if s.repeat_top is not None and (s.repeat_top.k < 1 or s.repeat_top.seeds < 1):
         fail("search.repeat_top", f"k and seeds must be >= 1, got {to_dict(s.repeat_top)}")
     if len(spec.seed_configs) > s.num_samples:

@@ -94,9 +94,12 @@ class Location:
         return self.read_bytes().decode()
 
     def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def write_bytes(self, data: bytes) -> None:
         self.fs.create_dir(self.parent.path, recursive=True)
         with self.fs.open_output_stream(self.path) as stream:
-            stream.write(text.encode())
+            stream.write(data)
 
     def delete(self) -> None:
         """Remove this file or folder (with its contents); nothing if it is missing."""

@@ -167,7 +167,9 @@ class WorkerExit:
     into a tensor destructor and aborts the whole process ("Fatal Python error: Aborted", a native
     crash trace in the search's output after a search that succeeded). At exit (atexit runs while
     daemon threads still run normally) this asks the training loop to stop, which it checks between
-    steps, and waits for the thread.
+    steps, and waits for the thread to end: not only to leave the training loop, since what follows
+    (closing the reporter and the system-metrics monitor, then Ray dropping the exception that ends
+    a stopped trial, whose traceback still holds tensors) frees tensors too.
     """
 
     def __init__(self) -> None:
@@ -177,18 +179,18 @@ class WorkerExit:
 
     @contextmanager
     def training(self) -> Iterator[Callable[[], bool]]:
-        """The current thread trains in this block; yields the question the loop asks between steps."""
-        thread = threading.current_thread()
-        self.threads.add(thread)
-        try:
-            yield self.exiting.is_set
-        finally:
-            self.threads.discard(thread)
+        """The current thread trains in this block; yields the question the loop asks between steps.
+
+        The thread stays tracked after the block, until it ends (see the class)."""
+        self.threads = {t for t in self.threads if t.is_alive()}
+        self.threads.add(threading.current_thread())
+        yield self.exiting.is_set
 
     def join(self) -> None:
         self.exiting.set()
         for thread in list(self.threads):
-            thread.join(timeout=EXIT_WAIT_S)
+            if thread is not threading.current_thread():
+                thread.join(timeout=EXIT_WAIT_S)
 
 
 _exit_guard: WorkerExit | None = None

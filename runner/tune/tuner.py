@@ -1,13 +1,14 @@
 """The Ray Tune Tuner of a search: Optuna's sampler behind runner.tune.searcher, a trial scheduler, checkpoints.
 
 A new trial scheduler is one branch of :func:`make_scheduler` (and its name in
-``runner.spec.SchedulerSpec``); Ray is imported only when a Tuner is built.
+``runner.searchfile.spec.SchedulerSpec``); Ray is imported only when a Tuner is built.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from runner import console
 from runner.searchfile.space import make_sampler
 from runner.searchfile.spec import SearchFile
 from runner.tune.recorder import TrialRecorder
@@ -39,10 +40,14 @@ def build_tuner(
     """The Tuner: Optuna (seeded sampler, define-by-run space, seed configs first), ASHA or FIFO, checkpoints."""
     from ray import tune  # Ray is imported only when a search runs
 
+    from runner.tune import snapshot
     from runner.tune.searcher import MultiFidelityOptunaSearch
 
     spec = setup.spec
-    if resume:  # the run config (callbacks, stopper, checkpoint policy) comes back from ray_path
+    if resume and not snapshot.reconcile(ray_path):
+        console.say(f"{ray_path.name} was stopped before its first whole snapshot: its trials start again")
+        snapshot.discard(ray_path)
+    elif resume:  # the run config (callbacks, stopper, checkpoint policy) comes back from ray_path
         trainable = trainable_for(setup, resources)
         return tune.Tuner.restore(
             ray_path.path,
@@ -57,7 +62,7 @@ def build_tuner(
         space=spec.space,
         metric=s.metric,
         mode=s.mode,
-        sampler=make_sampler(s.sampler, s.seed, s.startup_trials),
+        sampler=make_sampler(s.sampler, s.seed, s.startup_trials, s.multivariate),
         seed_params=spec.seed_params(),
     )
     return new_tuner(setup, ray_path, resources, concurrency, recorder, searcher, make_scheduler(spec), s.num_samples)

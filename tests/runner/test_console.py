@@ -4,6 +4,7 @@ crash trace anywhere (a real ``python -m runner.search`` with a local Ray and AS
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -62,24 +63,38 @@ def test_a_search_prints_its_events_and_logs_the_rest(tmp_path: Path) -> None:
 
 
 GUARDED_THREAD = """
-import threading, time, torch
+import contextlib, threading, time, torch
 from runner.tune.trial import WorkerExit
 torch.set_num_threads(1)
 guard = WorkerExit()
 def train():
-    with guard.training() as exiting:
-        x = torch.randn(128, 128)
-        while not ({guarded} and exiting()):
+    with guard.training() if {guarded} else contextlib.nullcontext(lambda: False) as exiting:
+        x, started = torch.randn(128, 128), time.monotonic()
+        while not exiting() and time.monotonic() - started < float("{train_s}"):
             x = torch.tanh(x @ x)
+    started = time.monotonic()
+    while time.monotonic() - started < {cleanup_s}:  # a trial's clean-up after its loop frees tensors too
+        x = torch.tanh(x @ x)
 threading.Thread(target=train, daemon=True).start()  # as Ray Tune runs a function trainable
 time.sleep(0.3)
 """
 
 
+def run_thread(guarded: bool, train_s: float = math.inf, cleanup_s: float = 0.0) -> subprocess.CompletedProcess:
+    code = GUARDED_THREAD.format(guarded=guarded, train_s=train_s, cleanup_s=cleanup_s)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True)
+
+
 def test_a_worker_exiting_mid_operation_ends_its_training_thread_first() -> None:
     """The cause of the crash trace at the end of a good search, and its fix: a daemon thread still
     inside a torch operation at interpreter exit aborts the process; the guard stops it first."""
-    unguarded = subprocess.run([sys.executable, "-c", GUARDED_THREAD.format(guarded=False)], capture_output=True)
-    assert unguarded.returncode != 0  # std::terminate: aborted
-    guarded = subprocess.run([sys.executable, "-c", GUARDED_THREAD.format(guarded=True)], capture_output=True)
+    assert run_thread(guarded=False).returncode != 0  # std::terminate: aborted
+    guarded = run_thread(guarded=True)
     assert guarded.returncode == 0, guarded.stderr.decode()[-2000:]
+
+
+def test_the_worker_waits_for_a_thread_that_left_its_training_loop_before_the_exit() -> None:
+    """A stopped trial leaves its loop, then closes its reporter and monitor while the worker
+    exits: the guard waits for the thread's end, not for the end of its loop."""
+    finished = run_thread(guarded=True, train_s=0.1, cleanup_s=1.0)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]

@@ -55,10 +55,10 @@ def edited(**changes: object) -> dict:
     return raw
 
 
-def run_study(space: SearchSpace, seed: int, sampler: str, trials: int) -> list[dict]:
+def run_study(space: SearchSpace, seed: int, sampler: str, trials: int, multivariate: bool = False) -> list[dict]:
     """Drive a real Optuna study with the space, telling a fixed objective of the values."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=make_sampler(sampler, seed), direction="maximize")
+    study = optuna.create_study(sampler=make_sampler(sampler, seed, multivariate=multivariate), direction="maximize")
     proposals = []
     for _ in range(trials):
         trial = study.ask()
@@ -119,6 +119,15 @@ def test_seeded_sampler_repeats_its_config_sequence(tmp_path, sampler):
     other = run_study(space, 8, sampler, 14)
     assert first == again
     assert first != other
+
+
+def test_multivariate_tpe_starts_alike_then_proposes_from_a_joint_model(tmp_path):
+    spec = load_search_file(write(tmp_path, edited(**{"search/multivariate": True})))
+    assert spec.search.multivariate
+    joint = run_study(spec.space, 7, "tpe", 14, multivariate=spec.search.multivariate)
+    per_key = run_study(spec.space, 7, "tpe", 14)
+    assert joint[:10] == per_key[:10]  # the 10 random start-up trials
+    assert joint[10:] != per_key[10:]
 
 
 def test_dry_run_prints_base_and_the_searchs_first_configs_and_starts_nothing(tmp_path, monkeypatch, capsys):
@@ -182,6 +191,7 @@ BAD_INPUTS = [
     ({"experiment": "has space"}, "experiment"),
     ({"evaluation": {}}, "evaluation"),
     ({"train/lr": "fast"}, "train.lr"),
+    ({"search/sampler": "random", "search/multivariate": True}, "search.multivariate"),
 ]
 
 

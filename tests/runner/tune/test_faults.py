@@ -280,6 +280,31 @@ def test_driver_killed_at_three_moments_then_resume_fails_no_trial(ray_cluster, 
     assert parent.info.status == "FINISHED" and parent.data.tags["runner.status"] == "finished"
 
 
+def test_a_snapshot_copied_in_parts_loses_no_trial_on_resume(ray_cluster, data, tmp_path, monkeypatch):
+    """The driver dies while Ray copies a snapshot: storage holds the searcher's state after it
+    created the second trial, but an experiment state from before (the copies are one file after
+    another). The resumed searcher must create the missing trial again, not count it as done."""
+    path = search_file(tmp_path, data, "torn-snapshot", num_samples=2)
+    storage = tmp_path / "ray_results"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    driver = Driver(path)
+    driver.kill_when(lambda: len(reported_epochs(storage)) == 2 and len(children(client, "torn-snapshot")) == 2)
+    (state,) = [max(storage.glob("*/experiment_state-*.json"))]
+    snapshot = json.loads(state.read_text())
+    lost = json.loads(snapshot["trial_data"][1][0])["trial_id"]
+    snapshot["trial_data"] = snapshot["trial_data"][:1]  # as copied before the second trial existed
+    state.write_text(json.dumps(snapshot))
+
+    monkeypatch.chdir(tmp_path)
+    outcome = search.run(path, resume=True, echo=lambda _: None)
+    assert outcome.status == "finished"
+    runs = children(client, "torn-snapshot")
+    assert len(runs) == 2 and lost not in {r.data.tags["runner.trial_id"] for r in runs}  # redone, new id
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert_epochs_logged_once(client, run.info.run_id)
+
+
 def test_nan_loss_fails_the_trial_once_with_its_reason_and_the_search_goes_on(ray_cluster, data, tmp_path):
     """A searched feature folder whose copy is all NaN: that trial diverges at its first step, runs
     once although ``search.max_failures`` would allow 2 retries, and ends FAILED with its reason."""

@@ -23,7 +23,7 @@ from runner import search
 from runner.tune.searcher import load_saved_search
 from tests.conftest import TINY_MODEL, synthetic_data_section
 
-NUM_TRIALS, EPOCHS = 3, 25
+NUM_TRIALS, EPOCHS = 3, 10
 
 
 def tiny_search(data: Path) -> dict:
