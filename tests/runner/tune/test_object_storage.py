@@ -3,7 +3,7 @@ on 127.0.0.1 (moto's server mode, started and stopped here), with MLflow's artif
 same bucket: the search's checkpoints land in the bucket, its trials in MLflow; promotion and the
 final evaluation work from the bucket through MLflow alone; a driver killed mid-search resumes from
 the URI with no trial lost or run twice; the restore fix (runner.tune.restore) repairs a trial whose
-folder is in the bucket.
+folder is in the bucket, and the snapshot fix (runner.tune.snapshot) works there too.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tests.runner.tune.test_faults import (
     children,
     continues_from_the_newest,
 )
+from tests.runner.tune.test_snapshot import reconciles_the_newest_searcher_state
 from tests.s3_server_process import CREDENTIALS, keys, s3_filesystem, start_s3, stop_s3
 
 BUCKET = "searches"
@@ -132,3 +133,8 @@ def test_a_driver_killed_mid_search_resumes_from_the_bucket(s3, tmp_path, monkey
 def test_the_restore_fix_on_a_bucket(s3):
     """runner.tune.restore repairs a restored trial whose folder is in the bucket, as on a local disk."""
     continues_from_the_newest(Location(s3_filesystem(s3), f"{BUCKET}/restore-fix"))
+
+
+def test_the_snapshot_reconcile_on_a_bucket(s3):
+    """runner.tune.snapshot makes a snapshot's parts agree in the bucket, as on a local disk."""
+    reconciles_the_newest_searcher_state(Location(s3_filesystem(s3), f"{BUCKET}/snapshot"))
