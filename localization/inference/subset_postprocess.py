@@ -99,6 +99,16 @@ class _Suppression:
     sigma: np.float32  # Soft-NMS's sigma (hard NMS: unused)
 
 
+@dataclass(frozen=True)
+class _Shortlist:
+    """Each video's best-scored rows: where a setting searches its picks first (``CandidateSet._select``)."""
+
+    candidates: CandidateSet  # those rows, in their order (with their own layouts)
+    rows: np.ndarray  # (K,) int64 each one's row in the whole set
+    lowest: np.ndarray  # (V,) float32 each video's lowest score kept: every row left out scores below it
+    whole: np.ndarray  # (V,) bool every row of the video is kept
+
+
 @dataclass
 class CandidateSet:
     """Every video's raw (pre-NMS) candidates in grid units, flat, with what seconds need.
@@ -114,6 +124,7 @@ class CandidateSet:
     labels: np.ndarray  # (N,) int16 class ids (int32 from 2**15 classes)
     _layouts: dict[bool, _Layout] = field(default_factory=dict, repr=False)  # by multiclass_nms
     _by_score: np.ndarray | None = field(default=None, repr=False)  # (N,) each video's rows by descending score
+    _shortlists: dict[int, _Shortlist] = field(default_factory=dict, repr=False)  # by rows per video
 
     @staticmethod
     def from_raw(raw: Mapping[str, Candidates], videos: Sequence[VideoTiming]) -> CandidateSet:
@@ -171,6 +182,29 @@ class CandidateSet:
             rank = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             keep = self._score_order()[self.offsets[video] + rank].astype(np.int64)
             return video, keep, self.scores[keep]
+        size = SHORTLIST_PER_PICK * cfg.max_seg_num
+        if cfg.max_seg_num <= 0 or 4 * size * len(self.videos) > len(self):  # few candidates per video
+            return self._greedy(cfg, np.arange(len(self.videos)))
+        shortlist = self._shortlist(size)
+        video, keep, scores = shortlist.candidates._greedy(cfg, np.arange(len(self.videos)))
+        counts = np.bincount(video, minlength=len(self.videos))
+        last = np.full(len(self.videos), -np.inf, np.float32)  # each video's last pick's score
+        last[counts > 0] = scores[np.cumsum(counts)[counts > 0] - 1]
+        # Scores only fall, so a video's picks score at least its last; a row left out scores below
+        # the lowest kept: if that is at most the last pick's, no left-out row was ever a video's
+        # best (or tied with it), and it changed no other row (only picks do).
+        exact = shortlist.whole | ((counts == cfg.max_seg_num) & (last >= shortlist.lowest))
+        done = exact[video]
+        video, keep, scores = video[done], shortlist.rows[keep[done]], scores[done]
+        if exact.all():
+            return video, keep, scores
+        again = self._greedy(cfg, np.flatnonzero(~exact))  # the others with all their rows
+        video, keep, scores = (np.concatenate(pair) for pair in zip((video, keep, scores), again, strict=True))
+        by_video = np.argsort(video, kind="stable")  # each video's picks come from one of the two
+        return video[by_video], keep[by_video], scores[by_video]
+
+    def _greedy(self, cfg: TestConfig, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_select``'s NMS of ``videos`` (ascending) over all their rows: ``_greedy_all`` on the layout."""
         layout = self._layout(cfg.multiclass_nms)
         group_best = layout.group_best
         if cfg.nms_method == "soft":
@@ -186,8 +220,17 @@ class CandidateSet:
             threshold = np.float32(cfg.iou_threshold)  # <= 0: IoU 0 >= it, a first pick empties its group
             rule = _Suppression(False, threshold, windowed=bool(threshold > 0), sigma=np.float32(1))
         floor = (floor_rule, np.float32(cfg.min_score))
-        video, position, kept = _greedy_all(layout, group_best, cfg.max_seg_num, rule, floor)
+        video, position, kept = _greedy_all(layout, group_best, cfg.max_seg_num, rule, floor, videos)
         return video, layout.order[position].astype(np.int64), kept
+
+    def _shortlist(self, size: int) -> _Shortlist:
+        """Each video's ``size`` best-scored rows and those tied with the last of them (cached)."""
+        if size not in self._shortlists:
+            rows, offsets, lowest = kernels.best_of_videos(self.offsets, self.scores, size)
+            kept = CandidateSet(self.videos, offsets, self.segments[rows], self.scores[rows], self.labels[rows])
+            whole = np.diff(offsets) == np.diff(self.offsets)
+            self._shortlists[size] = _Shortlist(kept, rows, lowest, whole)
+        return self._shortlists[size]
 
     def _score_order(self) -> np.ndarray:
         """(N,) each video's rows by descending score, equal scores by index (cached)."""
@@ -237,6 +280,12 @@ class CandidateSet:
         return out
 
 
+# A setting's picks are searched first among each video's this many best-scored rows per pick
+# (``max_seg_num``), when that leaves out most of the set (an early model's ~21k rows per video;
+# its 100 picks lie within the ~160 best): a video whose picks all score at least its lowest
+# kept row is done, the others run again with all their rows.
+SHORTLIST_PER_PICK = 8
+
 # A set whose groups hold at most this many candidates on average (a trained model's ~15; an
 # early model's ~200) fills a setting's working scores in one pass before the first pick: most of
 # its groups are picked from, and one streaming pass costs less than a fill per group.
@@ -248,7 +297,12 @@ VIDEOS_PER_BLOCK = 128
 
 
 def _greedy_all(
-    layout: _Layout, group_best: np.ndarray, max_num: int, rule: _Suppression, floor: tuple[int, np.float32]
+    layout: _Layout,
+    group_best: np.ndarray,
+    max_num: int,
+    rule: _Suppression,
+    floor: tuple[int, np.float32],
+    videos: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_greedy_select`` of every video at once: each step picks, in every video that has one
     left, the best candidate of its best group (ties: the lowest class, then the earliest start,
@@ -258,7 +312,7 @@ def _greedy_all(
     ``group_best`` (G,) is each group's best score (the layout's, or -inf where nothing can be
     picked); ``floor`` (rule, min_score) how a group's working scores are filled at its first
     pick (``kernels.pick_and_weigh``), into ``layout.work``. Returns (video, sorted position,
-    score at selection) of the picks, grouped by video, in selection order.
+    score at selection) of the picks of ``videos`` (ascending), grouped by video, in selection order.
     """
     bounds, scores = layout.group_start, layout.work
     if len(scores) == 0 or max_num <= 0:
@@ -274,7 +328,7 @@ def _greedy_all(
     best = np.full((len(layout.table), columns), _REMOVED, np.float32)  # (V, C) each group's best score
     best[:, : layout.table.shape[1]][has_group] = group_best[layout.table[has_group]]
     tree = kernels.column_tree(best)  # (V, 2C) where each video's best group is
-    videos = np.flatnonzero(has_group[:, 0]) if has_group.size else np.zeros(0, np.int64)  # with candidates
+    videos = videos[has_group[videos, 0]] if has_group.size else np.zeros(0, np.int64)  # with candidates
     step = np.empty((min(len(videos), VIDEOS_PER_BLOCK), 4), np.int64)  # per alive video: column, group,
     # window start and end
     largest = int(np.diff(bounds).max())  # a window lies in one group: a step writes at most this per video
