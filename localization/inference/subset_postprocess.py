@@ -25,6 +25,13 @@ candidates are stored compactly (float32, labels int16), sorted video by video (
 stays in the CPU's caches), and a setting's working scores go into one buffer the settings
 share, filled a group at a time at the group's first pick when groups are large (an early model
 picks from few of them): a setting costs what it picks, not the set's size.
+
+A video's picks lie among its best-scored candidates (on the benchmark's early-model set, the 100
+picks of each of 4,171 videos among its 155 best, of ~21k), so a setting first searches them
+among each video's ``SHORTLIST_PER_PICK`` x ``max_seg_num`` best (a smaller set with its own
+layout, made once): a video whose last pick scores at least its lowest candidate kept is done, as
+no candidate left out could have been picked or have changed one that was. The others run again
+with all their candidates (the whole set's layout is built only then).
 """
 
 from __future__ import annotations
@@ -183,16 +190,17 @@ class CandidateSet:
             keep = self._score_order()[self.offsets[video] + rank].astype(np.int64)
             return video, keep, self.scores[keep]
         size = SHORTLIST_PER_PICK * cfg.max_seg_num
-        if cfg.max_seg_num <= 0 or 4 * size * len(self.videos) > len(self):  # few candidates per video
+        if cfg.max_seg_num <= 0 or 4 * size * len(self.videos) > len(self):  # it would keep over a quarter
             return self._greedy(cfg, np.arange(len(self.videos)))
         shortlist = self._shortlist(size)
         video, keep, scores = shortlist.candidates._greedy(cfg, np.arange(len(self.videos)))
         counts = np.bincount(video, minlength=len(self.videos))
         last = np.full(len(self.videos), -np.inf, np.float32)  # each video's last pick's score
         last[counts > 0] = scores[np.cumsum(counts)[counts > 0] - 1]
-        # Scores only fall, so a video's picks score at least its last; a row left out scores below
-        # the lowest kept: if that is at most the last pick's, no left-out row was ever a video's
-        # best (or tied with it), and it changed no other row (only picks do).
+        # A pick multiplies the rows it weighs by exp(-IoU^2 / sigma) <= 1 or removes them, so scores
+        # only fall and a video's picks score at least its last one, while a row left out scores
+        # below the lowest kept. When that lowest is at most the last pick's score, no row left out
+        # was ever its video's best or tied with it, and none changed another (only picks do).
         exact = shortlist.whole | ((counts == cfg.max_seg_num) & (last >= shortlist.lowest))
         done = exact[video]
         video, keep, scores = video[done], shortlist.rows[keep[done]], scores[done]
@@ -281,9 +289,9 @@ class CandidateSet:
 
 
 # A setting's picks are searched first among each video's this many best-scored rows per pick
-# (``max_seg_num``), when that leaves out most of the set (an early model's ~21k rows per video;
-# its 100 picks lie within the ~160 best): a video whose picks all score at least its lowest
-# kept row is done, the others run again with all their rows.
+# (``max_seg_num``), when that keeps at most a quarter of the set (an early model's ~21k rows per
+# video, whose 100 picks lie within its ~160 best): a video whose picks all score at least its
+# lowest kept row is done, the others run again with all their rows.
 SHORTLIST_PER_PICK = 8
 
 # A set whose groups hold at most this many candidates on average (a trained model's ~15; an
@@ -319,7 +327,8 @@ def _greedy_all(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     group_arg = layout.group_arg.copy()
     ready = np.zeros(len(group_arg), bool)  # (G,) whose working scores are filled
-    if len(scores) <= EAGER_FILL_GROUP_SIZE * len(group_arg):  # small groups, most of them picked from:
+    every_video = len(videos) == len(layout.table)  # not a shortlist's few videos run again
+    if every_video and len(scores) <= EAGER_FILL_GROUP_SIZE * len(group_arg):  # small groups, most picked from:
         kernels.fill(layout.scores, scores, 0, len(scores), floor[0], floor[1])  # one streaming pass
         scores[group_arg] = layout.scores[group_arg]  # each group's first pick takes its best (Soft-NMS)
         ready[:] = True
