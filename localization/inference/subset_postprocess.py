@@ -110,6 +110,7 @@ class _Suppression:
 class _Shortlist:
     """Each video's best-scored rows: where a setting searches its picks first (``CandidateSet._select``)."""
 
+    size: int  # the rows kept per video (and those tied with the last)
     candidates: CandidateSet  # those rows, in their order (with their own layouts)
     rows: np.ndarray  # (K,) int64 each one's row in the whole set
     lowest: np.ndarray  # (V,) float32 each video's lowest score kept: every row left out scores below it
@@ -131,7 +132,7 @@ class CandidateSet:
     labels: np.ndarray  # (N,) int16 class ids (int32 from 2**15 classes)
     _layouts: dict[bool, _Layout] = field(default_factory=dict, repr=False)  # by multiclass_nms
     _by_score: np.ndarray | None = field(default=None, repr=False)  # (N,) each video's rows by descending score
-    _shortlists: dict[int, _Shortlist] = field(default_factory=dict, repr=False)  # by rows per video
+    _short: _Shortlist | None = field(default=None, repr=False)  # the largest shortlist made yet
 
     @staticmethod
     def from_raw(raw: Mapping[str, Candidates], videos: Sequence[VideoTiming]) -> CandidateSet:
@@ -232,13 +233,15 @@ class CandidateSet:
         return video, layout.order[position].astype(np.int64), kept
 
     def _shortlist(self, size: int) -> _Shortlist:
-        """Each video's ``size`` best-scored rows and those tied with the last of them (cached)."""
-        if size not in self._shortlists:
+        """Each video's ``size`` best-scored rows or more, and those tied with the last of them:
+        the cached shortlist when it keeps as many (any serves, ``_select`` checks against its own
+        lowest score), else a new one in its place (one held at a time)."""
+        if self._short is None or self._short.size < size:
             rows, offsets, lowest = kernels.best_of_videos(self.offsets, self.scores, size)
             kept = CandidateSet(self.videos, offsets, self.segments[rows], self.scores[rows], self.labels[rows])
             whole = np.diff(offsets) == np.diff(self.offsets)
-            self._shortlists[size] = _Shortlist(kept, rows, lowest, whole)
-        return self._shortlists[size]
+            self._short = _Shortlist(size, kept, rows, lowest, whole)
+        return self._short
 
     def _score_order(self) -> np.ndarray:
         """(N,) each video's rows by descending score, equal scores by index (cached)."""
