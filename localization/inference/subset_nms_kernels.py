@@ -304,6 +304,44 @@ def layout_within_videos(
     return starts[: groups + 1].copy(), videos[:groups].copy(), longest, best, arg
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def best_of_videos(offsets: np.ndarray, scores: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each video's ``size`` best-scored rows (of ``offsets[v]:offsets[v+1]``, ``scores`` (N,)
+    float32; -0.0 as 0.0), with every row tied with the last of them, in row order: (rows (K,),
+    each video's start in them (V + 1,), the lowest score kept (V,) float32: -inf where the video
+    has ``size`` rows or fewer, all kept)."""
+    videos, bits = len(offsets) - 1, scores.view(np.uint32)
+    most = 0
+    for v in range(videos):
+        most = max(most, offsets[v + 1] - offsets[v])
+    keys, cut = np.empty(most, np.uint32), np.zeros(videos, np.uint32)  # cut: the lowest key kept
+    total = 0
+    for v in range(videos):
+        a, n = offsets[v], offsets[v + 1] - offsets[v]
+        if n > size:
+            for i in range(n):
+                keys[i] = _sortable(bits[a + i], False)
+            cut[v] = np.partition(keys[:n], n - size)[n - size]
+            for i in range(n):
+                total += keys[i] >= cut[v]
+        else:
+            total += n
+    rows, starts = np.empty(total, np.int64), np.empty(videos + 1, np.int64)
+    lowest = np.full(videos, -np.inf, np.float32)
+    k = 0
+    for v in range(videos):
+        starts[v] = k
+        for i in range(offsets[v], offsets[v + 1]):
+            key = _sortable(bits[i], False)
+            if key >= cut[v]:
+                rows[k] = i
+                k += 1
+                if key == cut[v] and offsets[v + 1] - offsets[v] > size:
+                    lowest[v] = scores[i]
+    starts[videos] = k
+    return rows, starts, lowest
+
+
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _sortable(bits: np.uint32, descending: bool) -> np.uint32:
     """float32 bits -> a uint32 that orders as the float (-0.0 as 0.0; no NaN), or reversed."""

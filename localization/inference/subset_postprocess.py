@@ -25,6 +25,13 @@ candidates are stored compactly (float32, labels int16), sorted video by video (
 stays in the CPU's caches), and a setting's working scores go into one buffer the settings
 share, filled a group at a time at the group's first pick when groups are large (an early model
 picks from few of them): a setting costs what it picks, not the set's size.
+
+A video's picks lie among its best-scored candidates (on the benchmark's early-model set, the 100
+picks of each of 4,171 videos among its 155 best, of ~21k), so a setting first searches them
+among each video's ``SHORTLIST_PER_PICK`` x ``max_seg_num`` best (a smaller set with its own
+layout, made once): a video whose last pick scores at least its lowest candidate kept is done, as
+no candidate left out could have been picked or have changed one that was. The others run again
+with all their candidates (the whole set's layout is built only then).
 """
 
 from __future__ import annotations
@@ -99,6 +106,17 @@ class _Suppression:
     sigma: np.float32  # Soft-NMS's sigma (hard NMS: unused)
 
 
+@dataclass(frozen=True)
+class _Shortlist:
+    """Each video's best-scored rows: where a setting searches its picks first (``CandidateSet._select``)."""
+
+    size: int  # the rows kept per video (and those tied with the last)
+    candidates: CandidateSet  # those rows, in their order (with their own layouts)
+    rows: np.ndarray  # (K,) int64 each one's row in the whole set
+    lowest: np.ndarray  # (V,) float32 each video's lowest score kept: every row left out scores below it
+    whole: np.ndarray  # (V,) bool every row of the video is kept
+
+
 @dataclass
 class CandidateSet:
     """Every video's raw (pre-NMS) candidates in grid units, flat, with what seconds need.
@@ -114,6 +132,7 @@ class CandidateSet:
     labels: np.ndarray  # (N,) int16 class ids (int32 from 2**15 classes)
     _layouts: dict[bool, _Layout] = field(default_factory=dict, repr=False)  # by multiclass_nms
     _by_score: np.ndarray | None = field(default=None, repr=False)  # (N,) each video's rows by descending score
+    _short: _Shortlist | None = field(default=None, repr=False)  # the largest shortlist made yet
 
     @staticmethod
     def from_raw(raw: Mapping[str, Candidates], videos: Sequence[VideoTiming]) -> CandidateSet:
@@ -171,6 +190,30 @@ class CandidateSet:
             rank = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             keep = self._score_order()[self.offsets[video] + rank].astype(np.int64)
             return video, keep, self.scores[keep]
+        size = SHORTLIST_PER_PICK * cfg.max_seg_num
+        if cfg.max_seg_num <= 0 or 4 * size * len(self.videos) > len(self):  # it would keep over a quarter
+            return self._greedy(cfg, np.arange(len(self.videos)))
+        shortlist = self._shortlist(size)
+        video, keep, scores = shortlist.candidates._greedy(cfg, np.arange(len(self.videos)))
+        counts = np.bincount(video, minlength=len(self.videos))
+        last = np.full(len(self.videos), -np.inf, np.float32)  # each video's last pick's score
+        last[counts > 0] = scores[np.cumsum(counts)[counts > 0] - 1]
+        # A pick multiplies the rows it weighs by exp(-IoU^2 / sigma) <= 1 or removes them, so scores
+        # only fall and a video's picks score at least its last one, while a row left out scores
+        # below the lowest kept. When that lowest is at most the last pick's score, no row left out
+        # was ever its video's best or tied with it, and none changed another (only picks do).
+        exact = shortlist.whole | ((counts == cfg.max_seg_num) & (last >= shortlist.lowest))
+        done = exact[video]
+        video, keep, scores = video[done], shortlist.rows[keep[done]], scores[done]
+        if exact.all():
+            return video, keep, scores
+        again = self._greedy(cfg, np.flatnonzero(~exact))  # the others with all their rows
+        video, keep, scores = (np.concatenate(pair) for pair in zip((video, keep, scores), again, strict=True))
+        by_video = np.argsort(video, kind="stable")  # each video's picks come from one of the two
+        return video[by_video], keep[by_video], scores[by_video]
+
+    def _greedy(self, cfg: TestConfig, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_select``'s NMS of ``videos`` (ascending) over all their rows: ``_greedy_all`` on the layout."""
         layout = self._layout(cfg.multiclass_nms)
         group_best = layout.group_best
         if cfg.nms_method == "soft":
@@ -186,8 +229,19 @@ class CandidateSet:
             threshold = np.float32(cfg.iou_threshold)  # <= 0: IoU 0 >= it, a first pick empties its group
             rule = _Suppression(False, threshold, windowed=bool(threshold > 0), sigma=np.float32(1))
         floor = (floor_rule, np.float32(cfg.min_score))
-        video, position, kept = _greedy_all(layout, group_best, cfg.max_seg_num, rule, floor)
+        video, position, kept = _greedy_all(layout, group_best, cfg.max_seg_num, rule, floor, videos)
         return video, layout.order[position].astype(np.int64), kept
+
+    def _shortlist(self, size: int) -> _Shortlist:
+        """Each video's ``size`` best-scored rows or more, and those tied with the last of them:
+        the cached shortlist when it keeps as many (any serves, ``_select`` checks against its own
+        lowest score), else a new one in its place (one held at a time)."""
+        if self._short is None or self._short.size < size:
+            rows, offsets, lowest = kernels.best_of_videos(self.offsets, self.scores, size)
+            kept = CandidateSet(self.videos, offsets, self.segments[rows], self.scores[rows], self.labels[rows])
+            whole = np.diff(offsets) == np.diff(self.offsets)
+            self._short = _Shortlist(size, kept, rows, lowest, whole)
+        return self._short
 
     def _score_order(self) -> np.ndarray:
         """(N,) each video's rows by descending score, equal scores by index (cached)."""
@@ -237,6 +291,12 @@ class CandidateSet:
         return out
 
 
+# A setting's picks are searched first among each video's this many best-scored rows per pick
+# (``max_seg_num``), when that keeps at most a quarter of the set (an early model's ~21k rows per
+# video, whose 100 picks lie within its ~160 best): a video whose picks all score at least its
+# lowest kept row is done, the others run again with all their rows.
+SHORTLIST_PER_PICK = 8
+
 # A set whose groups hold at most this many candidates on average (a trained model's ~15; an
 # early model's ~200) fills a setting's working scores in one pass before the first pick: most of
 # its groups are picked from, and one streaming pass costs less than a fill per group.
@@ -248,7 +308,12 @@ VIDEOS_PER_BLOCK = 128
 
 
 def _greedy_all(
-    layout: _Layout, group_best: np.ndarray, max_num: int, rule: _Suppression, floor: tuple[int, np.float32]
+    layout: _Layout,
+    group_best: np.ndarray,
+    max_num: int,
+    rule: _Suppression,
+    floor: tuple[int, np.float32],
+    videos: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_greedy_select`` of every video at once: each step picks, in every video that has one
     left, the best candidate of its best group (ties: the lowest class, then the earliest start,
@@ -258,14 +323,15 @@ def _greedy_all(
     ``group_best`` (G,) is each group's best score (the layout's, or -inf where nothing can be
     picked); ``floor`` (rule, min_score) how a group's working scores are filled at its first
     pick (``kernels.pick_and_weigh``), into ``layout.work``. Returns (video, sorted position,
-    score at selection) of the picks, grouped by video, in selection order.
+    score at selection) of the picks of ``videos`` (ascending), grouped by video, in selection order.
     """
     bounds, scores = layout.group_start, layout.work
     if len(scores) == 0 or max_num <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     group_arg = layout.group_arg.copy()
     ready = np.zeros(len(group_arg), bool)  # (G,) whose working scores are filled
-    if len(scores) <= EAGER_FILL_GROUP_SIZE * len(group_arg):  # small groups, most of them picked from:
+    every_video = len(videos) == len(layout.table)  # not a shortlist's few videos run again
+    if every_video and len(scores) <= EAGER_FILL_GROUP_SIZE * len(group_arg):  # small groups, most picked from:
         kernels.fill(layout.scores, scores, 0, len(scores), floor[0], floor[1])  # one streaming pass
         scores[group_arg] = layout.scores[group_arg]  # each group's first pick takes its best (Soft-NMS)
         ready[:] = True
@@ -274,7 +340,7 @@ def _greedy_all(
     best = np.full((len(layout.table), columns), _REMOVED, np.float32)  # (V, C) each group's best score
     best[:, : layout.table.shape[1]][has_group] = group_best[layout.table[has_group]]
     tree = kernels.column_tree(best)  # (V, 2C) where each video's best group is
-    videos = np.flatnonzero(has_group[:, 0]) if has_group.size else np.zeros(0, np.int64)  # with candidates
+    videos = videos[has_group[videos, 0]] if has_group.size else np.zeros(0, np.int64)  # with candidates
     step = np.empty((min(len(videos), VIDEOS_PER_BLOCK), 4), np.int64)  # per alive video: column, group,
     # window start and end
     largest = int(np.diff(bounds).max())  # a window lies in one group: a step writes at most this per video

@@ -58,10 +58,13 @@ SETTINGS = [
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("videos_per_block", [7, subset_postprocess.VIDEOS_PER_BLOCK])
+@pytest.mark.parametrize("shortlist_per_pick", [1, subset_postprocess.SHORTLIST_PER_PICK])
 def test_subset_detections_equal_the_per_video_ones(
-    seed: int, videos_per_block: int, monkeypatch: pytest.MonkeyPatch
+    seed: int, videos_per_block: int, shortlist_per_pick: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(subset_postprocess, "VIDEOS_PER_BLOCK", videos_per_block)  # 40 videos: 6 blocks, or one
+    # 1: the settings of 3-5 picks per video search them first among each video's 3-5 best rows
+    monkeypatch.setattr(subset_postprocess, "SHORTLIST_PER_PICK", shortlist_per_pick)
     rng = np.random.default_rng(seed)
     raw, timing = random_subset(rng, 40, [1, 5, 106][seed])
     assert_per_video_detections(raw, timing, SETTINGS)  # one set, every setting: cached layouts must not leak state
@@ -122,8 +125,12 @@ DENSE_SETTINGS = [
 ]
 
 
-def test_dense_subset_detections_equal_the_per_video_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("shortlist_per_pick", [1, 2])  # 1: most videos run again with all their rows
+def test_dense_subset_detections_equal_the_per_video_ones(
+    shortlist_per_pick: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(subset_postprocess, "VIDEOS_PER_BLOCK", 2)  # 5 videos: 3 blocks
+    monkeypatch.setattr(subset_postprocess, "SHORTLIST_PER_PICK", shortlist_per_pick)
     rng = np.random.default_rng(7)
     raw = {f"v{v}": dense_video(rng, n, 4) for v, n in enumerate([3000, 1, 2500, 0, 3500])}
     raw["v3"] = Candidates.empty()
@@ -131,6 +138,49 @@ def test_dense_subset_detections_equal_the_per_video_ones(monkeypatch: pytest.Mo
     compact = CandidateSet.from_raw(raw, timing)
     assert compact.labels.dtype == np.int16 and compact.segments.dtype == np.float32
     assert_per_video_detections(raw, timing, DENSE_SETTINGS)
+
+
+def test_a_video_runs_again_with_all_its_rows_only_when_its_shortlist_may_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two picks searched among a video's two best rows: enough when they do not overlap; when
+    the first decays the second below the third best row, the video runs again with all its
+    rows (the whole set's layout is built only then), and both give the per-video detections."""
+    monkeypatch.setattr(subset_postprocess, "SHORTLIST_PER_PICK", 1)
+    starts = np.arange(20, dtype=np.float32) * 10
+    apart = Candidates(
+        np.stack([starts, starts + 1], 1), np.linspace(0.9, 0.71, 20, dtype=np.float32), np.zeros(20, np.int64)
+    )
+    overlapping = Candidates(apart.segments.copy(), apart.scores, apart.labels)
+    overlapping.segments[1] = overlapping.segments[0]  # IoU 1: Soft-NMS weighs the second by exp(-1 / 0.5)
+    timing = [VideoTiming("v", 30.0, 300.0, 16.0, 16.0)]
+    setting = {"max_seg_num": 2}
+    for raw, runs_again in ((apart, False), (overlapping, True)):
+        candidates = CandidateSet.from_raw({"v": raw}, timing)
+        candidates.detect(dataclasses.replace(PostConfig(), **setting))
+        assert bool(candidates._layouts) == runs_again
+        assert_per_video_detections({"v": raw}, timing, [setting])
+
+
+def test_the_shortlist_keeps_every_row_tied_with_its_last() -> None:
+    """Each video's ``size`` best rows in row order, those tied with the last too (-0.0 as 0.0),
+    and the lowest score kept (-inf where every row is kept)."""
+    rng = np.random.default_rng(1)
+    values = np.array([-1.0, -0.0, 0.0, 0.25, 0.5, 0.5, 2.0], np.float32)
+    raw = {f"v{v}": random_video(rng, n, 3) for v, n in enumerate([0, 3, 40, 400])}
+    for video in raw.values():
+        video.scores[:] = rng.choice(values, len(video))
+    timing = [VideoTiming(video_id, 30.0, 10.0, 16.0, 16.0) for video_id in raw]
+    candidates = CandidateSet.from_raw(raw, timing)
+    for size in (1, 3, 5, 50):
+        shortlist = candidates._shortlist(size)
+        for v, video in enumerate(raw.values()):
+            lowest = np.sort(video.scores)[::-1][size - 1] if len(video) > size else np.float32(-np.inf)
+            kept = np.flatnonzero(video.scores >= lowest)  # float comparison: -0.0 == 0.0
+            a, b = shortlist.candidates.offsets[v : v + 2]
+            np.testing.assert_array_equal(shortlist.rows[a:b], candidates.offsets[v] + kept)
+            assert shortlist.lowest[v] == lowest and shortlist.whole[v] == (len(video) <= size)
+            np.testing.assert_array_equal(shortlist.candidates.scores[a:b], video.scores[kept])
 
 
 def test_the_layout_orders_as_lexsort() -> None:
