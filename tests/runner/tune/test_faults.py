@@ -1,31 +1,25 @@
-"""Faults with real processes (issues 6 and 10): a trial worker SIGKILLed, the driver SIGKILLed at
-several moments then ``--resume``, and a trial whose loss becomes NaN. Nothing is lost, nothing
-is left RUNNING, no crash fails a trial, and a diverged trial runs once.
+"""Faults with real processes: a trial worker SIGKILLed, the driver SIGKILLed at several moments
+(and while Ray copies a snapshot) then ``--resume``, the tracking store lost mid-search, and a trial
+whose loss becomes NaN. Nothing is lost, nothing is left RUNNING, no crash fails a trial, and a
+diverged trial runs once.
 
 The searches run the real training loop on a 24-video synthetic dataset with a 16-channel model (an
-epoch takes a fraction of a second), on one Ray started for the module. Processes are found and
-killed only below this test's own process tree: other Ray users on the machine are left alone.
+epoch takes a fraction of a second), on one Ray started for the module; the killing and the reading
+back are tests.killed_search's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
-import math
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -39,9 +33,17 @@ from runner.searchfile.space import make_sampler, sample_configs
 from runner.searchfile.spec import load_search_file
 from runner.tune.restore import continue_from_newest
 from runner.tune.storage import Location
-from runner.tune.trial import SCORE_KEY, diverged
-from runner.tune.trial_results import trial_folder
+from runner.tune.trial import diverged
+from tests.killed_search import (
+    Driver,
+    assert_epochs_logged_once,
+    assert_one_finished_run_per_trial,
+    children,
+    reported_epochs,
+    trial_workers,
+)
 from tests.mlflow_server_process import free_port, start_server, stop_server
+from tests.restore_cases import continues_from_the_newest, kept_folders, restored_trial
 
 EPOCHS = 20  # long enough to kill a trial in the middle, short enough for CI (~0.3 s per epoch)
 
@@ -74,54 +76,6 @@ def search_file(root: Path, data: Path, experiment: str, **search_options: objec
     return path
 
 
-def children(client: MlflowClient, experiment: str) -> list:
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return [
-        r
-        for r in client.search_runs([found.experiment_id], max_results=100)
-        if r.data.tags.get("runner.role") == "trial"
-    ]
-
-
-def reported_epochs(storage: Path) -> dict[str, list[int]]:
-    """Epochs each trial reported to Tune, in order (Ray's result.json, one line per report)."""
-    out = {}
-    for result in storage.glob("*/trial_*/result.json"):
-        lines = result.read_text().splitlines()
-        out[result.parent.name] = [json.loads(line)["epoch"] for line in lines if line.strip()]
-    return out
-
-
-def descendants(root: int) -> set[int]:
-    """Process ids below ``root`` (its children, theirs, ...): processes this test started."""
-    listing = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
-    children = defaultdict(list)
-    for line in listing.splitlines():
-        pid, ppid = map(int, line.split())
-        children[ppid].append(pid)
-    found, todo = set(), [root]
-    while todo:
-        for child in children[todo.pop()]:
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def trial_workers(root: int) -> list[int]:
-    """Ray trial actors (function trainables run in ``ray::ImplicitFunc``) below ``root``."""
-    mine = descendants(root)
-    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(maxsplit=1) for line in listing.splitlines()]
-    return [int(row[0]) for row in rows if int(row[0]) in mine and "ray::ImplicitFunc" in row[-1]]
-
-
-def assert_epochs_logged_once(client: MlflowClient, run_id: str, epochs: int = EPOCHS) -> None:
-    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
-    assert steps == list(range(1, epochs + 1))
-
-
 def test_killed_trial_worker_is_retried_from_its_checkpoint_into_the_same_run(ray_cluster, data, tmp_path):
     path = search_file(tmp_path, data, "worker-kill")
     storage = tmp_path / "ray_results"
@@ -152,80 +106,10 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint_into_the_same_run(ra
     assert run.info.status == "FINISHED" and run.data.tags["runner.status"] == "finished"
     assert run.data.tags["runner.retries"] == "1"
     assert "actor" in run.data.tags["runner.last_error"].lower()  # Ray's "the actor died ..." reason
-    assert_epochs_logged_once(client, run.info.run_id)
+    assert_epochs_logged_once(client, run.info.run_id, EPOCHS)
     # Tune saw every epoch once: the retry continued after the last checkpoint, it did not restart
     (epochs,) = reported_epochs(storage).values()
     assert epochs == list(range(1, EPOCHS + 1)) and killed[0][1] >= 3
-
-
-def assert_one_finished_run_per_trial(
-    client: MlflowClient, experiment: str, before: dict[str, str], epochs: int = EPOCHS
-) -> None:
-    """After a resume: one FINISHED run per trial (2 trials), every epoch logged once, and the
-    runs that existed before the fault kept their ids."""
-    after = children(client, experiment)
-    assert len(after) == 2 and len({r.data.tags["runner.trial_id"] for r in after}) == 2
-    for run in after:
-        assert run.info.status == "FINISHED" and run.data.tags["runner.status"] == "finished"
-        assert_epochs_logged_once(client, run.info.run_id, epochs)
-        if run.data.tags["runner.trial_id"] in before:
-            assert run.info.run_id == before[run.data.tags["runner.trial_id"]]
-
-
-class Driver:
-    """``python -m runner.search`` as a subprocess of this test, on its own Ray.
-
-    ``RAY_TMPDIR`` is a fresh short folder per launch (Unix socket paths are limited to 107
-    characters), so the trial workers' logs of this launch are found there and nowhere else, and
-    the code under test is the checkout's (``PYTHONPATH``), whatever is installed.
-    """
-
-    def __init__(self, path: Path, *args: str) -> None:
-        self.ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))
-        repo = str(Path(__file__).resolve().parents[3])
-        env = {**os.environ, "RAY_TMPDIR": str(self.ray_tmp), "PYTHONPATH": repo}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner.search", str(path), *args],
-            cwd=path.parent,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-
-    def worker_log(self) -> str:
-        """What this launch's trial workers printed so far (Ray removes the logs of exited idle
-        workers: a file listed a moment ago may be gone when it is read)."""
-        text = []
-        for log in self.ray_tmp.glob("ray/session_*/logs/worker-*.out"):
-            with contextlib.suppress(FileNotFoundError):
-                text.append(log.read_text(errors="replace"))
-        return "".join(text)
-
-    def kill_when(self, moment: Callable[[], bool], timeout_s: float = 600) -> None:
-        """SIGKILL the driver once ``moment()`` holds, then wait until its trial workers have exited
-        (Ray's GCS and raylet die with the driver, the workers with them; two idle Ray agents linger
-        for a minute or two."""
-        deadline = time.monotonic() + timeout_s
-        while not moment():
-            assert self.proc.poll() is None, "the search ended before the moment to kill it"
-            assert time.monotonic() < deadline, "the moment to kill the driver never came"
-            time.sleep(0.05)
-        started = set(trial_workers(self.proc.pid))
-        self.proc.send_signal(signal.SIGKILL)
-        assert self.proc.wait(timeout=30) == -signal.SIGKILL
-        deadline = time.monotonic() + 120
-        while (started := {pid for pid in started if _alive(pid)}) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not started, f"trial workers {started} outlived their driver by 2 minutes"
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (field 3 of /proc/PID/stat is the state)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def checkpoint_folders(storage: Path) -> set[Path]:
@@ -302,7 +186,7 @@ def test_a_snapshot_copied_in_parts_loses_no_trial_on_resume(ray_cluster, data, 
     assert len(runs) == 2 and lost not in {r.data.tags["runner.trial_id"] for r in runs}  # redone, new id
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert_epochs_logged_once(client, run.info.run_id)
+        assert_epochs_logged_once(client, run.info.run_id, EPOCHS)
 
 
 def test_nan_loss_fails_the_trial_once_with_its_reason_and_the_search_goes_on(ray_cluster, data, tmp_path):
@@ -400,47 +284,9 @@ def test_tracking_store_lost_mid_search_then_resume_completes_the_record(ray_clu
         outcome = search.run(path, resume=True, echo=lambda _: None)
         assert outcome.status == "finished"
         # epochs logged during the outage were back-filled from Ray's results
-        assert_one_finished_run_per_trial(client, "store-lost", before)
+        assert_one_finished_run_per_trial(client, "store-lost", before, EPOCHS)
     finally:
         stop_server(server)
-
-
-def restored_trial(root: Location, scores: list[float], snapshot_after: int) -> Any:
-    """A Ray trial as ``Tuner.restore`` rebuilds it from a snapshot taken after epoch ``snapshot_after``
-    of a driver that then went on to report every epoch of ``scores`` (the checkpoint score of each
-    epoch), Ray's keep policy deleting folders as it went, and died; its worker had persisted one
-    more checkpoint that the driver never processed. ``root``: the storage path, on any filesystem."""
-    from ray.train import Checkpoint
-    from ray.train._internal.session import _TrainingResult
-    from ray.train._internal.storage import StorageContext
-    from ray.tune import CheckpointConfig
-    from ray.tune.experiment import Trial
-
-    config = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order="max")
-    storage = StorageContext(root.path, "exp", trial_dir_name="trial_a", storage_filesystem=root.fs)
-    trial = Trial("run_trial", stub=True, storage=storage, checkpoint_config=config)
-    trial_dir = trial_folder(trial)
-    root.fs.create_dir(trial_dir.path)
-    snapshot = copy.deepcopy((trial.run_metadata.checkpoint_manager, trial.storage.current_checkpoint_index))
-    lines = []
-    for index, score in enumerate([*scores, 0.0]):
-        folder = trial_dir / f"checkpoint_{index:06d}"
-        root.fs.create_dir(folder.path)
-        if index == len(scores):
-            break  # persisted by the worker, never processed by the driver
-        result = {"epoch": index + 1, "training_iteration": index + 1, SCORE_KEY: score}
-        lines.append(json.dumps({**result, "checkpoint_dir_name": folder.name}))
-        checkpoint = Checkpoint(folder.path, filesystem=folder.fs)
-        trial.on_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=result))  # may delete
-        if index + 1 == snapshot_after:
-            snapshot = copy.deepcopy((trial.run_metadata.checkpoint_manager, trial.storage.current_checkpoint_index))
-    (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
-    trial.run_metadata.checkpoint_manager, trial.storage.current_checkpoint_index = snapshot  # restored
-    return trial
-
-
-def kept_folders(trial: Any) -> list[str]:
-    return [folder.name for folder in trial_folder(trial).glob("checkpoint_*")]
 
 
 def local(path: Path) -> Location:
@@ -449,26 +295,6 @@ def local(path: Path) -> Location:
 
 def test_a_restored_trial_whose_snapshot_checkpoint_was_deleted_continues_from_the_newest(tmp_path):
     continues_from_the_newest(local(tmp_path))
-
-
-def continues_from_the_newest(root: Location) -> None:
-    """The snapshot (after epoch 3) names checkpoint_000002, which the keep policy deleted when epoch
-    4 was registered; epoch 2 scored best; the driver died after epoch 5; checkpoint_000005 was never
-    processed."""
-    trial = restored_trial(root, [-math.inf, 10.0, -math.inf, -math.inf, -math.inf], snapshot_after=3)
-    assert trial.checkpoint.path.endswith("checkpoint_000002") and kept_folders(trial) == [
-        "checkpoint_000001",
-        "checkpoint_000004",
-        "checkpoint_000005",
-    ]
-    continue_from_newest(trial)
-    latest = trial.latest_checkpoint_result
-    assert latest.checkpoint.path == f"{trial.path}/checkpoint_000004"
-    assert latest.metrics["training_iteration"] == 5  # Ray's restore continues the iteration count
-    assert trial.storage.current_checkpoint_index == 4  # the next checkpoint is checkpoint_000005, fresh
-    assert kept_folders(trial) == ["checkpoint_000001", "checkpoint_000004"]  # best + latest, as Ray keeps
-    best = trial.run_metadata.checkpoint_manager.best_checkpoint_result
-    assert best.checkpoint.path.endswith("checkpoint_000001")
 
 
 def test_a_restored_trial_whose_snapshot_names_its_newest_checkpoint_is_left_as_ray_restored_it(tmp_path):

@@ -20,15 +20,10 @@ from localization.api import exit_status
 from runner import evaluate, promote, search
 from runner.tune.storage import Location
 from tests.conftest import write_tiny_search
+from tests.killed_search import Driver, assert_one_finished_run_per_trial, children
 from tests.mlflow_server_process import free_port, start_server, stop_server
 from tests.promotable_search import write_promotable_search
-from tests.runner.tune.test_faults import (
-    Driver,
-    assert_one_finished_run_per_trial,
-    children,
-    continues_from_the_newest,
-)
-from tests.runner.tune.test_snapshot import reconciles_the_newest_searcher_state
+from tests.restore_cases import continues_from_the_newest, reconciles_the_newest_searcher_state
 from tests.s3_server_process import CREDENTIALS, keys, s3_filesystem, start_s3, stop_s3
 
 BUCKET = "searches"

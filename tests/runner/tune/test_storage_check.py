@@ -16,9 +16,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import write_tiny_search
-from tests.runner.tune.test_ray_start import REPO, two_node_cluster
+from tests.ray_start_process import two_node_cluster
 
 HIDE = 'mount -t tmpfs none "$0" && exec "$@"'  # sh -c HIDE FOLDER COMMAND...: COMMAND sees FOLDER empty
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def mount_namespace() -> tuple[str, ...] | None:
