@@ -27,11 +27,11 @@ from typing import Any
 
 from ray import cloudpickle
 
+from runner.tune.searcher import STATE_GLOB as SEARCHER_STATE
 from runner.tune.storage import Location
 
 EXPERIMENT_STATE = "experiment_state-*.json"  # Ray's TuneController.CKPT_FILE_TMPL
 SEARCH_GEN_STATE = "search_gen_state-*.json"  # Ray's SearchGenerator.CKPT_FILE_TMPL (a cloudpickle)
-SEARCHER_STATE = "searcher-state-*.pkl"  # Ray's Searcher.CKPT_FILE_TMPL
 CONCURRENCY_LIMITER = "name:ConcurrencyLimiter"  # the limiter's part of the search_gen_state
 FINISHED = ("TERMINATED", "ERROR")  # Ray's Trial statuses that end a trial
 
